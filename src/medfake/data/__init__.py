@@ -1,0 +1,1 @@
+"""Data: real samples, synthetic cohorts, training sets."""

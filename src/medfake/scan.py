@@ -1,0 +1,145 @@
+"""The one scan type: voxels (z,y,x) with the geometry that places them in the patient (LPS) frame.
+
+Voxel coordinates are z,y,x indices (CT-GAN's order); world coordinates are x,y,z millimetres (LUNA16's
+order). The direction matrix follows SimpleITK/ITK: column k is the unit vector of array axis k in
+x,y,z order (column 0 = the x/column axis, 2 = the z/slice axis).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
+
+import numpy as np
+
+from medfake.errors import MedfakeError
+
+AIR_HU = -1000.0
+
+
+@dataclass
+class Scan:
+    voxels: np.ndarray
+    spacing: tuple[float, float, float]  # z, y, x (mm)
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)  # x, y, z (mm) of voxel (0,0,0)
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+    modality: str = "CT"
+    meta: dict[str, Any] = field(default_factory=dict)  # source format, path, headers for writing back
+
+    def __post_init__(self):
+        if self.voxels.ndim != 3:
+            raise MedfakeError(f"expected a 3-D volume, got shape {self.voxels.shape}", self.meta.get("path"))
+        self.spacing = tuple(float(s) for s in self.spacing)
+        self.origin = tuple(float(o) for o in self.origin)
+        self.direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        if any(s <= 0 for s in self.spacing):
+            raise MedfakeError(f"spacing must be positive, got {self.spacing}", self.meta.get("path"))
+
+    # --- geometry -------------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.voxels.shape)
+
+    @property
+    def spacing_xyz(self) -> np.ndarray:
+        return np.asarray(self.spacing[::-1])
+
+    @property
+    def pad_value(self) -> float:
+        return AIR_HU if self.modality == "CT" else float(np.min(self.voxels))
+
+    def index_to_world_matrix(self) -> np.ndarray:
+        """4x4 affine from continuous (x,y,z) index to world (x,y,z) mm."""
+        affine = np.eye(4)
+        affine[:3, :3] = self.direction @ np.diag(self.spacing_xyz)
+        affine[:3, 3] = self.origin
+        return affine
+
+    def voxel_to_world(self, zyx: Sequence[float] | np.ndarray) -> np.ndarray:
+        """z,y,x voxel coordinates (one point or N×3) → x,y,z world mm."""
+        pts = np.atleast_2d(np.asarray(zyx, dtype=float))[:, ::-1]
+        world = pts @ (self.direction @ np.diag(self.spacing_xyz)).T + np.asarray(self.origin)
+        return world[0] if np.ndim(zyx) == 1 else world
+
+    def world_to_continuous(self, xyz: Sequence[float] | np.ndarray) -> np.ndarray:
+        """x,y,z world mm → continuous z,y,x voxel coordinates (any direction matrix)."""
+        pts = np.atleast_2d(np.asarray(xyz, dtype=float)) - np.asarray(self.origin)
+        index_xyz = np.linalg.solve(self.direction @ np.diag(self.spacing_xyz), pts.T).T
+        zyx = index_xyz[:, ::-1]
+        return zyx[0] if np.ndim(xyz) == 1 else zyx
+
+    def world_to_voxel(self, xyz: Sequence[float] | np.ndarray) -> np.ndarray:
+        """x,y,z world mm → nearest z,y,x voxel index (rounded, never truncated)."""
+        return np.rint(self.world_to_continuous(xyz)).astype(int)
+
+    def contains(self, zyx: Sequence[float]) -> bool:
+        idx = np.rint(np.asarray(zyx, dtype=float))
+        return bool(np.all(idx >= 0) and np.all(idx < np.asarray(self.shape)))
+
+    def require_inside(self, zyx: Sequence[float], label: str = "coordinate") -> np.ndarray:
+        if not self.contains(zyx):
+            raise MedfakeError(
+                f"{label} z,y,x={tuple(np.round(np.asarray(zyx, float), 1))} is outside the scan of shape {self.shape}",
+                self.meta.get("path"),
+            )
+        return np.rint(np.asarray(zyx, dtype=float)).astype(int)
+
+    # --- cuboids --------------------------------------------------------------------------------
+    def cut_cube(self, center_zyx: Sequence[int], shape_zyx: Sequence[int], pad: float | None = None) -> np.ndarray:
+        return cut_cube(self.voxels, center_zyx, shape_zyx, self.pad_value if pad is None else pad)
+
+    def with_voxels(self, voxels: np.ndarray, **changes) -> "Scan":
+        """A scan with the same geometry and metadata but new voxels (metadata is copied, not shared)."""
+        return replace(self, voxels=voxels, meta=dict(self.meta), **changes)
+
+
+def cube_bounds(center_zyx: Sequence[int], shape_zyx: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Start (inclusive) and stop (exclusive) of a cuboid of `shape` whose centre voxel is `center`.
+
+    For even sizes the centre is the voxel just after the middle (start = c - size//2)."""
+    center = np.rint(np.asarray(center_zyx, dtype=float)).astype(int)
+    shape = np.asarray(shape_zyx, dtype=int)
+    start = center - shape // 2
+    return start, start + shape
+
+
+def _overlap(start, stop, vol_shape):
+    lo = np.maximum(start, 0)
+    hi = np.minimum(stop, vol_shape)
+    if np.any(hi <= lo):
+        return None
+    src = tuple(slice(a, b) for a, b in zip(lo, hi))
+    dst = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start))
+    return src, dst
+
+
+def cut_cube(volume: np.ndarray, center_zyx, shape_zyx, pad: float) -> np.ndarray:
+    """Copy of a cuboid around `center`; voxels outside the volume are `pad`."""
+    start, stop = cube_bounds(center_zyx, shape_zyx)
+    out = np.full(tuple(stop - start), pad, dtype=volume.dtype)
+    ov = _overlap(start, stop, np.asarray(volume.shape))
+    if ov is not None:
+        src, dst = ov
+        out[dst] = volume[src]
+    return out
+
+
+def paste_cube(volume: np.ndarray, cube: np.ndarray, center_zyx, weight: np.ndarray | None = None) -> np.ndarray:
+    """Copy of `volume` with `cube` pasted around `center` (parts outside the volume are dropped).
+
+    With `weight` (same shape as cube, 0..1) the result is weight*cube + (1-weight)*volume."""
+    out = volume.copy()
+    start, stop = cube_bounds(center_zyx, cube.shape)
+    ov = _overlap(start, stop, np.asarray(volume.shape))
+    if ov is None:
+        return out
+    src, dst = ov
+    patch = cube[dst]
+    if weight is not None:
+        w = weight[dst]
+        patch = w * patch + (1.0 - w) * volume[src]
+    if np.issubdtype(out.dtype, np.integer):
+        info = np.iinfo(out.dtype)
+        patch = np.clip(np.rint(patch), info.min, info.max)
+    out[src] = patch.astype(out.dtype)
+    return out
