@@ -17,6 +17,11 @@ from medfake.errors import MedfakeError
 AIR_HU = -1000.0
 
 
+def nearest_index(coords: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Round continuous voxel coordinates to the nearest index, halves upwards (never truncate)."""
+    return np.floor(np.asarray(coords, dtype=float) + 0.5).astype(int)
+
+
 @dataclass
 class Scan:
     voxels: np.ndarray
@@ -32,8 +37,15 @@ class Scan:
         self.spacing = tuple(float(s) for s in self.spacing)
         self.origin = tuple(float(o) for o in self.origin)
         self.direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
-        if any(s <= 0 for s in self.spacing):
-            raise MedfakeError(f"spacing must be positive, got {self.spacing}", self.meta.get("path"))
+        path = self.meta.get("path")
+        if len(self.spacing) != 3 or len(self.origin) != 3:
+            raise MedfakeError(f"spacing and origin need 3 values, got {self.spacing} and {self.origin}", path)
+        if not all(np.isfinite(self.spacing)) or any(s <= 0 for s in self.spacing):
+            raise MedfakeError(f"spacing must be positive, got {self.spacing}", path)
+        if not np.all(np.isfinite(self.origin)) or not np.all(np.isfinite(self.direction)):
+            raise MedfakeError("origin and direction must be finite numbers", path)
+        if abs(np.linalg.det(self.direction)) < 1e-6:
+            raise MedfakeError("direction matrix is singular (axes are parallel)", path)
 
     # --- geometry -------------------------------------------------------------------------------
     @property
@@ -70,19 +82,21 @@ class Scan:
 
     def world_to_voxel(self, xyz: Sequence[float] | np.ndarray) -> np.ndarray:
         """x,y,z world mm → nearest z,y,x voxel index (rounded, never truncated)."""
-        return np.rint(self.world_to_continuous(xyz)).astype(int)
+        return nearest_index(self.world_to_continuous(xyz))
 
     def contains(self, zyx: Sequence[float]) -> bool:
-        idx = np.rint(np.asarray(zyx, dtype=float))
+        """True when the voxel nearest to z,y,x lies inside the volume."""
+        idx = nearest_index(zyx)
         return bool(np.all(idx >= 0) and np.all(idx < np.asarray(self.shape)))
 
     def require_inside(self, zyx: Sequence[float], label: str = "coordinate") -> np.ndarray:
         if not self.contains(zyx):
             raise MedfakeError(
-                f"{label} z,y,x={tuple(np.round(np.asarray(zyx, float), 1))} is outside the scan of shape {self.shape}",
+                f"{label} z,y,x=({', '.join(f'{v:.1f}' for v in np.asarray(zyx, float))}) is outside the scan "
+                f"of shape {tuple(int(n) for n in self.shape)}",
                 self.meta.get("path"),
             )
-        return np.rint(np.asarray(zyx, dtype=float)).astype(int)
+        return nearest_index(zyx)
 
     # --- cuboids --------------------------------------------------------------------------------
     def cut_cube(self, center_zyx: Sequence[int], shape_zyx: Sequence[int], pad: float | None = None) -> np.ndarray:
@@ -90,14 +104,15 @@ class Scan:
 
     def with_voxels(self, voxels: np.ndarray, **changes) -> "Scan":
         """A scan with the same geometry and metadata but new voxels (metadata is copied, not shared)."""
-        return replace(self, voxels=voxels, meta=dict(self.meta), **changes)
+        meta = changes.pop("meta", dict(self.meta))
+        return replace(self, voxels=voxels, meta=meta, **changes)
 
 
 def cube_bounds(center_zyx: Sequence[int], shape_zyx: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """Start (inclusive) and stop (exclusive) of a cuboid of `shape` whose centre voxel is `center`.
 
     For even sizes the centre is the voxel just after the middle (start = c - size//2)."""
-    center = np.rint(np.asarray(center_zyx, dtype=float)).astype(int)
+    center = nearest_index(center_zyx)
     shape = np.asarray(shape_zyx, dtype=int)
     start = center - shape // 2
     return start, start + shape

@@ -5,10 +5,12 @@ Formats: DICOM series folder or single/multi-frame file, MHD/RAW, NRRD, NIfTI, N
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 from medfake.errors import MedfakeError
-from medfake.io.atomic import atomic_dir, atomic_file
+from medfake.io.atomic import atomic_dir, atomic_file, check_destination
 from medfake.io.itk import itk_format, load_itk, save_itk
 from medfake.io.npz import load_npz, save_npz
 from medfake.scan import Scan
@@ -20,6 +22,8 @@ SUFFIX = {"mhd": ".mhd", "nrrd": ".nrrd", "nifti": ".nii.gz", "npz": ".npz"}
 def detect_format(path: Path) -> str:
     if path.is_dir():
         return "dicom"
+    if path.suffix.lower() in (".raw", ".zraw") and path.with_suffix(".mhd").exists():
+        raise MedfakeError(f"this is the pixel file of {path.with_suffix('.mhd').name}; give the .mhd header", path)
     fmt = itk_format(path)
     if fmt:
         return fmt
@@ -53,19 +57,29 @@ def load_scan(path: str | Path, series: str | None = None, modality: str | None 
     return load_itk(path, modality)
 
 
-def output_format(scan: Scan, requested: str | None) -> str:
-    """`same` / None keeps the source format when it can be written, otherwise NPZ-free default MHD."""
-    if requested in (None, "same"):
-        source = scan.meta.get("format")
-        return source if source in FORMATS else "mhd"
-    if requested not in FORMATS:
-        raise MedfakeError(f"unknown output format '{requested}' (choose from {', '.join(FORMATS)})")
-    return requested
+def output_format(scan: Scan, requested: str | None, dest: Path | None = None) -> str:
+    """The requested format; else the one the destination's suffix names; else the source's; else MHD."""
+    if requested not in (None, "same"):
+        if requested not in FORMATS:
+            raise MedfakeError(f"unknown output format '{requested}' (choose from {', '.join(FORMATS)})", dest)
+        return requested
+    if dest is not None:
+        suffix_format = itk_format(dest) or ("npz" if dest.name.lower().endswith(".npz") else None)
+        if suffix_format:
+            return suffix_format
+    source = scan.meta.get("format")
+    if dest is not None and dest.suffix and source != "dicom":
+        raise MedfakeError(f"cannot tell the output format from '{dest.suffix}' (use .mhd, .nrrd, .nii.gz, .npz "
+                           "or --format)", dest)
+    return source if source in FORMATS else "mhd"
 
 
 def output_path(dest: Path, fmt: str) -> Path:
     """Destination with the format's suffix added when the user gave a bare name."""
-    if fmt == "dicom" or itk_format(dest) or dest.name.lower().endswith(".npz"):
+    named = itk_format(dest) or ("npz" if dest.name.lower().endswith(".npz") else None)
+    if named and named != fmt:
+        raise MedfakeError(f"the file name says {named} but the requested format is {fmt}", dest)
+    if fmt == "dicom" or named:
         return dest
     return dest.with_name(dest.name + SUFFIX[fmt])
 
@@ -78,34 +92,43 @@ def save_scan(
     derivation: str | None = None,
 ) -> Path:
     """Write `scan` atomically. DICOM output is a series folder; `derivation` marks it DERIVED."""
-    fmt = output_format(scan, format)
+    fmt = output_format(scan, format, Path(path))
     dest = output_path(Path(path), fmt)
-    if scan.meta.get("path") and Path(scan.meta["path"]).resolve() == dest.resolve():
-        raise MedfakeError("refusing to overwrite the input scan", dest)
+    refuse_input_overlap(scan, dest)
     if fmt == "dicom":
         from medfake.io.dicom import save_dicom_series
 
         with atomic_dir(dest, overwrite) as tmp:
             save_dicom_series(scan, tmp, derivation=derivation)
         return dest
+    if fmt == "mhd" and dest.suffix.lower() == ".mhd":
+        _save_mhd_pair(scan, dest, overwrite)
+        return dest
     with atomic_file(dest, overwrite) as tmp:
         save_npz(scan, tmp) if fmt == "npz" else save_itk(scan, tmp)
-    if fmt == "mhd":
-        _move_raw_companion(dest)
     return dest
 
 
-def _move_raw_companion(dest: Path) -> None:
-    """SimpleITK names the .raw after the temporary .mhd; rename it and fix the header's reference."""
-    header = dest.read_text()
-    lines = header.splitlines()
-    for i, line in enumerate(lines):
-        if line.startswith("ElementDataFile"):
-            raw_name = line.split("=", 1)[1].strip()
-            new_raw = dest.with_suffix(".zraw" if raw_name.endswith(".zraw") else ".raw")
-            (dest.parent / raw_name).replace(new_raw)
-            lines[i] = f"ElementDataFile = {new_raw.name}"
-    dest.write_text("\n".join(lines) + "\n")
+def refuse_input_overlap(scan: Scan, dest: Path) -> None:
+    """Never write onto, into or around the input (an --overwrite of a parent would delete it)."""
+    if not scan.meta.get("path"):
+        return
+    source, target = Path(scan.meta["path"]).resolve(), dest.resolve()
+    if target == source or source in target.parents or target in source.parents:
+        raise MedfakeError(f"refusing to write onto, into or around the input {source}", dest)
+
+
+def _save_mhd_pair(scan: Scan, dest: Path, overwrite: bool) -> None:
+    """MHD header + RAW pixels: both written under their final names in a temporary sibling folder,
+    then moved into place (pixels first, so a header never points at a missing file)."""
+    raw = dest.with_suffix(".raw")
+    check_destination(dest, overwrite)
+    check_destination(raw, overwrite)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent) as tmp:
+        save_itk(scan, Path(tmp) / dest.name)
+        os.replace(Path(tmp) / raw.name, raw)
+        os.replace(Path(tmp) / dest.name, dest)
 
 
 __all__ = ["FORMATS", "atomic_dir", "atomic_file", "detect_format", "load_scan", "save_scan", "Scan"]

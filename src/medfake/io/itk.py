@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -54,10 +56,40 @@ def load_itk(path: Path, modality: str | None = None) -> Scan:
         raise MedfakeError(f"cannot read as {itk_format(path)}: {detail.strip()[:160]}", path) from None
     meta = {"format": itk_format(path), "path": str(path)}
     scan = scan_from_image(image, modality or guess_modality(image), meta)
-    if np.issubdtype(scan.voxels.dtype, np.floating) and not np.all(np.isfinite(scan.voxels)):
-        bad = int(np.count_nonzero(~np.isfinite(scan.voxels)))
+    bad = int(np.count_nonzero(~np.isfinite(scan.voxels))) if np.issubdtype(scan.voxels.dtype, np.floating) else 0
+    if meta["format"] == "nifti":
+        bad = max(bad, nifti_nonfinite_count(path))
+    if bad:
         raise MedfakeError(f"{bad} voxels are NaN or infinite", path)
     return scan
+
+
+NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype codes of real floating-point voxels
+
+
+def nifti_nonfinite_count(path: Path) -> int:
+    """NaN/inf voxels in a NIfTI-1/2 file (ITK's reader silently turns NaN into 0, so look at the file)."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    for order in "<>":
+        size = struct.unpack(order + "i", data[:4])[0]
+        if size == 348:
+            datatype = struct.unpack(order + "h", data[70:72])[0]
+            offset = int(struct.unpack(order + "f", data[108:112])[0])
+            break
+        if size == 540:
+            datatype = struct.unpack(order + "h", data[12:14])[0]
+            offset = int(struct.unpack(order + "q", data[168:176])[0])
+            break
+    else:
+        return 0
+    if datatype not in NIFTI_FLOATS:
+        return 0
+    dtype = np.dtype(order + NIFTI_FLOATS[datatype])
+    usable = (len(data) - offset) // dtype.itemsize * dtype.itemsize
+    values = np.frombuffer(data, dtype=dtype, count=usable // dtype.itemsize, offset=offset)
+    return int(np.count_nonzero(~np.isfinite(values)))
 
 
 def guess_modality(image: sitk.Image) -> str:

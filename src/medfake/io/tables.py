@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from medfake.errors import MedfakeError
+from medfake.io.atomic import atomic_file
 
 LUNA16_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 
@@ -24,11 +26,14 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise MedfakeError("not a text table", path) from None
-    reader = csv.DictReader(io.StringIO(text), skipinitialspace=True)
-    if not reader.fieldnames:
-        raise MedfakeError("empty table", path)
-    reader.fieldnames = [name.strip() for name in reader.fieldnames]
-    return [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    try:
+        reader = csv.DictReader(io.StringIO(text), skipinitialspace=True)
+        if not reader.fieldnames:
+            raise MedfakeError("empty table", path)
+        reader.fieldnames = [name.strip() for name in reader.fieldnames]
+        return [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    except csv.Error as exc:
+        raise MedfakeError(f"not a readable CSV table ({exc})", path) from None
 
 
 def _require(path: Path, rows: list[dict], columns) -> None:
@@ -40,9 +45,12 @@ def _require(path: Path, rows: list[dict], columns) -> None:
 
 def _float(path: Path, row_no: int, value: str, column: str) -> float:
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
-        raise MedfakeError(f"row {row_no}: column {column} is not a number: '{value}'", path) from None
+        number = float("nan")
+    if not math.isfinite(number):
+        raise MedfakeError(f"row {row_no}: column {column} is not a finite number: '{value}'", path)
+    return number
 
 
 @dataclass
@@ -76,7 +84,7 @@ def read_ctgan(path: str | Path, system: str = "world") -> list[Location]:
 
 def write_ctgan(locations: list[Location], path: str | Path) -> Path:
     path = Path(path)
-    with open(path, "w", newline="") as fh:
+    with atomic_file(path, overwrite=True) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["filename", "x", "y", "z", "type"])
         for loc in locations:
@@ -98,7 +106,7 @@ def read_luna16(path: str | Path) -> list[Location]:
 
 def write_luna16(rows: list[dict], path: str | Path) -> Path:
     path = Path(path)
-    with open(path, "w", newline="") as fh:
+    with atomic_file(path, overwrite=True) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=LUNA16_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
@@ -109,7 +117,8 @@ def write_luna16(rows: list[dict], path: str | Path) -> Path:
 def read_locations(path: str | Path, system: str = "world") -> list[Location]:
     """A CT-GAN table, a LUNA16 annotations file or a manifest, recognised by its header."""
     path = Path(path)
-    header = set(_read_rows(path)[0]) if _read_rows(path) else set()
+    rows = _read_rows(path)
+    header = set(rows[0]) if rows else set()
     if set(LUNA16_COLUMNS) <= header:
         return read_luna16(path)
     if {"world_x", "world_y", "world_z"} <= header:

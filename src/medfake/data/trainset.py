@@ -1,0 +1,259 @@
+"""Training sets of isotropic cubes for the injector (nodules) and the remover (healthy lung).
+
+Folder layout (written atomically):
+  cubes.f16        raw float16 HU, shape (N, S, S, S), opened memory-mapped (not a float64 pickle)
+  index.json       shape, dtype, one entry per cube (scan, location, augmentation, location id), config
+  equalizer.npz    histogram equalizer + normalization fitted on these cubes
+  samples.png      middle slices of the first cubes, one per location
+  run.json         resolved config, seed, versions, git commit
+
+Every augmented cube is sampled straight from the scan on a rotated/flipped/shifted isotropic grid (one
+interpolation; no reflect-padded corners as in CT-GAN's rotate-then-crop).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medfake.errors import MedfakeError
+from medfake.io import atomic_dir, load_scan
+from medfake.io.tables import Location, read_locations
+from medfake.runinfo import write_run_record
+from medfake.scan import Scan
+from medfake.tamper.cube import IsoGrid, iso_views
+from medfake.tamper.equalizer import Equalizer
+
+CUBES, INDEX, EQUALIZER = "cubes.f16", "index.json", "equalizer.npz"
+SCAN_SUFFIXES = (".nii.gz", ".mhd", ".nrrd", ".nii", ".npz", ".dcm")
+
+
+@dataclass
+class AugmentConfig:
+    flips: bool = True  # y, x, both
+    shift: int = 4  # grid points; the four diagonal (±s, ±s) in-plane shifts, 0 = none
+    rotation_step_deg: float = 6.0  # in-plane rotations step, 2·step … 360-step; 0 = none
+
+    def views(self) -> list[tuple]:
+        """(rotation_deg, flip_y, flip_x, (dy, dx)) for every version; the reference's 67 by default."""
+        views = [(0.0, False, False, (0, 0))]
+        if self.flips:
+            views += [(0.0, True, False, (0, 0)), (0.0, False, True, (0, 0)), (0.0, True, True, (0, 0))]
+        if self.shift:
+            s = self.shift
+            views += [(0.0, False, False, (dy, dx)) for dy in (s, -s) for dx in (s, -s)]
+        if self.rotation_step_deg:
+            views += [(float(a), False, False, (0, 0)) for a in np.arange(self.rotation_step_deg, 360.0 - 1e-6,
+                                                                           self.rotation_step_deg)]
+        return views
+
+
+@dataclass
+class TrainsetConfig:
+    action: str
+    cube: int = 32
+    iso_spacing: float = 1.0
+    coord_system: str = "world"
+    auto_healthy: int = 0
+    augment: AugmentConfig = None
+
+    def __post_init__(self):
+        if self.augment is None:
+            self.augment = AugmentConfig()
+
+
+# --- reading -------------------------------------------------------------------------------------
+class TrainingSet:
+    """A built set: `cubes` (memory-mapped float16 HU), `entries`, `equalizer`, `config`."""
+
+    def __init__(self, folder: str | Path):
+        folder = Path(folder)
+        if not (folder / INDEX).exists():
+            raise MedfakeError("not a medfake training set (no index.json; build one with `medfake trainset`)", folder)
+        self.folder = folder
+        self.index = json.loads((folder / INDEX).read_text())
+        self.config = self.index["config"]
+        shape = tuple(self.index["shape"])
+        expected = int(np.prod(shape)) * 2
+        if not (folder / CUBES).exists() or (folder / CUBES).stat().st_size != expected:
+            raise MedfakeError(f"cubes.f16 is missing or not {expected} bytes", folder / CUBES)
+        self.cubes = np.memmap(folder / CUBES, dtype="<f2", mode="r", shape=shape)
+        self.entries = self.index["entries"]
+        self.equalizer = Equalizer.load(folder / EQUALIZER)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def location_ids(self) -> np.ndarray:
+        return np.array([e["location"] for e in self.entries])
+
+    def split(self, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(train, val) cube indices, split by location so no augmented copy of a val location is trained on."""
+        ids = self.location_ids
+        locations = np.unique(ids)
+        n_val = int(round(val_fraction * len(locations)))
+        if val_fraction > 0 and len(locations) >= 2:
+            n_val = max(1, n_val)
+        n_val = min(n_val, len(locations) - 1)
+        val_locations = np.random.default_rng(seed).choice(locations, n_val, replace=False) if n_val else []
+        is_val = np.isin(ids, val_locations)
+        return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+# --- building ------------------------------------------------------------------------------------
+def scan_paths(spec) -> list[Path]:
+    """Scans from a folder (its scan files and DICOM subfolders), a text file listing paths, or a list."""
+    items = spec if isinstance(spec, (list, tuple)) else [spec]
+    out: list[Path] = []
+    for item in map(Path, items):
+        if not item.exists():
+            raise MedfakeError("no such scan, folder or list", item)
+        if item.is_file() and item.suffix.lower() in (".txt", ".lst"):
+            out += [Path(line.strip()) if Path(line.strip()).is_absolute() else item.parent / line.strip()
+                    for line in item.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        elif item.is_dir() and not _is_dicom_folder(item):
+            out += sorted(p for p in item.iterdir() if _looks_like_scan(p))
+        else:
+            out.append(item)
+    if not out:
+        raise MedfakeError("no scans found", items[0] if items else None)
+    return out
+
+
+def _is_dicom_folder(path: Path) -> bool:
+    return any(p.is_file() and (p.suffix.lower() == ".dcm" or _has_preamble(p)) for p in list(path.iterdir())[:5])
+
+
+def _has_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def _looks_like_scan(path: Path) -> bool:
+    name = path.name.lower()
+    if path.is_dir():
+        return _is_dicom_folder(path)
+    return name.endswith(SCAN_SUFFIXES) and not scan_key(path).lower().endswith(("label", "mask", "seg"))
+
+
+def scan_key(path: Path) -> str:
+    name = path.name
+    for suffix in SCAN_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def locations_for(scan_path: Path, scan: Scan, table: list[Location]) -> list[Location]:
+    """Table rows naming this scan: same stem, or the scan's stem starts with `<name>_` (lung1 → lung1_image),
+    or the DICOM series UID."""
+    key = scan_key(scan_path)
+    uid = str(scan.meta.get("series_uid", scan.meta.get("SeriesInstanceUID", "")))
+    def matches(name: str) -> bool:
+        name_key = scan_key(Path(name))
+        return name_key == key or key.startswith(name_key + "_") or (uid and name_key == uid)
+    return [loc for loc in table if matches(loc.filename)]
+
+
+def location_voxel(scan: Scan, loc: Location) -> tuple[int, int, int]:
+    zyx = scan.world_to_continuous(loc.coords) if loc.system == "world" else np.asarray(loc.coords, float)
+    return tuple(int(v) for v in scan.require_inside(zyx, f"{loc.filename} location"))
+
+
+def build_trainset(action: str, scans, out: str | Path, coords: str | Path | None = None,
+                   auto_healthy: int = 0, seed: int = 0, config: TrainsetConfig | None = None,
+                   overwrite: bool = False, progress=None) -> Path:
+    """Build a training set; returns its folder. `action` inject uses nodule locations from `coords`;
+    remove uses healthy locations from `coords` and/or `auto_healthy` per scan (sampled in the lung mask
+    away from the table's nodules, vessels and pleura)."""
+    if action not in ("inject", "remove"):
+        raise MedfakeError(f"action must be inject or remove, not '{action}'")
+    config = config or TrainsetConfig(action)
+    config.action, config.auto_healthy = action, auto_healthy
+    paths = scan_paths(scans)
+    table = read_locations(coords, config.coord_system) if coords else []
+    if action == "inject" and not table:
+        raise MedfakeError("the injector needs nodule locations: pass --coords TABLE")
+    if action == "remove" and not table and auto_healthy <= 0:
+        raise MedfakeError("the remover needs healthy locations: pass --coords TABLE and/or --auto-healthy N")
+    rng = np.random.default_rng(seed)
+    views = config.augment.views()
+    out = Path(out)
+    with atomic_dir(out, overwrite) as tmp:
+        entries, count, locations = [], 0, 0
+        with open(tmp / CUBES, "wb") as fh:
+            task = progress.add_task("cubes", total=len(paths), status="") if progress else None
+            for path in paths:
+                scan = load_scan(path)
+                for zyx, source in _sites(action, path, scan, table, auto_healthy, rng):
+                    cubes = iso_views(scan, IsoGrid(zyx, config.cube, config.iso_spacing), views)
+                    fh.write(np.stack(cubes).astype("<f2").tobytes())
+                    entries += [{"scan": str(path), "voxel_zyx": list(zyx), "source": source, "location": locations,
+                                 "view": list(view[:3]) + [list(view[3])]} for view in views]
+                    count, locations = count + len(cubes), locations + 1
+                if progress:
+                    progress.update(task, advance=1, status=f"{count} cubes")
+        if count == 0:
+            raise MedfakeError("no location of the table matches the scans (compare its filename column)", coords)
+        shape = (count, config.cube, config.cube, config.cube)
+        cubes = np.memmap(tmp / CUBES, dtype="<f2", mode="r", shape=shape)
+        sample = np.sort(rng.choice(count, min(count, 400), replace=False))
+        equalizer = Equalizer.fit(np.asarray(cubes[sample], dtype=np.float32), seed=seed)
+        equalizer.save(tmp / EQUALIZER)
+        record = {"action": action, "cube": config.cube, "iso_spacing": config.iso_spacing,
+                  "coord_system": config.coord_system, "auto_healthy": auto_healthy,
+                  "augment": asdict(config.augment), "views_per_location": len(views),
+                  "coords": str(coords) if coords else None, "scans": [str(p) for p in paths]}
+        (tmp / INDEX).write_text(json.dumps({"shape": list(shape), "dtype": "float16", "unit": "HU",
+                                             "config": record, "entries": entries}, indent=1))
+        save_sample_sheet(cubes, entries, tmp / "samples.png")
+        write_run_record(tmp, record, seed)
+    return out
+
+
+NODULE_KINDS = ("nodule", "TM", "FM", "FB", "malignant", "inject")
+
+
+def _sites(action, path, scan, table, auto_healthy, rng):
+    """Cube centres of one scan. For the remover, table rows that are nodules (LUNA16 annotations, CT-GAN
+    types TM/FM/FB) are places to avoid; the other rows are healthy samples."""
+    rows = locations_for(path, scan, table)
+    nodules = [location_voxel(scan, loc) for loc in rows if loc.kind in NODULE_KINDS]
+    for loc in rows:
+        if action == "inject" or loc.kind not in NODULE_KINDS:
+            yield location_voxel(scan, loc), "table"
+    if action == "remove" and auto_healthy > 0:
+        from medfake.tamper.sites import pick_sites
+
+        for zyx in pick_sites(scan, auto_healthy, rng, avoid_zyx=nodules):
+            yield zyx, "auto"
+
+
+def save_sample_sheet(cubes: np.ndarray, entries: list[dict], path: Path, columns: int = 10, rows: int = 3) -> Path:
+    """Middle z-slices (lung window) of the unaugmented cube of the first locations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    firsts = [i for i, e in enumerate(entries) if i == 0 or e["location"] != entries[i - 1]["location"]]
+    picks = firsts[: columns * rows]
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.2, rows * 1.3), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), picks):
+        cube = np.asarray(cubes[i], dtype=np.float32)
+        ax.imshow(cube[cube.shape[0] // 2], cmap="gray", vmin=-1000, vmax=400)
+        ax.set_title(f"#{entries[i]['location']}", fontsize=7)
+    fig.suptitle(f"{len(firsts)} locations, {len(entries)} cubes (middle z-slice, -1000..400 HU)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, the CAD judge, figures, benchmarks and reports."""

@@ -1,0 +1,135 @@
+"""Cubes around a location, resampled to an isotropic grid and back (only the cube, never the scan).
+
+The isotropic grid is defined explicitly: `size` points per axis, `spacing` mm apart, along the scan's own
+array axes, centred on the world point of the location's voxel (so a world and a voxel coordinate that name
+the same voxel give the same cube). Its size is exact at any input spacing (CT-GAN defect 6), voxels outside
+the scan read as -1000 HU (defect 7), and an in-plane rotation / flip / shift can be applied to the grid so
+augmented training cubes are sampled straight from the scan with a single interpolation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from medfake.scan import Scan, cut_cube
+
+SPLINE_MARGIN = 3  # extra source voxels per side so cubic interpolation never reads padding at the edge
+
+
+@dataclass(frozen=True)
+class IsoGrid:
+    """An isotropic cube of `size`³ points `spacing` mm apart whose centre is the scan voxel `center`."""
+
+    center: tuple[int, int, int]  # z,y,x voxel of the scan
+    size: int = 32
+    spacing: float = 1.0  # mm
+
+    @property
+    def half_extent_mm(self) -> float:
+        return (self.size - 1) / 2.0 * self.spacing
+
+    def offsets_mm(self) -> np.ndarray:
+        """Offsets (mm) of the grid points from the centre along one axis."""
+        return (np.arange(self.size) - (self.size - 1) / 2.0) * self.spacing
+
+    def source_shape(self, scan_spacing, extra_mm: float = 0.0) -> np.ndarray:
+        """Odd cuboid size in scan voxels that covers the grid (plus `extra_mm`) and the spline margin."""
+        reach = (self.half_extent_mm + extra_mm) / np.asarray(scan_spacing, dtype=float)
+        return 2 * (np.ceil(reach).astype(int) + SPLINE_MARGIN) + 1
+
+
+def snap(scan: Scan, zyx) -> tuple[int, int, int]:
+    """The scan voxel a (possibly fractional) z,y,x coordinate falls in; raises when outside the scan."""
+    return tuple(int(v) for v in scan.require_inside(zyx))
+
+
+def to_iso(scan: Scan, grid: IsoGrid, rotation_deg: float = 0.0, flip_y: bool = False, flip_x: bool = False,
+           shift_yx: tuple[float, float] = (0.0, 0.0), order: int = 3) -> np.ndarray:
+    """Sample the scan on the isotropic grid (float32 HU). Rotation is in the y-x plane about the centre;
+    `shift_yx` is in grid points. Several augmentations should share `source_coefficients` (see `iso_views`)."""
+    return iso_views(scan, grid, [(rotation_deg, flip_y, flip_x, shift_yx)], order)[0]
+
+
+def iso_views(scan: Scan, grid: IsoGrid, views, order: int = 3) -> list[np.ndarray]:
+    """Several augmented samplings of the same location; `views` = [(rotation_deg, flip_y, flip_x, (dy, dx))]."""
+    max_shift = max((np.hypot(*v[3]) for v in views), default=0.0) * grid.spacing
+    rotated = any(v[0] % 360 for v in views)
+    extra_yx = (np.sqrt(2.0) - 1.0) * grid.half_extent_mm + grid.spacing if rotated else 0.0
+    shape = grid.source_shape(scan.spacing, extra_mm=max(extra_yx, 0.0) + max_shift)
+    source = cut_cube(np.asarray(scan.voxels, dtype=np.float32), grid.center, shape, scan.pad_value)
+    coeffs = ndimage.spline_filter(source, order=order, mode="nearest") if order > 1 else source
+    centre = shape // 2  # cut_cube puts the centre voxel at index size//2
+    spacing = np.asarray(scan.spacing, dtype=float)
+    lo, hi = float(source.min()), float(source.max())  # no spline overshoot beyond the data's range
+    out = []
+    for rotation_deg, flip_y, flip_x, shift_yx in views:
+        zz, yy, xx = _grid_mm(grid, rotation_deg, flip_y, flip_x, shift_yx)
+        coords = np.stack([zz / spacing[0] + centre[0], yy / spacing[1] + centre[1], xx / spacing[2] + centre[2]])
+        cube = ndimage.map_coordinates(coeffs, coords, order=order, mode="nearest", prefilter=False)
+        out.append(np.clip(cube, lo, hi).astype(np.float32))
+    return out
+
+
+def _grid_mm(grid: IsoGrid, rotation_deg, flip_y, flip_x, shift_yx):
+    """World-aligned mm offsets (z,y,x) from the centre of every grid point after augmentation."""
+    o = grid.offsets_mm()
+    zz, yy, xx = np.meshgrid(o, o, o, indexing="ij")
+    yy = yy + shift_yx[0] * grid.spacing
+    xx = xx + shift_yx[1] * grid.spacing
+    if flip_y:
+        yy = -yy
+    if flip_x:
+        xx = -xx
+    if rotation_deg % 360:
+        t = np.deg2rad(rotation_deg)
+        yy, xx = np.cos(t) * yy - np.sin(t) * xx, np.sin(t) * yy + np.cos(t) * xx
+    return zz, yy, xx
+
+
+@dataclass(frozen=True)
+class Region:
+    """Scan voxels covered by an isotropic grid, with their offsets (mm) from its centre."""
+
+    start: np.ndarray  # z,y,x of the block's first voxel (may be negative near the border)
+    offsets_mm: tuple[np.ndarray, np.ndarray, np.ndarray]  # per-axis 1-D offsets of the block's voxels
+
+    @classmethod
+    def of(cls, scan: Scan, grid: IsoGrid) -> "Region":
+        spacing = np.asarray(scan.spacing, dtype=float)
+        reach = np.floor(grid.half_extent_mm / spacing + 1e-9).astype(int)
+        start = np.asarray(grid.center) - reach
+        offsets = tuple((np.arange(-r, r + 1) * s) for r, s in zip(reach, spacing))
+        return cls(start, offsets)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(len(o) for o in self.offsets_mm)
+
+    def distance_mm(self) -> np.ndarray:
+        zz, yy, xx = np.meshgrid(*self.offsets_mm, indexing="ij")
+        return np.sqrt(zz ** 2 + yy ** 2 + xx ** 2)
+
+    def slices(self, scan_shape) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+        """(scan slices, block slices) of the part of the block that lies inside the scan."""
+        lo = np.maximum(self.start, 0)
+        hi = np.minimum(self.start + np.asarray(self.shape), np.asarray(scan_shape))
+        scan_sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+        block_sl = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, self.start))
+        return scan_sl, block_sl
+
+    def cut(self, volume: np.ndarray, pad: float) -> np.ndarray:
+        out = np.full(self.shape, pad, dtype=np.float32)
+        scan_sl, block_sl = self.slices(volume.shape)
+        out[block_sl] = volume[scan_sl]
+        return out
+
+
+def from_iso(cube: np.ndarray, grid: IsoGrid, region: Region, order: int = 3) -> np.ndarray:
+    """Resample an isotropic cube back onto the scan voxels of `region` (float32)."""
+    idx = [o / grid.spacing + (grid.size - 1) / 2.0 for o in region.offsets_mm]
+    coords = np.stack(np.meshgrid(*idx, indexing="ij"))
+    return ndimage.map_coordinates(np.asarray(cube, dtype=np.float32), coords, order=order,
+                                   mode="nearest").astype(np.float32)

@@ -1,0 +1,75 @@
+"""Automatic locations inside the lungs: injection sites and healthy training samples.
+
+A site needs room: it lies inside the lung mask at least `room_mm` from the pleura (the mask border, and
+the scan border), `vessel_mm` from vessels/airway walls (lung voxels above -600 HU) and `avoid_mm` from
+existing nodules; chosen sites are `separation_mm` apart. The search runs on a grid of ~2 mm pixels.
+When too few places qualify, the vessel clearance is relaxed before giving up.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from medfake.errors import MedfakeError
+from medfake.scan import Scan
+
+VESSEL_HU = -600.0
+COARSE_MM = 2.0
+
+
+def pick_sites(scan: Scan, n: int, rng: np.random.Generator, lung: np.ndarray | None = None,
+               avoid_zyx=(), room_mm: float = 15.0, vessel_mm: float = 4.0, avoid_mm: float = 30.0,
+               separation_mm: float = 34.0) -> list[tuple[int, int, int]]:
+    """`n` voxel sites (z,y,x) drawn at random among the places that satisfy the clearances."""
+    if n <= 0:
+        return []
+    if lung is None:
+        from medfake.lungmask import lung_mask
+
+        lung = lung_mask(scan)
+    step = np.array([1] + [max(1, int(round(COARSE_MM / s))) for s in scan.spacing[1:]])
+    coarse_spacing = np.asarray(scan.spacing) * step
+    sub = (slice(None), slice(step[1] // 2, None, step[1]), slice(step[2] // 2, None, step[2]))
+    inside = np.asarray(lung[sub], dtype=bool)
+    hu = np.asarray(scan.voxels[sub], dtype=np.float32)
+    room = _distance_inside(inside, coarse_spacing)
+    vessel_distance = ndimage.distance_transform_edt(~(inside & (hu > VESSEL_HU)), sampling=coarse_spacing)
+    allowed = inside & (room >= room_mm)
+    allowed &= _far_from(allowed.shape, step, avoid_zyx, coarse_spacing, avoid_mm)
+    for clearance in (vessel_mm, vessel_mm / 2, 0.0):
+        candidates = allowed & (vessel_distance >= clearance)
+        sites = _draw(candidates, n, rng, coarse_spacing, separation_mm)
+        if len(sites) == n:
+            return [tuple(int(v) for v in s * step + np.array([0, step[1] // 2, step[2] // 2])) for s in sites]
+    raise MedfakeError(f"found room for only {len(sites)} of {n} site(s) inside the lungs "
+                       f"(need {room_mm:g} mm from the pleura, {avoid_mm:g} mm from nodules)", scan.meta.get("path"))
+
+
+def _distance_inside(inside: np.ndarray, spacing) -> np.ndarray:
+    """Distance (mm) to the nearest voxel outside the mask, counting the scan border as outside."""
+    padded = np.pad(inside, 1, constant_values=False)
+    return ndimage.distance_transform_edt(padded, sampling=spacing)[1:-1, 1:-1, 1:-1]
+
+
+def _far_from(shape, step, points_zyx, spacing, distance_mm) -> np.ndarray:
+    ok = np.ones(shape, dtype=bool)
+    if len(points_zyx) == 0:
+        return ok
+    grid = np.indices(shape, sparse=True)
+    for p in np.atleast_2d(np.asarray(points_zyx, dtype=float)) / step:
+        d2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grid, p, spacing))
+        ok &= d2 >= distance_mm ** 2
+    return ok
+
+
+def _draw(candidates: np.ndarray, n: int, rng, spacing, separation_mm) -> list[np.ndarray]:
+    points = np.argwhere(candidates)
+    chosen: list[np.ndarray] = []
+    for index in rng.permutation(len(points)):
+        p = points[index]
+        if all(np.linalg.norm((p - q) * spacing) >= separation_mm for q in chosen):
+            chosen.append(p)
+            if len(chosen) == n:
+                break
+    return chosen

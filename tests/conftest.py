@@ -1,0 +1,45 @@
+"""Shared fixtures: the real lung1 chest CT and its nodule label (loaded once per test session).
+
+Tests must not modify these scans in place: use `scan.with_voxels(scan.voxels.copy())` to change voxels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medfake.data.samples import sample_path
+from medfake.io import load_scan
+
+
+@pytest.fixture(scope="session")
+def lung1():
+    """lung1 (48x512x512 int16 HU, spacing 5 x 0.5703 x 0.5703 mm) as a Scan."""
+    scan = load_scan(sample_path("lung1"))
+    scan.voxels.setflags(write=False)
+    return scan
+
+
+@pytest.fixture(scope="session")
+def lung1_label():
+    """lung1's binary nodule label (same geometry as lung1), modality 'SEG'."""
+    scan = load_scan(sample_path("lung1_label"), modality="SEG")
+    scan.voxels.setflags(write=False)
+    return scan
+
+
+@pytest.fixture(scope="session")
+def lung1_slab(lung1):
+    """8 full slices of lung1 around the nodule (z 29..36) with the matching origin: a small real CT."""
+    voxels = np.ascontiguousarray(lung1.voxels[29:37])
+    return lung1.with_voxels(voxels, origin=tuple(lung1.voxel_to_world((29, 0, 0))),
+                             meta={"format": "nrrd", "path": None})
+
+
+@pytest.fixture(scope="session")
+def lung1_dicom(lung1_slab, tmp_path_factory):
+    """`lung1_slab` written once per session as a standalone classic DICOM CT series (a folder)."""
+    from medfake.io import save_scan
+
+    folder = tmp_path_factory.mktemp("lung1_dicom") / "series"
+    return save_scan(lung1_slab, folder, format="dicom")
