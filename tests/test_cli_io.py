@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pydicom
-import pytest
 import SimpleITK as sitk
 from matplotlib import image as mpimg
 
@@ -90,4 +89,6 @@ def test_view_world_point_writes_a_png_with_the_marker(lung1, tmp_path, capsys):
 def test_view_defaults_to_the_centre(tmp_path, capsys):
     png = tmp_path / "centre.png"
     code, _, _ = run(["view", sample_path("pydicom/CT_small.dcm"), "--window", "400,40", "-o", png], capsys)
-    assert code == 0 and mpimg.imread(png).shape[1] > 128
+    rgb = (mpimg.imread(png)[..., :3] * 255).round().astype(np.uint8)
+    assert code == 0 and rgb.shape == (128 + 22, 128, 3)  # one slice: the axial panel only, plus caption
+    assert tuple(rgb[64 - 6, 64]) == (255, 40, 40) and tuple(rgb[64, 64 + 6]) == (255, 40, 40)  # centre (0, 64, 64)

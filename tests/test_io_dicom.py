@@ -26,6 +26,16 @@ REQUIRED_CT_TAGS = (  # type 1 and 2 attributes of the CT Image IOD modules we w
 )
 
 
+@pytest.fixture
+def strict_dicom():
+    """Make pydicom raise on any value that does not fit its VR, while writing and reading."""
+    settings = pydicom.config.settings
+    saved = settings.writing_validation_mode, settings.reading_validation_mode
+    settings.writing_validation_mode = settings.reading_validation_mode = pydicom.config.RAISE
+    yield
+    settings.writing_validation_mode, settings.reading_validation_mode = saved
+
+
 def read_series(folder):
     return [pydicom.dcmread(p) for p in sorted(folder.iterdir())]
 
@@ -72,6 +82,13 @@ def test_standalone_series_from_lung1_is_exact_and_valid(lung1_slab, lung1_dicom
     assert np.allclose([float(ds.SliceLocation) for ds in datasets], positions)
 
 
+def test_standalone_ct_values_fit_their_value_representations(lung1_slab, tmp_path, strict_dicom):
+    small = lung1_slab.with_voxels(np.ascontiguousarray(lung1_slab.voxels[:2, :16, :16]))
+    out = save_scan(small, tmp_path / "strict", format="dicom", derivation="medfake: " + "x" * 2000)
+    datasets = read_series(out)
+    assert len(datasets) == 2 and len(datasets[0].DerivationDescription) == 1024
+
+
 def test_simpleitk_reads_our_series_identically(lung1_slab, lung1_dicom):
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(lung1_dicom)))
@@ -105,7 +122,7 @@ def test_nrrd_to_dicom_to_nrrd_keeps_an_oblique_geometry(lung1_slab, tmp_path):
     assert np.allclose(np.asarray(first.ImageOrientationPatient, float), [0.8, 0.36, 0.48, -0.6, 0.48, 0.64])
 
 
-def test_derived_series_keeps_patient_and_study_but_is_a_new_series(tmp_path):
+def test_derived_series_keeps_patient_and_study_but_is_a_new_series(tmp_path, strict_dicom):
     source_file = sample_path("pydicom/CT_small.dcm")
     source = load_scan(source_file)
     tampered = source.with_voxels(source.voxels.copy())
@@ -195,7 +212,7 @@ def test_enhanced_mr_loads_all_frames_and_compressed_copies_match():
         assert np.array_equal(load_scan(sample_path(f"pydicom-data/{variant}")).voxels, scan.voxels), variant
 
 
-def test_enhanced_ct_takes_geometry_and_rescale_from_functional_groups(tmp_path):
+def test_enhanced_ct_takes_geometry_and_rescale_from_functional_groups(tmp_path, strict_dicom):
     path = sample_path("pydicom-data/eCT_Supplemental.dcm")
     scan = load_scan(path)
     ds = pydicom.dcmread(path)
@@ -328,3 +345,51 @@ def test_writing_never_touches_the_input(lung1_dicom, tmp_path):
     save_scan(scan, occupied, format="dicom", overwrite=True)
     assert len(list(occupied.iterdir())) == 8
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def test_left_handed_mr_comes_back_right_handed_with_the_same_world_positions(tmp_path, strict_dicom):
+    """brain1 (real MR) has direction diag(1,-1,1); DICOM has no slice axis of its own, so the series
+    reloads as the equivalent right-handed volume: z reversed, every voxel at the same world position."""
+    brain = load_scan(sample_path("brain1"))
+    assert np.linalg.det(brain.direction) == pytest.approx(-1.0)
+    out = save_scan(brain, tmp_path / "brain", format="dicom")
+    back = load_scan(out)
+    assert np.linalg.det(back.direction) == pytest.approx(1.0)
+    assert back.modality == "MR" and back.voxels.dtype == np.int16
+    assert np.array_equal(back.voxels, brain.voxels[::-1])
+    last = brain.shape[0] - 1
+    for z, y, x in [(0, 0, 0), (7, 100, 200), (last, 255, 3)]:
+        assert np.allclose(back.voxel_to_world((last - z, y, x)), brain.voxel_to_world((z, y, x)), atol=1e-4)
+    first = read_series(out)[0]
+    assert first.SOPClassUID == pydicom.uid.MRImageStorage
+    for keyword in ("ScanningSequence", "SequenceVariant", "ScanOptions", "MRAcquisitionType", "EchoTime",
+                    "EchoTrainLength", "PixelSpacing", "ImagePositionPatient", "FrameOfReferenceUID"):
+        assert keyword in first, keyword
+
+
+def test_unstorable_scans_are_refused(lung1_slab, tmp_path):
+    nan = lung1_slab.with_voxels(np.full((2, 4, 4), np.nan, dtype=np.float32))
+    with pytest.raises(MedfakeError, match="NaN"):
+        save_scan(nan, tmp_path / "nan", format="dicom")
+    sheared = lung1_slab.with_voxels(np.zeros((2, 4, 4), np.int16), direction=[[1, 0.3, 0], [0, 1, 0], [0, 0, 1]])
+    with pytest.raises(MedfakeError, match="not orthonormal"):
+        save_scan(sheared, tmp_path / "sheared", format="dicom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_series_of_files_without_preamble_or_suffix(lung1_slab, lung1_dicom, tmp_path):
+    from pydicom.filebase import DicomFileLike
+    from pydicom.filewriter import write_dataset
+
+    folder = tmp_path / "old_export"
+    folder.mkdir()
+    for index, path in enumerate(sorted(lung1_dicom.iterdir())):
+        with open(folder / f"IM{index:06d}", "wb") as fh:  # bare implicit-VR data set, as older exports write
+            stream = DicomFileLike(fh)
+            stream.is_little_endian, stream.is_implicit_VR = True, True
+            write_dataset(stream, pydicom.dcmread(path))
+    (folder / "notes.txt").write_text("exported by an old workstation")
+    scan = load_scan(folder)
+    assert np.array_equal(scan.voxels, lung1_slab.voxels)
+    assert_same_geometry(scan, lung1_slab)
+    assert load_scan(folder / "IM000003").shape == (1, 512, 512)

@@ -247,3 +247,22 @@ def refine_border(filled: np.ndarray, fine_air: np.ndarray, factor: int) -> np.n
     labels, _ = ndimage.label(mask)
     attached = np.unique(labels[core])
     return np.isin(labels, attached[attached > 0])
+
+
+def save_lung_mask(path, output, series: str | None = None, overwrite: bool = False):
+    """Load a CT, compute its lung mask and write it (uint8, same geometry, atomic). Returns (path, mL)."""
+    from pathlib import Path
+
+    from medfake.io import load_scan, save_scan
+    from medfake.io.itk import itk_format
+
+    output = Path(output)
+    fmt = itk_format(output) or ("npz" if output.name.lower().endswith(".npz") else None)
+    if fmt is None:
+        raise MedfakeError("mask output must end in .nii.gz, .nii, .nrrd, .mhd or .npz", output)
+    scan = load_scan(path, series=series)
+    mask = lung_mask(scan)
+    mask_scan = scan.with_voxels(mask.astype(np.uint8), modality="SEG")
+    mask_scan.meta = {"format": fmt, "path": scan.meta.get("path")}
+    written = save_scan(mask_scan, output, format=fmt, overwrite=overwrite)
+    return written, float(mask.sum() * np.prod(scan.spacing) / 1000.0)

@@ -72,21 +72,24 @@ def view(path: Path = typer.Argument(..., help="Scan to show."),
          output: Path = typer.Option(..., "-o", "--output", help="PNG to write."),
          series: str = typer.Option(None, "--series", help="SeriesInstanceUID when the folder holds several.")):
     """Axial, coronal and sagittal slices through a point (default: the centre), with a marker, as PNG."""
-    from medfake.evaluate.figures import render_view, save_png
+    from medfake.evaluate.figures import render_view, save_png, window
     from medfake.io import load_scan
 
+    chosen_window = window(window_name) if window_name not in (None, "auto") else window_name
     if voxel and world:
         raise MedfakeError("give either -c z,y,x or -w x,y,z, not both")
     if output.suffix.lower() != ".png":
         raise MedfakeError("output must be a .png file", output)
+    world_xyz = parse_triplet(world, "-w x,y,z") if world else None
+    voxel_zyx = parse_triplet(voxel, "-c z,y,x") if voxel else None
     scan = load_scan(path, series=series)
-    if world:
-        zyx = scan.world_to_continuous(parse_triplet(world, "-w x,y,z"))
-    elif voxel:
-        zyx = parse_triplet(voxel, "-c z,y,x")
+    if world_xyz is not None:
+        zyx = scan.world_to_continuous(world_xyz)
+    elif voxel_zyx is not None:
+        zyx = voxel_zyx
     else:
         zyx = [(n - 1) / 2 for n in scan.shape]
-    save_png(render_view(scan, zyx, window_name), output)
+    save_png(render_view(scan, zyx, chosen_window), output)
     out.print(f"wrote {output}")
 
 

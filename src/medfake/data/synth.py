@@ -51,8 +51,7 @@ def synthesize(seed: int, n_xy: int = 384, max_slices: int = 64, pixel_mm: float
     if n_xy < 64 or max_slices < 4:
         raise MedfakeError(f"synthetic scan too small: n_xy={n_xy} (≥ 64), max_slices={max_slices} (≥ 4)")
     rng = np.random.default_rng(seed)
-    pixel = float(pixel_mm if pixel_mm is not None else round(rng.uniform(*PIXEL_RANGE), 4))
-    thickness = float(slice_mm if slice_mm is not None else rng.choice(SLICE_THICKNESSES, p=SLICE_WEIGHTS))
+    pixel, thickness = draw_spacing(rng, pixel_mm, slice_mm)
     chest = an.random_chest(rng, half_width=n_xy * pixel * rng.uniform(0.40, 0.45))
     grid = make_grid(chest, rng, n_xy, pixel, thickness, max_slices)
 
@@ -69,7 +68,7 @@ def synthesize(seed: int, n_xy: int = 384, max_slices: int = 64, pixel_mm: float
     sr.paint_tubes(trees, grid, cover, allowed=near_lung)
 
     hu = sr.tissue_hu(labels, chest, grid, rng)
-    hu += sr.parenchyma_texture(rng, grid, lung, amplitude=18.0)
+    hu += sr.parenchyma_texture(rng, grid, lung, amplitude=25.0)
     for name, value in (("wall", 30.0), ("lumen", -1000.0), ("blood", 40.0)):
         hu += cover[name] * (value - hu)
     labels[(cover["wall"] >= 0.5) & (labels != an.CORTEX)] = an.AIRWAY_WALL
@@ -78,17 +77,25 @@ def synthesize(seed: int, n_xy: int = 384, max_slices: int = 64, pixel_mm: float
     labels[vessel & (labels == an.LUNG)] = an.VESSEL
     labels[vessel & (labels != an.VESSEL) & (labels != an.CORTEX)] = an.BLOOD
 
-    nodules = add_nodules(chest, grid, rng, hu, labels, n_nodules, max_nodule_mm, reads)
+    nodules = add_nodules(chest, grid, rng, hu, labels, lung, n_nodules, max_nodule_mm, reads)
     sz = grid.spacing[0]
-    sigma = noise_hu if noise_hu is not None else float(np.clip(rng.uniform(12, 24) * np.sqrt(2.5 / sz), 8, 35))
-    hu = sr.scanner(hu, grid, rng, sigma)
+    sigma = noise_hu if noise_hu is not None else float(np.clip(rng.uniform(8, 20) * np.sqrt(2.5 / sz), 5, 35))
+    kernel_peak = rng.uniform(0.08, 0.30)  # cycles/mm: smooth (soft-tissue) to sharper (lung) kernels
+    hu = sr.scanner(hu, grid, rng, sigma, nps_peak_per_mm=kernel_peak)
     voxels = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
 
     scan = Scan(voxels, grid.spacing, origin=tuple(grid.world_origin), modality="CT",
-                meta={"format": "synthetic", "seed": seed, "noise_hu": sigma, "patient_half_width_mm": chest.A})
+                meta={"format": "synthetic", "seed": seed, "noise_hu": sigma, "nps_peak_per_mm": kernel_peak, "patient_half_width_mm": chest.A})
     for row in nodules:
         row["voxel_zyx"] = tuple(int(v) for v in scan.world_to_voxel([row["coordX"], row["coordY"], row["coordZ"]]))
     return Synthetic(scan, nodules, labels, lung)
+
+
+def draw_spacing(rng: np.random.Generator, pixel_mm: float | None = None, slice_mm: float | None = None):
+    """(in-plane pixel, slice spacing) in mm: 0.5-0.9 mm and 1-5 mm like LIDC scans, unless given."""
+    pixel = float(pixel_mm if pixel_mm is not None else round(rng.uniform(*PIXEL_RANGE), 4))
+    thickness = float(slice_mm if slice_mm is not None else rng.choice(SLICE_THICKNESSES, p=SLICE_WEIGHTS))
+    return pixel, thickness
 
 
 def make_grid(chest: an.Chest, rng: np.random.Generator, n_xy: int, pixel: float, thickness: float,
@@ -108,8 +115,9 @@ def make_grid(chest: an.Chest, rng: np.random.Generator, n_xy: int, pixel: float
     return grid
 
 
-def add_nodules(chest, grid, rng, hu, labels, count, max_mm, reads) -> list[dict]:
-    """Nodules with LIDC read sizes/ratings placed in the lung; painted into `hu` and `labels`."""
+def add_nodules(chest, grid, rng, hu, labels, lung, count, max_mm, reads) -> list[dict]:
+    """Nodules with LIDC read sizes/ratings placed in the lung; painted into `hu` and `labels`.
+    A juxtapleural nodule touches the pleura and is flattened against it (painted inside the lung only)."""
     if reads is None:
         from medfake.data.lidc import nodule_reads
 
@@ -117,16 +125,22 @@ def add_nodules(chest, grid, rng, hu, labels, count, max_mm, reads) -> list[dict
     from medfake.data.lidc import sample_reads
 
     count = int(rng.integers(1, 4)) if count is None else count
-    lung_width = chest.cavity[0] * 0.5
-    chosen = sample_reads(reads, rng, count, max_mm=min(max_mm, lung_width))
+    slab = grid.zs[-1] - grid.zs[0] - 2 * grid.spacing[0]
+    largest = min(max_mm, 0.5 * chest.cavity[0], slab)
+    if count == 0 or largest < 4.0:
+        return []
+    chosen = sample_reads(reads, rng, count, max_mm=largest)
     taken, rows = [], []
     for read in chosen:
         radius = read["diameter_mm"] / 2.0
-        centre = sn.place(chest, rng, radius, (grid.zs[0], grid.zs[-1]), taken, juxtapleural=rng.random() < 0.15)
+        juxtapleural = bool(rng.random() < 0.15)
+        centre = sn.place(chest, rng, radius, (grid.zs[0], grid.zs[-1]), taken, juxtapleural)
         if centre is None:
             continue
         taken.append((centre, radius))
         box, cov, core, hu_solid, hu_ggo, kind = sn.render_nodule(centre, radius, read, grid, rng)
+        cov *= lung[box]
+        core *= lung[box]
         region = hu[box]
         target = hu_solid if kind == "solid" else hu_ggo
         region += cov * (target - region)
@@ -136,6 +150,75 @@ def add_nodules(chest, grid, rng, hu, labels, count, max_mm, reads) -> list[dict
         lab[core >= 0.5] = an.NODULE
         x, y, z = centre + grid.to_world
         rows.append({"coordX": float(x), "coordY": float(y), "coordZ": float(z), "diameter_mm": 2 * radius,
-                     "type": kind, "texture": read["texture"], "lobulation": read["lobulation"],
+                     "type": kind, "juxtapleural": juxtapleural, "texture": read["texture"], "lobulation": read["lobulation"],
                      "spiculation": read["spiculation"], "malignancy": read["malignancy"]})
     return rows
+
+
+def cohort_seeds(seed: int, n: int) -> list[int]:
+    """Independent per-scan seeds derived from the cohort seed (scan i is `synth_chest_ct(seeds[i])`)."""
+    return [int(s) for s in np.random.SeedSequence(seed).generate_state(n, dtype=np.uint32)]
+
+
+def write_cohort(out_dir: str | Path, n: int, seed: int, fmt: str = "nrrd", overwrite: bool = False,
+                 progress: bool = False, **options) -> Path:
+    """`n` synthetic scans named `synth-<seed>-<i>` plus LUNA16 `annotations.csv` (seriesuid = file stem,
+    world mm), `nodules.csv` (with type, ratings and voxel z,y,x) and `cohort.json`; all or nothing."""
+    import json
+
+    from medfake.io import FORMATS, atomic_dir, save_scan
+    from medfake.io.tables import write_luna16
+
+    if n < 1:
+        raise MedfakeError(f"--n must be at least 1, got {n}")
+    if fmt not in FORMATS:
+        raise MedfakeError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
+    rows, scans = [], []
+    with atomic_dir(out_dir, overwrite) as tmp, cohort_progress(progress, n) as advance:
+        for i, scan_seed in enumerate(cohort_seeds(seed, n)):
+            scan, nodules = synth_chest_ct(scan_seed, **options)
+            stem = f"synth-{seed}-{i:03d}"
+            path = save_scan(scan, tmp / stem, format=fmt, derivation="synthetic chest CT (medfake data synth)")
+            rows += [{"seriesuid": stem, **row} for row in nodules]
+            scans.append({"seriesuid": stem, "file": path.name, "seed": scan_seed, "shape": list(scan.shape),
+                          "spacing": list(scan.spacing), "origin": list(scan.origin), "noise_hu": scan.meta["noise_hu"],
+                          "nodules": len(nodules)})
+            advance()
+        write_luna16(rows, tmp / "annotations.csv")
+        write_nodule_table(rows, tmp / "nodules.csv")
+        (tmp / "cohort.json").write_text(json.dumps({"seed": seed, "n": n, "format": fmt, "options": options,
+                                                     "scans": scans}, indent=1))
+    return Path(out_dir)
+
+
+def write_nodule_table(rows: list[dict], path: Path) -> Path:
+    import csv
+
+    columns = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "type", "texture", "lobulation",
+               "spiculation", "malignancy", "voxel_z", "voxel_y", "voxel_x")
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            z, y, x = row["voxel_zyx"]
+            writer.writerow({**{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()},
+                             "voxel_z": z, "voxel_y": y, "voxel_x": x})
+    return path
+
+
+def cohort_progress(show: bool, total: int):
+    """Context manager yielding an `advance()` callable (a rich progress bar when `show`)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def bar():
+        if not show:
+            yield lambda: None
+            return
+        from medfake.training import progress_bar
+
+        with progress_bar() as progress:
+            task = progress.add_task("synthesizing", total=total, status="")
+            yield lambda: progress.advance(task)
+
+    return bar()

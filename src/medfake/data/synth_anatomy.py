@@ -147,8 +147,9 @@ class Chest:
         arch = (X ** 2 + (Y - canal_y) ** 2 <= (0.75 * sr) ** 2) & ~canal & (Y >= sy + 0.8 * sr)
         process = (np.abs(X) <= 3.0) & (Y >= canal_y) & (Y <= canal_y + 1.6 * sr)
         transverse = (np.abs(Y - canal_y + 0.2 * sr) <= 3.5) & (np.abs(X) <= 2.2 * sr) & ~disc
-        bone = ((body & ~disc) | arch | process | transverse)
-        inner = (X ** 2 + (Y - sy) ** 2 <= (sr - 2.0) ** 2) & ~disc
+        posterior = arch | process | transverse
+        bone = (body & ~disc) | posterior
+        inner = ((X ** 2 + (Y - sy) ** 2 <= (sr - 2.0) ** 2) & ~disc) | posterior
         return bone, inner, canal, body & disc
 
     def sternum(self, X, Y, Z):

@@ -72,7 +72,7 @@ def render_nodule(centre: np.ndarray, radius: float, read: dict, grid: Grid, rng
         core_radius = radius * rng.uniform(0.35, 0.6)
         core = np.clip((core_radius * (1.0 + lobulation) - dist) / edge + 0.5, 0, 1).astype(np.float32)
     elif kind == "solid":
-        core = coverage
+        core = coverage.copy()
     hu_solid = rng.uniform(-10.0, 60.0)
     hu_ggo = rng.uniform(-650.0, -350.0)
     return box, coverage, core, hu_solid, hu_ggo, kind

@@ -9,7 +9,7 @@ from scipy import ndimage
 from medfake.data import synth_anatomy as an
 
 # mean HU per label (soft tissue values for non-contrast CT)
-BASE_HU = np.array([-1000, -100, 45, 1100, 260, -860, -1000, 30, 40, 40, 55, 30, -550, 150], dtype=np.float32)
+BASE_HU = np.array([-1000, -110, 48, 800, 280, -895, -1000, 30, 42, 42, 55, 30, -550, 150], dtype=np.float32)
 
 
 class Grid:
@@ -141,11 +141,11 @@ def tissue_hu(labels: np.ndarray, chest: an.Chest, grid: Grid, rng: np.random.Ge
     """HU from labels: base value per tissue, slow texture, lung density rising towards the back."""
     hu = BASE_HU[labels]
     slow = smooth_field(rng, grid, 60.0)
-    amplitude = np.array([3, 10, 8, 120, 50, 20, 2, 5, 5, 5, 6, 0, 0, 20], np.float32)
+    amplitude = np.array([3, 10, 8, 150, 60, 25, 2, 5, 5, 5, 6, 0, 0, 20], np.float32)
     hu += amplitude[labels] * slow
     lung = labels == an.LUNG
     depth = np.clip((grid.ys - (-chest.cavity[1])) / (2 * chest.cavity[1]), 0, 1).astype(np.float32)
-    hu += lung * (55.0 * depth ** 2)[None, :, None]
+    hu += lung * (70.0 * depth ** 2)[None, :, None]
     return hu
 
 

@@ -62,8 +62,11 @@ def window(spec: str | Window | None, values: np.ndarray | None = None) -> Windo
     return Window(width, level)
 
 
-def default_window(scan: Scan) -> Window:
-    return window("lung") if scan.modality == "CT" else window("auto", scan.voxels.ravel())
+def resolve_window(scan: Scan, spec: str | Window | None) -> Window:
+    """`spec` as a Window; None means lung for CT and the data's 1st-99th percentiles otherwise."""
+    if spec is None:
+        spec = "lung" if scan.modality == "CT" else "auto"
+    return window(spec, scan.voxels)
 
 
 def to_rgb(grey: np.ndarray) -> np.ndarray:
@@ -91,14 +94,15 @@ def draw_cross(rgb: np.ndarray, row: float, col: float, arm: int = 12, gap: int 
     return out
 
 
-def orthogonal_views(scan: Scan, zyx: Sequence[float], window_spec: str | Window | None = None,
+def orthogonal_views(scan: Scan, zyx: Sequence[float], window: str | Window | None = None,
                      marker: bool = True, max_size: int = 512) -> np.ndarray:
-    """Axial, coronal and sagittal slices through voxel `zyx`, side by side, as one RGB uint8 image.
+    """Axial, coronal and sagittal slices through voxel `zyx`, side by side, as one RGB uint8 image
+    (only the axial panel for a single-slice scan).
 
     Panels use square display pixels (true proportions for anisotropic spacing); superior is up in the
     coronal and sagittal panels when the scan's z axis points to the head. A red cross-hair marks the point."""
     point = scan.require_inside(zyx, "view point")
-    win = window(window_spec, scan.voxels.ravel()) if window_spec is not None else default_window(scan)
+    win = resolve_window(scan, window)
     sz, sy, sx = scan.spacing
     nz, ny, nx = scan.shape
     pixel_mm = max(min(sy, sx), max(nz * sz, ny * sy, nx * sx) / max_size)
@@ -109,6 +113,8 @@ def orthogonal_views(scan: Scan, zyx: Sequence[float], window_spec: str | Window
         (scan.voxels[:, y, :], sz, sx, z, x, head_up),
         (scan.voxels[:, :, x], sz, sy, z, y, head_up),
     ]
+    if nz == 1:  # a single slice has no coronal or sagittal view worth showing
+        planes = planes[:1]
     panels = []
     for image, row_mm, col_mm, mark_row, mark_col, flip in planes:
         grey = square_pixels(win.apply(image), row_mm, col_mm, pixel_mm)
@@ -179,13 +185,14 @@ def save_png(rgb: np.ndarray, path: str | Path, overwrite: bool = True) -> Path:
     return path
 
 
-def render_view(scan: Scan, zyx: Sequence[float], window_spec: str | Window | None = None) -> np.ndarray:
+def render_view(scan: Scan, zyx: Sequence[float], window: str | Window | None = None) -> np.ndarray:
     """`orthogonal_views` with a caption: the point in voxels and mm, its value and the window."""
     point = scan.require_inside(zyx, "view point")
-    win = window(window_spec, scan.voxels.ravel()) if window_spec is not None else default_window(scan)
-    x, y, z = scan.voxel_to_world(point)
+    win = resolve_window(scan, window)
+    x, y, z = scan.voxel_to_world(point) + 0.0  # no '-0.0' in captions
     name = Path(str(scan.meta.get("path", "scan"))).name
     unit = " HU" if scan.modality == "CT" else ""
     text = (f"{name}  z,y,x={tuple(int(v) for v in point)}  x,y,z=({x:.1f}, {y:.1f}, {z:.1f}) mm  "
-            f"value={float(scan.voxels[tuple(point)]):g}{unit}  {win}  axial | coronal | sagittal")
+            f"value={float(scan.voxels[tuple(point)]):g}{unit}  {win}" +
+            ("  axial | coronal | sagittal" if scan.shape[0] > 1 else "  axial"))
     return add_caption(orthogonal_views(scan, point, win), text)

@@ -1,6 +1,8 @@
 """Read and write scans: `load_scan(path)` and `save_scan(scan, path, format=...)`.
 
-Formats: DICOM series folder or single/multi-frame file, MHD/RAW, NRRD, NIfTI, NPZ (ours).
+Formats: DICOM series folder or single/multi-frame file, MHD/RAW, NRRD, NIfTI, NPZ (ours). Writes are
+atomic (temporary sibling + rename), refuse an existing destination unless `overwrite`, and never
+touch the input. DICOM output is always a new derived series (see `medfake.io.dicom_write`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def detect_format(path: Path) -> str:
         return fmt
     if path.name.lower().endswith(".npz"):
         return "npz"
-    if path.name.lower().endswith(".dcm") or _has_dicom_preamble(path):
+    if path.name.lower().endswith(".dcm") or _has_dicom_preamble(path) or _is_raw_dicom(path):
         return "dicom"
     raise MedfakeError("unknown format (expected a DICOM folder/file, .mhd, .nrrd, .nii[.gz] or .npz)", path)
 
@@ -38,6 +40,13 @@ def _has_dicom_preamble(path: Path) -> bool:
     with open(path, "rb") as fh:
         head = fh.read(132)
     return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _is_raw_dicom(path: Path) -> bool:
+    """A DICOM data set without the 128-byte preamble (older exports, files named like `IM000123`)."""
+    from medfake.io.dicom import read_dataset
+
+    return path.stat().st_size > 0 and read_dataset(path, header_only=True, must_be_dicom=False) is not None
 
 
 def load_scan(path: str | Path, series: str | None = None, modality: str | None = None) -> Scan:
@@ -49,12 +58,16 @@ def load_scan(path: str | Path, series: str | None = None, modality: str | None 
     if fmt == "dicom":
         from medfake.io.dicom import load_dicom
 
-        return load_dicom(path, series=series)
-    if path.is_file() and path.stat().st_size == 0:
+        scan = load_dicom(path, series=series)
+    elif path.stat().st_size == 0:
         raise MedfakeError("file is empty", path)
-    if fmt == "npz":
-        return load_npz(path)
-    return load_itk(path, modality)
+    elif fmt == "npz":
+        scan = load_npz(path)
+    else:
+        return load_itk(path, modality)
+    if modality:
+        scan.modality = modality
+    return scan
 
 
 def output_format(scan: Scan, requested: str | None, dest: Path | None = None) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medfake.errors import MedfakeError
 from medfake.io.dicom_geometry import StackGeometry, plan_stack
@@ -87,12 +88,21 @@ def read_dataset(path: Path, header_only: bool, must_be_dicom: bool) -> Dataset 
     try:  # files without the 128-byte preamble (e.g. older exports)
         ds = _quiet_read(path, header_only, force=True)
         if "SOPClassUID" in ds or ("Rows" in ds and "Columns" in ds):
-            return ds
+            return _with_transfer_syntax(ds)
     except Exception:
         pass
     if must_be_dicom:
         raise MedfakeError("not a DICOM file", path)
     return None
+
+
+def _with_transfer_syntax(ds: Dataset) -> Dataset:
+    """Data sets without file meta: record the encoding pydicom detected, so pixels can be decoded."""
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                          ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    return ds
 
 
 def _short(exc: Exception) -> str:
@@ -293,7 +303,9 @@ def load_folder(folder: Path, wanted: str | None) -> Scan:
         if len(chosen.files) > 1:
             raise MedfakeError(f"series {chosen.uid} mixes {len(multi)} multi-frame files with other files; "
                                f"load one file directly", folder)
-        return load_multiframe(multi[0][0], read_dataset(multi[0][0], False, True))
+        scan = load_multiframe(multi[0][0], read_dataset(multi[0][0], False, True))
+        scan.meta["path"] = str(folder)  # the input is the folder: never write into it
+        return scan
     images, warnings_ = unique_instances(chosen.files)
     for image in images:
         full = read_dataset(image.path, header_only=False, must_be_dicom=True)

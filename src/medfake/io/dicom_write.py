@@ -23,6 +23,7 @@ from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, MRImageStorage,
                          generate_uid)
 from pydicom.valuerep import format_number_as_ds
 
+from medfake.errors import MedfakeError
 from medfake.scan import Scan
 
 log = logging.getLogger("medfake")
@@ -267,9 +268,19 @@ def build_slice(scan: Scan, index: int, template: Dataset | None, matched: bool,
     return with_file_meta(ds), clipped
 
 
+def check_writable(scan: Scan) -> None:
+    """DICOM stores integers and an orthonormal in-plane frame (the slice axis is implied by positions)."""
+    if np.issubdtype(scan.voxels.dtype, np.floating) and not np.all(np.isfinite(scan.voxels)):
+        raise MedfakeError("the scan has NaN or infinite voxels, which DICOM cannot store", scan.meta.get("path"))
+    if not np.allclose(scan.direction.T @ scan.direction, np.eye(3), atol=1e-4):
+        raise MedfakeError("the direction matrix is not orthonormal (sheared), which DICOM cannot store; "
+                           "save as NRRD instead", scan.meta.get("path"))
+
+
 def save_dicom_series(scan: Scan, folder: str | Path, derivation: str | None = None) -> list[Path]:
     """Write `scan` as a derived classic DICOM series into `folder` (callers pass a temporary folder)."""
     folder = Path(folder)
+    check_writable(scan)
     folder.mkdir(parents=True, exist_ok=True)
     templates, matched = slice_templates(scan)
     ids = SeriesIds(generate_uid(), generate_uid(), generate_uid(), dt.datetime.now(),

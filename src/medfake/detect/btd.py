@@ -1,0 +1,110 @@
+"""Back-in-Time Diffusion scoring: the residual of one reverse diffusion step from the clean patch.
+
+x = 2·patch − 1 is taken as the diffusion state at step t (no noise is added); the U-Net predicts ε,
+x₀ = (x − √(1−ᾱ_t)·ε)/√ᾱ_t (clamped to [−1, 1] by default, as 1.8.3's `p_sample`), and
+x₋₁ = coef1_t·x₀ + coef2_t·x is the posterior mean. At t = 0, coef1 = 1 and coef2 = 0, so x₋₁ = x₀.
+The score is mean((x − x₋₁)²) over the patch (or its centre, or the top-k pixels).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from medfake.nn.ddpm import GaussianDiffusion
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class ScoreOptions:
+    t: int = 0
+    clamp: bool = True
+    region: str = "whole"  # whole | centre
+    centre: int = 32  # side of the centre region in pixels
+    reduce: str = "mean"  # mean | topk
+    topk: float = 0.05  # fraction of pixels averaged by `topk`
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    batch_size: int = 32
+
+    def __post_init__(self):
+        if self.region not in ("whole", "centre"):
+            raise ValueError(f"region must be whole or centre, not {self.region}")
+        if self.reduce not in ("mean", "topk"):
+            raise ValueError(f"reduce must be mean or topk, not {self.reduce}")
+        if self.precision not in DTYPES:
+            raise ValueError(f"precision must be one of {', '.join(DTYPES)}, not {self.precision}")
+
+
+def reduce_maps(maps: np.ndarray, options: ScoreOptions) -> np.ndarray:
+    """(N, P, P) per-pixel anomaly maps → (N,) scores (region, then mean or mean of the top-k fraction)."""
+    if options.region == "centre":
+        p = maps.shape[-1]
+        lo = max(0, p // 2 - options.centre // 2)
+        maps = maps[:, lo: lo + options.centre, lo: lo + options.centre]
+    flat = maps.reshape(len(maps), -1)
+    if options.reduce == "mean":
+        return flat.mean(axis=1)
+    k = max(1, int(round(options.topk * flat.shape[1])))
+    return np.sort(flat, axis=1)[:, -k:].mean(axis=1)
+
+
+class BTDScorer:
+    """Batched, inference-mode BTD residuals for a `GaussianDiffusion`; bf16/fp16 run a converted copy of the
+    U-Net in channels_last layout (the step arithmetic stays fp32)."""
+
+    def __init__(self, diffusion: GaussianDiffusion, options: ScoreOptions | None = None, device=None):
+        self.options = options or ScoreOptions()
+        if not 0 <= self.options.t < diffusion.num_timesteps:
+            raise ValueError(f"t must be in 0..{diffusion.num_timesteps - 1}, not {self.options.t}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.diffusion = diffusion.eval().to(self.device)
+        self.dtype = DTYPES[self.options.precision]
+        net = diffusion.model if self.dtype == torch.float32 else copy.deepcopy(diffusion.model).to(self.dtype)
+        self.net = net.eval().to(self.device, memory_format=torch.channels_last)
+
+    def _step_coefficients(self):
+        d, t = self.diffusion, self.options.t
+        return (d.sqrt_recip_alphas_cumprod[t], d.sqrt_recipm1_alphas_cumprod[t],
+                d.posterior_mean_coef1[t], d.posterior_mean_coef2[t])
+
+    @torch.inference_mode()
+    def residual(self, patches01: torch.Tensor) -> torch.Tensor:
+        """x − x₋₁ (in [−1, 1] units, float32) for a batch (B, C, P, P) of [0, 1] patches."""
+        x = (patches01.to(self.device, torch.float32) * 2 - 1)
+        t = torch.full((x.shape[0],), self.options.t, device=self.device, dtype=torch.long)
+        eps = self.net(x.to(self.dtype).contiguous(memory_format=torch.channels_last), t).float()
+        recip, recipm1, coef1, coef2 = self._step_coefficients()
+        x_start = recip * x - recipm1 * eps
+        if self.options.clamp:
+            x_start = x_start.clamp(-1.0, 1.0)
+        return x - (coef1 * x_start + coef2 * x)
+
+    def anomaly_maps(self, patches01: np.ndarray) -> np.ndarray:
+        """(N, P, P) squared residuals (mean over channels)."""
+        out = []
+        for start in range(0, len(patches01), self.options.batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(patches01[start: start + self.options.batch_size]))
+            out.append((self.residual(batch) ** 2).mean(dim=1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0,) + patches01.shape[2:], np.float32)
+
+    def scores(self, patches01: np.ndarray) -> np.ndarray:
+        return reduce_maps(self.anomaly_maps(patches01), self.options)
+
+    def describe(self) -> dict:
+        return asdict(self.options)
+
+
+def reference_scores(diffusion: GaussianDiffusion, patches01: np.ndarray) -> np.ndarray:
+    """The reference loop, as BTD's notebook presumably runs it: one patch at a time, fp32,
+    `p_sample(x, t=0)` and mean((x − x₋₁)²)."""
+    diffusion = diffusion.eval()
+    scores = []
+    for patch in patches01:
+        x = diffusion.normalize(torch.from_numpy(patch[None]).to(diffusion.device))
+        x_prev, _ = diffusion.p_sample(x, 0)
+        scores.append(float(((x - x_prev) ** 2).mean()))
+    return np.asarray(scores)

@@ -1,0 +1,145 @@
+"""Axial-slice patches for the detectors: intensity windows, the BTD crop protocol, and a training sampler.
+
+Intensities: CT is clipped to a HU window (BTD: −700…2000) and mapped to [0, 1]; MRI is scaled per scan
+by its 0.5/99.5 percentiles to [0, 1] (BTD's MRI trainer sees [0, 1] image intensities). Diffusion models
+map [0, 1] to [−1, 1] themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from medfake.errors import MedfakeError
+from medfake.scan import Scan
+
+CT_WINDOW = (-700.0, 2000.0)
+PATCH_SIZE = {"ct": 96, "mri": 128}
+CENTRE_STEP = 4  # candidate training centres on a 4-pixel in-plane grid (keeps the index small)
+
+
+def modality_key(scan_or_name) -> str:
+    name = scan_or_name.modality if isinstance(scan_or_name, Scan) else str(scan_or_name)
+    return "ct" if name.upper() == "CT" else "mri"
+
+
+def to_unit(scan: Scan, window: tuple[float, float] = CT_WINDOW) -> np.ndarray:
+    """The whole volume as float32 in [0, 1] (CT: HU window; MRI: per-scan percentile scaling)."""
+    voxels = np.asarray(scan.voxels, dtype=np.float32)
+    if modality_key(scan) == "ct":
+        lo, hi = window
+    else:
+        lo, hi = (float(v) for v in np.percentile(voxels, (0.5, 99.5)))
+        hi = hi if hi > lo else lo + 1.0
+    return np.clip((voxels - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def btd_crop(plane: np.ndarray, y: int, x: int, size: int) -> np.ndarray:
+    """BTD's patch: rows [max(0, y−P/2), min(H, y+P/2)), columns likewise, zero-padded at the bottom/right
+    only. Near the top/left border the content is therefore shifted, as in the reference notebook."""
+    half = size // 2
+    rows = slice(max(0, y - half), min(plane.shape[0], y + half))
+    cols = slice(max(0, x - half), min(plane.shape[1], x + half))
+    out = np.zeros((size, size), dtype=np.float32)
+    piece = plane[rows, cols]
+    out[: piece.shape[0], : piece.shape[1]] = piece
+    return out
+
+
+def centred_crop(plane: np.ndarray, y: int, x: int, size: int, pad: float = 0.0) -> np.ndarray:
+    """A size×size crop whose centre pixel is (y, x) (start = c − size//2), `pad` outside the image."""
+    out = np.full((size, size), pad, dtype=np.float32)
+    y0, x0 = y - size // 2, x - size // 2
+    ys, xs = max(0, y0), max(0, x0)
+    ye, xe = min(plane.shape[0], y0 + size), min(plane.shape[1], x0 + size)
+    if ye > ys and xe > xs:
+        out[ys - y0: ye - y0, xs - x0: xe - x0] = plane[ys:ye, xs:xe]
+    return out
+
+
+def patches_at(unit: np.ndarray, centres_zyx, size: int, protocol: str = "btd") -> np.ndarray:
+    """(N, 1, size, size) float32 patches from axial slices of a [0, 1] volume at z,y,x centres."""
+    crop = btd_crop if protocol == "btd" else centred_crop
+    out = np.empty((len(centres_zyx), 1, size, size), dtype=np.float32)
+    for i, (z, y, x) in enumerate(np.asarray(centres_zyx, dtype=int)):
+        out[i, 0] = crop(unit[z], int(y), int(x), size)
+    return out
+
+
+def lung_mask_or_none(scan: Scan) -> np.ndarray | None:
+    """The lung mask of a CT (None for MRI, or when no lung is found: e.g. a phantom or a partial scan)."""
+    if modality_key(scan) != "ct":
+        return None
+    from medfake.lungmask import lung_mask
+
+    try:
+        return lung_mask(scan)
+    except MedfakeError:
+        return None
+
+
+def exclusion_mask(shape, centres_zyx, spacing, radius_mm: float) -> np.ndarray:
+    """True where a patch centre would come within `radius_mm` (in-plane) and one slice-radius of a location."""
+    keep_out = np.zeros(shape, dtype=bool)
+    for z, y, x in np.asarray(centres_zyx, dtype=float).reshape(-1, 3):
+        rz = max(1, int(np.ceil(radius_mm / spacing[0])))
+        ry, rx = (int(np.ceil(radius_mm / s)) for s in spacing[1:])
+        z0, y0, x0 = int(round(z)), int(round(y)), int(round(x))
+        keep_out[max(0, z0 - rz): z0 + rz + 1, max(0, y0 - ry): y0 + ry + 1, max(0, x0 - rx): x0 + rx + 1] = True
+    return keep_out
+
+
+@dataclass
+class Volume:
+    """One training scan: [0, 1] voxels and the allowed patch centres."""
+
+    name: str
+    unit: np.ndarray
+    centres: np.ndarray  # (M, 3) int z,y,x
+
+
+@dataclass
+class PatchSampler:
+    """Random genuine patches (with random flips) from a list of volumes; the state is a numpy Generator."""
+
+    volumes: list[Volume]
+    size: int
+    flips: bool = True
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+
+    def batch(self, n: int) -> np.ndarray:
+        out = np.empty((n, 1, self.size, self.size), dtype=np.float32)
+        for i in range(n):
+            vol = self.volumes[self.rng.integers(len(self.volumes))]
+            z, y, x = vol.centres[self.rng.integers(len(vol.centres))]
+            patch = centred_crop(vol.unit[z], int(y), int(x), self.size)
+            if self.flips and self.rng.random() < 0.5:
+                patch = patch[:, ::-1]
+            if self.flips and self.rng.random() < 0.5:
+                patch = patch[::-1, :]
+            out[i, 0] = patch
+        return out
+
+
+def training_volume(scan: Scan, name: str, size: int, window=CT_WINDOW, in_lung: bool = True,
+                    exclude_zyx=(), exclude_radius_mm: float = 20.0) -> Volume:
+    """Allowed centres: inside the lung mask for CT (if `in_lung`), else any pixel whose patch stays inside
+    the slice; never near an excluded (tampered/nodule) location."""
+    shape = scan.shape
+    allowed = np.zeros(shape, dtype=bool)
+    half = size // 2
+    if shape[1] >= size and shape[2] >= size:
+        allowed[:, half: shape[1] - half + 1, half: shape[2] - half + 1] = True
+    else:
+        allowed[:, shape[1] // 2, shape[2] // 2] = True
+    mask = lung_mask_or_none(scan) if in_lung else None
+    if mask is not None:
+        allowed &= mask
+    if len(exclude_zyx):
+        allowed &= ~exclusion_mask(shape, exclude_zyx, scan.spacing, exclude_radius_mm + half * min(scan.spacing[1:]))
+    step = CENTRE_STEP
+    centres = np.argwhere(allowed[:, ::step, ::step]) * np.array([1, step, step])
+    if len(centres) == 0:
+        raise MedfakeError("no genuine patch centre left in this scan (all excluded or no lung)", scan.meta.get("path"))
+    return Volume(name, to_unit(scan, window), centres.astype(np.int32))

@@ -1,0 +1,196 @@
+"""Tamper a scan in memory: inject or remove lung nodules at given locations.
+
+For each location (method `ctgan`): cut the isotropic cube around it (only the cube is resampled), equalize,
+cut the hole, generate, invert; the change (generated − input cube) is resampled onto the scan voxels and
+pasted with a 3D soft blend; injection keeps the brighter of tissue and nodule; fresh noise with this scan's
+parenchyma noise level and texture restores the noise the generator smoothed away. Locations are applied one
+after the other, so nearby edits compose; the noise model is measured once on the original scan.
+
+`copy-move` and `inpaint` dispatch to `medfake.tamper.classical` and get the same manifest treatment.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+from scipy import ndimage
+
+from medfake.errors import MedfakeError
+from medfake.io.tables import ManifestRow
+from medfake.scan import Scan
+from medfake.tamper.blend import blend, noise_gain, radial_weight
+from medfake.tamper.cube import IsoGrid, Region, from_iso, to_iso
+from medfake.tamper.model import ACTIONS, TamperModel
+from medfake.tamper.noise import NoiseModel, estimate_noise, region_noise_ratio
+
+METHODS = ("ctgan", "copy-move", "inpaint")
+DEFAULT_REMOVE_DIAMETER_MM = 12.0
+
+
+@dataclass
+class Site:
+    """A location to tamper (z,y,x voxel), how it was chosen, and the nodule size when known."""
+
+    zyx: tuple[int, int, int]
+    chosen_by: str = "user"  # user | auto | table
+    diameter_mm: float | None = None
+
+
+@dataclass
+class Context:
+    """What every location of one scan shares: lung mask, parenchyma noise model, rng."""
+
+    lung: np.ndarray | None
+    noise: NoiseModel | None
+    rng: np.random.Generator
+
+
+def as_sites(scan: Scan, locations) -> list[Site]:
+    sites = []
+    for loc in locations:
+        site = loc if isinstance(loc, Site) else Site(tuple(np.asarray(loc).tolist()))
+        zyx = tuple(int(v) for v in scan.require_inside(site.zyx, "location"))
+        sites.append(Site(zyx, site.chosen_by, site.diameter_mm))
+    if not sites:
+        raise MedfakeError("no location to tamper", scan.meta.get("path"))
+    return sites
+
+
+def tamper_scan(scan: Scan, locations, action: str, model: TamperModel | None = None, method: str = "ctgan",
+                rng: np.random.Generator | None = None, lung: np.ndarray | None = None,
+                donor: Scan | None = None, donor_zyx=None) -> tuple[Scan, list[ManifestRow]]:
+    """Return a tampered copy of `scan` and one manifest row per location (`output` left empty).
+
+    `locations`: z,y,x voxel coordinates or `Site`s. `model` is required for `ctgan` and must have been
+    trained for `action`. `lung` (bool mask) is computed when not given. `donor`/`donor_zyx` feed copy-move
+    (default: the strongest nodule the CAD finds in `scan` itself)."""
+    if action not in ACTIONS:
+        raise MedfakeError(f"action must be inject or remove, not '{action}'")
+    if method not in METHODS:
+        raise MedfakeError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
+    rng = np.random.default_rng(0) if rng is None else rng
+    sites = as_sites(scan, locations)
+    voxels = np.asarray(scan.voxels, dtype=np.float32).copy()
+    if method == "ctgan":
+        if model is None:
+            raise MedfakeError("method ctgan needs a trained model (--model RUN)")
+        if model.action != action:
+            raise MedfakeError(f"the model was trained to {model.action}, not to {action}", model.info.get("folder"))
+        context = Context(lung, _noise_model(scan, lung, model, sites, rng), rng)
+        for site in sites:
+            voxels = ctgan_site(scan.with_voxels(voxels), site, action, model, context)
+        params = {"cube": model.config.cube, "hole": model.config.hole, "iso_spacing_mm": model.config.iso_spacing,
+                  "blend_mm": list(blend_radii(model)), "noise_sigma_hu": round(context.noise.sigma, 2)}
+        model_id = model.model_id
+    else:
+        voxels, params = _classical(scan, voxels, sites, action, method, rng, lung, donor, donor_zyx)
+        model_id = "none"
+    out = scan.with_voxels(_like_input(voxels, scan.voxels))
+    return out, [manifest_row(scan, site, action, method, model_id, params) for site in sites]
+
+
+# --- ctgan -----------------------------------------------------------------------------------------
+def blend_radii(model: TamperModel) -> tuple[float, float]:
+    """Full weight over the hole, raised-cosine fall-off to zero one grid point inside the cube's edge."""
+    c = model.config
+    return c.hole / 2.0 * c.iso_spacing, (c.cube / 2.0 - 1.0) * c.iso_spacing
+
+
+def ctgan_site(scan: Scan, site: Site, action: str, model: TamperModel, context: Context) -> np.ndarray:
+    """New voxels (float32) with one location in-painted by the generator."""
+    c = model.config
+    grid = IsoGrid(site.zyx, c.cube, c.iso_spacing)
+    region = Region.of(scan, grid)
+    cube_in = to_iso(scan, grid)
+    change = from_iso(model.inpaint(cube_in) - cube_in, grid, region)
+    original = region.cut(scan.voxels, scan.pad_value)
+    content = original + change
+    if action == "inject":
+        content = np.maximum(content, original)  # a vessel brighter than the nodule stays
+    inner, outer = blend_radii(model)
+    weight = radial_weight(region.distance_mm(), inner, outer)
+    noise = context.noise
+    ratio = region_noise_ratio(content, scan.spacing, noise.sigma, weight >= 0.99)
+    fresh = noise.sample(context.rng) * noise_gain(weight, ratio) if noise.shape == region.shape else None
+    block = blend(original, content, weight, fresh)
+    out = np.asarray(scan.voxels, dtype=np.float32).copy()
+    scan_sl, block_sl = region.slices(out.shape)
+    touched = weight[block_sl] > 0
+    out[scan_sl] = np.where(touched, block[block_sl], out[scan_sl])
+    return out
+
+
+def _noise_model(scan: Scan, lung, model: TamperModel, sites: list[Site], rng) -> NoiseModel:
+    from medfake.lungmask import lung_parenchyma
+
+    region = Region.of(scan, IsoGrid(sites[0].zyx, model.config.cube, model.config.iso_spacing))
+    try:
+        parenchyma = lung_parenchyma(scan, lung)
+    except MedfakeError:  # not a chest CT: fall back to lung-like voxels anywhere
+        hu = np.asarray(scan.voxels)
+        parenchyma = ndimage.binary_erosion((hu > -950) & (hu < -600))
+    return estimate_noise(scan, parenchyma, region.shape, rng, avoid_zyx=[s.zyx for s in sites])
+
+
+# --- classical methods (medfake.tamper.classical) ---------------------------------------------------
+def _classical(scan, voxels, sites, action, method, rng, lung, donor, donor_zyx):
+    from medfake.tamper import classical
+
+    if method == "copy-move" and action != "inject" or method == "inpaint" and action != "remove":
+        raise MedfakeError(f"method {method} can only {'inject' if method == 'copy-move' else 'remove'}")
+    params: dict = {}
+    if method == "copy-move":
+        donor = scan if donor is None else donor
+        if donor_zyx is None:
+            donor_zyx = _strongest_nodule(donor, lung if donor is scan else None)
+        params = {"donor": str(donor.meta.get("path", "")), "donor_zyx": [int(v) for v in donor_zyx]}
+    for site in sites:
+        current = scan.with_voxels(voxels)
+        if method == "copy-move":
+            voxels = classical.copy_move_inject(current, site.zyx, donor, tuple(donor_zyx), rng)
+        else:
+            diameter = site.diameter_mm or _diameter_near(scan, site.zyx, lung) or DEFAULT_REMOVE_DIAMETER_MM
+            site.diameter_mm = diameter
+            voxels = classical.inpaint_remove(current, site.zyx, float(diameter))
+        voxels = np.asarray(voxels, dtype=np.float32)
+    return voxels, params
+
+
+def _strongest_nodule(scan: Scan, lung) -> tuple[int, int, int]:
+    from medfake.evaluate.cad import detect_nodules
+
+    found = detect_nodules(scan, lung, max_count=1)
+    if not found:
+        raise MedfakeError("copy-move needs a donor nodule and the detector found none (give --donor-coord)",
+                           scan.meta.get("path"))
+    return found[0].center_zyx
+
+
+def _diameter_near(scan: Scan, zyx, lung) -> float | None:
+    from medfake.evaluate.cad import detect_nodules, nodule_near
+
+    hit = nodule_near(detect_nodules(scan, lung), scan, zyx, radius_mm=10.0)
+    return hit.diameter_mm if hit else None
+
+
+# --- outputs ---------------------------------------------------------------------------------------
+def _like_input(voxels: np.ndarray, original: np.ndarray) -> np.ndarray:
+    """Back to the input's dtype: integers are rounded and clipped, so untouched voxels stay bit-identical."""
+    if np.issubdtype(original.dtype, np.integer):
+        info = np.iinfo(original.dtype)
+        return np.clip(np.rint(voxels), info.min, info.max).astype(original.dtype)
+    return voxels.astype(original.dtype)
+
+
+def manifest_row(scan: Scan, site: Site, action: str, method: str, model_id: str, params: dict,
+                 output: str = "") -> ManifestRow:
+    x, y, z = scan.voxel_to_world(site.zyx)
+    extra = dict(params, **({"diameter_mm": round(site.diameter_mm, 2)} if site.diameter_mm else {}))
+    return ManifestRow(scan=str(scan.meta.get("path", "")), output=output, world_x=round(float(x), 3),
+                       world_y=round(float(y), 3), world_z=round(float(z), 3), voxel_z=int(site.zyx[0]),
+                       voxel_y=int(site.zyx[1]), voxel_x=int(site.zyx[2]), action=action, method=method,
+                       model_id=model_id, parameters=json.dumps(extra, sort_keys=True),
+                       time=datetime.now(timezone.utc).isoformat(timespec="seconds"), chosen_by=site.chosen_by)

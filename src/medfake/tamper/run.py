@@ -1,0 +1,182 @@
+"""`medfake tamper` as a function: load, choose locations, tamper, write the derived scan + manifest rows.
+
+Outputs never replace anything: the scan goes to `OUTDIR/<scan>_<action>[_n]` (a DICOM series folder or a
+file) through `save_scan` (atomic; DICOM gets new UIDs and DERIVED with a DerivationDescription naming the
+action, method and locations), then the rows are appended to `OUTDIR/manifest.csv` by rewriting it
+atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from medfake.errors import MedfakeError
+from medfake.io import load_scan, save_scan
+from medfake.io.tables import ManifestRow, append_manifest, read_locations
+from medfake.scan import Scan
+from medfake.tamper.pipeline import METHODS, Site, tamper_scan
+
+MANIFEST = "manifest.csv"
+
+
+@dataclass
+class TamperResult:
+    output: Path
+    rows: list[ManifestRow]
+    scan: Scan
+
+
+def parse_coordinate(text: str, system: str) -> tuple[float, float, float]:
+    """'z,y,x' voxels (system vox) or 'x,y,z' millimetres (system world)."""
+    parts = [p for p in text.replace(";", ",").split(",") if p.strip()]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(np.isfinite(values)):
+        order = "x,y,z mm" if system == "world" else "z,y,x voxels"
+        raise MedfakeError(f"bad coordinate '{text}': expected three numbers {order}")
+    return values
+
+
+def to_voxel(scan: Scan, coords, system: str) -> tuple[int, int, int]:
+    if system not in ("vox", "world"):
+        raise MedfakeError(f"coordinate system must be vox or world, not '{system}'")
+    zyx = scan.world_to_continuous(coords) if system == "world" else np.asarray(coords, dtype=float)
+    return tuple(int(v) for v in scan.require_inside(zyx))
+
+
+def resolve_sites(scan: Scan, target: Path, action: str, coords=(), system: str = "vox", table=None,
+                  auto: int = 0, label: str | Path | None = None, rng=None, lung=None) -> list[Site]:
+    """User coordinates, table rows naming this scan, and `auto` automatically chosen locations."""
+    from medfake.data.trainset import locations_for
+
+    sites = [Site(to_voxel(scan, parse_coordinate(c, system) if isinstance(c, str) else c, system))
+             for c in coords]
+    if table:
+        rows = locations_for(target, scan, read_locations(table, "world" if system == "world" else "vox"))
+        if not rows:
+            raise MedfakeError(f"no row of the table names this scan ({target.name})", table)
+        sites += [Site(to_voxel(scan, r.coords, r.system), "table", r.diameter_mm) for r in rows]
+    if auto:
+        sites += auto_sites(scan, action, auto, rng or np.random.default_rng(0), lung, label,
+                            [s.zyx for s in sites])
+    if not sites:
+        raise MedfakeError("no location given: use -c, --coords or --auto")
+    return sites
+
+
+def auto_sites(scan: Scan, action: str, n: int, rng, lung, label, taken) -> list[Site]:
+    """Injection: free lung parenchyma away from vessels, pleura and nodules (labelled or detected).
+    Removal: the labelled nodules (largest first) or else the detector's strongest candidates."""
+    from medfake.evaluate.cad import detect_nodules
+
+    labelled = _label_nodules(scan, label) if label else []
+    if action == "remove":
+        pool = labelled or [(n_.center_zyx, n_.diameter_mm) for n_ in detect_nodules(scan, lung)]
+        pool = [p for p in pool if tuple(p[0]) not in set(map(tuple, taken))]
+        if len(pool) < n:
+            raise MedfakeError(f"asked to remove {n} nodule(s) but found {len(pool)}", scan.meta.get("path"))
+        return [Site(tuple(int(v) for v in zyx), "auto", float(d)) for zyx, d in pool[:n]]
+    from medfake.tamper.sites import pick_sites
+
+    existing = [zyx for zyx, _ in labelled] + [n_.center_zyx for n_ in detect_nodules(scan, lung)] + list(taken)
+    return [Site(zyx, "auto") for zyx in pick_sites(scan, n, rng, lung, avoid_zyx=existing)]
+
+
+def _label_nodules(scan: Scan, label) -> list[tuple[tuple[int, int, int], float]]:
+    from medfake.data.annotations import nodules_from_label
+
+    label_scan = load_scan(label, modality="SEG")
+    if label_scan.shape != scan.shape:
+        raise MedfakeError(f"label shape {label_scan.shape} differs from the scan's {scan.shape}", label)
+    rows = sorted(nodules_from_label(label_scan), key=lambda r: -r["diameter_mm"])
+    return [(tuple(int(v) for v in r["voxel_zyx"]), float(r["diameter_mm"])) for r in rows]
+
+
+def output_name(outdir: Path, target: Path, action: str) -> Path:
+    from medfake.data.trainset import scan_key
+
+    base = f"{scan_key(target)}_{action}"
+    taken = {p.name.split(".")[0] for p in outdir.iterdir()} if outdir.exists() else set()
+    name, k = base, 2
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    return outdir / name
+
+
+def derivation_text(rows: list[ManifestRow]) -> str:
+    where = "; ".join(f"{r.voxel_z},{r.voxel_y},{r.voxel_x}" for r in rows)
+    text = f"medfake tamper: {rows[0].action} by {rows[0].method} at voxel z,y,x {where} (model {rows[0].model_id})"
+    return text[:1000]
+
+
+def append_manifest_atomic(rows: list[ManifestRow], path: Path) -> Path:
+    """Copy the manifest, append the rows, rename over the original: readers never see half a manifest."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        if path.exists():
+            shutil.copyfile(path, tmp)
+        else:
+            tmp.unlink()
+        append_manifest(rows, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def tamper_file(target: str | Path, outdir: str | Path, action: str, coords=(), system: str = "vox",
+                table: str | Path | None = None, auto: int = 0, model_dir: str | Path | None = None,
+                fmt: str = "same", seed: int = 0, method: str = "ctgan", label: str | Path | None = None,
+                donor: str | Path | None = None, donor_coord: str | None = None, series: str | None = None,
+                model=None) -> TamperResult:
+    """Everything `medfake tamper` does. `model` (a loaded TamperModel) overrides `model_dir`."""
+    from medfake.tamper.model import load_tamper_model
+
+    if method not in METHODS:
+        raise MedfakeError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
+    target, outdir = Path(target), Path(outdir)
+    if method == "ctgan" and model is None:
+        if model_dir is None:
+            raise MedfakeError("method ctgan needs --model RUN (a folder written by `medfake train`)")
+        model = load_tamper_model(model_dir, action)
+    scan = load_scan(target, series=series)
+    rng = np.random.default_rng(seed)
+    lung = _lung_if_needed(scan, auto, method)
+    sites = resolve_sites(scan, target, action, coords, system, table, auto, label, rng, lung)
+    donor_scan = load_scan(donor) if donor else None
+    donor_zyx = None
+    if donor_coord:
+        donor_zyx = to_voxel(donor_scan or scan, parse_coordinate(donor_coord, "vox"), "vox")
+    tampered, rows = tamper_scan(scan, sites, action, model, method, rng, lung, donor_scan, donor_zyx)
+    outdir.mkdir(parents=True, exist_ok=True)
+    dest = output_name(outdir, target, action)
+    rows = [replace(r, parameters=json.dumps(dict(json.loads(r.parameters), seed=seed), sort_keys=True)) for r in rows]
+    written = save_scan(tampered, dest, format=fmt, derivation=derivation_text(rows))
+    rows = [replace(r, output=str(written)) for r in rows]
+    append_manifest_atomic(rows, outdir / MANIFEST)
+    return TamperResult(written, rows, tampered)
+
+
+def _lung_if_needed(scan: Scan, auto: int, method: str):
+    """The lung mask is shared by auto locations, the detector and the noise model: compute it once."""
+    from medfake.lungmask import lung_mask
+
+    if auto or method == "ctgan":
+        try:
+            return lung_mask(scan)
+        except MedfakeError:
+            if auto:
+                raise
+    return None

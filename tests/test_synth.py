@@ -1,0 +1,156 @@
+"""Synthetic chest CT: determinism, tissue HU, nodules (size, position, type), spacing, lung mask, CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from medfake.cli import main
+from medfake.data import synth
+from medfake.data import synth_anatomy as an
+from medfake.errors import MedfakeError
+from medfake.io import load_scan
+from medfake.io.tables import read_luna16
+from medfake.lungmask import lung_mask
+
+SMALL = dict(n_xy=192, max_slices=40, n_nodules=3)
+
+
+@pytest.fixture(scope="module")
+def thin():
+    return synth.synthesize(11, pixel_mm=0.8, slice_mm=1.25, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def thick():
+    return synth.synthesize(12, pixel_mm=0.7, slice_mm=5.0, **SMALL)
+
+
+def test_same_seed_gives_identical_scans_and_nodules():
+    a = synth.synthesize(3, n_xy=128, max_slices=12)
+    b = synth.synthesize(3, n_xy=128, max_slices=12)
+    c = synth.synthesize(4, n_xy=128, max_slices=12)
+    assert a.scan.voxels.tobytes() == b.scan.voxels.tobytes()
+    assert a.scan.spacing == b.scan.spacing and a.scan.origin == b.scan.origin
+    assert a.nodules == b.nodules
+    assert a.scan.voxels.shape != c.scan.voxels.shape or not np.array_equal(a.scan.voxels, c.scan.voxels)
+
+
+def core(labels, code, steps=1):
+    """Voxels of a tissue away from its border (no partial volume)."""
+    return ndimage.binary_erosion(labels == code, iterations=steps)
+
+
+@pytest.mark.parametrize("code, low, high", [
+    (an.AIR, -1010, -990), (an.FAT, -130, -70), (an.MUSCLE, 20, 70), (an.LUNG, -900, -780),
+    (an.MARROW, 150, 400), (an.BLOOD, 20, 60), (an.NODULE, -20, 80),
+])
+def test_tissue_hu_in_the_intended_range(thin, code, low, high):
+    values = thin.scan.voxels[core(thin.labels, code)]
+    assert values.size > 20
+    assert low <= np.median(values) <= high, (an.LABEL_NAMES[code], np.median(values))
+
+
+def test_bone_air_and_ground_glass_hu(thin, thick):
+    assert np.percentile(thin.scan.voxels[thin.labels == an.CORTEX], 90) > 700
+    assert np.median(thin.scan.voxels[core(thin.labels, an.AIRWAY)]) < -900
+    ggo = np.concatenate([s.scan.voxels[s.labels == an.GGO] for s in (thin, thick)])
+    if ggo.size:
+        assert -750 <= np.median(ggo) <= -250
+
+
+def nodule_component(result, row):
+    labels, _ = ndimage.label(np.isin(result.labels, (an.NODULE, an.GGO)))
+    index = labels[tuple(row["voxel_zyx"])]
+    assert index > 0, "annotation centre is not on a nodule voxel"
+    return labels == index
+
+
+def test_annotation_centres_land_on_their_nodules(thin, thick):
+    rows = 0
+    for result in (thin, thick):
+        for row in result.nodules:
+            voxel = result.scan.world_to_voxel([row["coordX"], row["coordY"], row["coordZ"]])
+            assert tuple(voxel) == tuple(row["voxel_zyx"])
+            component = nodule_component(result, row)
+            centroid = result.scan.voxel_to_world(np.array(ndimage.center_of_mass(component)))
+            offset = np.linalg.norm(centroid - [row["coordX"], row["coordY"], row["coordZ"]])
+            assert offset < 0.25 * row["diameter_mm"] + (result.scan.spacing[0] if row["juxtapleural"] else 0.5)
+            value = result.scan.voxels[tuple(voxel)]
+            assert (value > -250) if row["type"] == "solid" else (-800 < value < 100)
+            rows += 1
+    assert rows >= 4
+
+
+def test_nodule_size_matches_the_annotated_diameter(thin):
+    measured = []
+    for row in thin.nodules:
+        if row["juxtapleural"] or row["diameter_mm"] < 5:
+            continue
+        volume = nodule_component(thin, row).sum() * np.prod(thin.scan.spacing)
+        equivalent = (6 * volume / np.pi) ** (1 / 3)
+        measured.append(equivalent / row["diameter_mm"])
+    assert measured and all(0.85 < m < 1.2 for m in measured), measured
+
+
+def test_spacing_is_drawn_like_real_scans():
+    draws = [synth.draw_spacing(np.random.default_rng(seed)) for seed in range(300)]
+    pixels = np.array([p for p, _ in draws])
+    slices = np.array([s for _, s in draws])
+    assert pixels.min() >= 0.5 and pixels.max() <= 0.9 and pixels.min() < 0.53 and pixels.max() > 0.87
+    assert set(slices) <= set(synth.SLICE_THICKNESSES) and slices.min() == 1.0 and slices.max() == 5.0
+    pixel, thickness = synth.draw_spacing(np.random.default_rng(5))
+    assert synth.synthesize(5, n_xy=128, max_slices=8).scan.spacing == (thickness, pixel, pixel)
+
+
+@pytest.mark.parametrize("which", ["thin", "thick"])
+def test_lung_mask_overlaps_the_generated_lungs(which, request):
+    result = request.getfixturevalue(which)
+    mask = lung_mask(result.scan)
+    dice = 2 * (mask & result.lung).sum() / (mask.sum() + result.lung.sum())
+    assert dice >= 0.9, dice
+    assert not (mask & (result.labels == an.AIR)).any()
+
+
+def run(argv) -> int:
+    try:
+        main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_cli_writes_scans_and_annotations_and_refuses_a_non_empty_folder(tmp_path, capsys):
+    out = tmp_path / "cohort"
+    assert run(["data", "synth", str(out), "--n", "2", "--seed", "1", "--size", "160", "--max-slices", "16",
+                "--format", "npz"]) == 0
+    scans = sorted(p.name for p in out.glob("*.npz"))
+    assert scans == ["synth-1-000.npz", "synth-1-001.npz"]
+    rows = read_luna16(out / "annotations.csv")
+    assert rows and {r.filename for r in rows} <= {"synth-1-000", "synth-1-001"}
+    for row in rows:
+        scan = load_scan(out / f"{row.filename}.npz")
+        assert scan.contains(scan.world_to_continuous(row.coords))
+    capsys.readouterr()
+    before = sorted(p.name for p in out.iterdir())
+    assert run(["data", "synth", str(out), "--n", "1", "--size", "128", "--max-slices", "10"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not empty" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_failed_cohort_leaves_nothing_behind(tmp_path, monkeypatch):
+    calls = []
+    real = synth.synth_chest_ct
+
+    def fail_second(seed, **options):
+        calls.append(seed)
+        if len(calls) == 2:
+            raise MedfakeError("simulated failure")
+        return real(seed, **options)
+
+    monkeypatch.setattr(synth, "synth_chest_ct", fail_second)
+    with pytest.raises(MedfakeError):
+        synth.write_cohort(tmp_path / "cohort", 3, seed=0, n_xy=128, max_slices=8)
+    assert list(tmp_path.iterdir()) == []
