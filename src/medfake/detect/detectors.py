@@ -173,10 +173,12 @@ def unet_arguments_from_state(state: dict, path) -> dict:
         widths = [state[f"model.downs.{i}.0.block1.proj.weight"].shape[0] for i in levels]
         widths.append(state["model.mid_block1.block1.proj.weight"].shape[0])
         full_attn = [f"model.downs.{i}.2.to_out.weight" in state for i in levels]
+        hidden = state["model.mid_attn.to_qkv.weight"].shape[0] // 3
     except (KeyError, AttributeError, IndexError):
         raise MedfakeError("not a denoising-diffusion-pytorch 1.8.x / BTD checkpoint (unexpected model keys)", path) from None
     return {"dim": dim, "dim_mults": [w // dim for w in widths[1:]], "full_attn": full_attn,
-            "init_dim": widths[0] if widths[0] != dim else None}
+            "init_dim": widths[0] if widths[0] != dim else None,
+            "attn_heads": max(1, hidden // 32), "attn_dim_head": min(hidden, 32)}
 
 
 def guess_modality(path: Path) -> str | None:

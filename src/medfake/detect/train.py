@@ -45,6 +45,7 @@ class TrainConfig:
     samples: int = 8
     sample_steps: int = 50
     noise_patches: int = 400  # patches used to fit the noise statistics
+    patch_size: int | None = None  # default: 96 CT, 128 MRI (64 for the supervised classifier)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -239,6 +240,7 @@ def train_detector(scans, out, config: TrainConfig, exclude=None, tampered=None,
 
     out = Path(out)
     det = DetectorConfig.default(config.method, config.modality, config.preset)
+    det.patch_size = config.patch_size or det.patch_size
     if config.method == "supervised" and tampered is None:
         raise MedfakeError("the supervised detector needs tampered examples (--tampered MANIFEST)")
     prepare_run(out, det, config, resume)

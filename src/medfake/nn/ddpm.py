@@ -19,7 +19,8 @@ from torch import nn
 # width presets: `btd` is the published BTD model (9,190,977 U-Net parameters)
 PRESETS = {
     "btd": dict(dim=32, dim_mults=(1, 2, 4, 8)),
-    "cpu-small": dict(dim=16, dim_mults=(1, 2, 4, 8)),
+    "cpu-small": dict(dim=16, dim_mults=(1, 2, 4, 8), attn_heads=2, attn_dim_head=16),
+    "tiny": dict(dim=8, dim_mults=(1, 2, 4), attn_heads=1, attn_dim_head=16),  # tests
 }
 
 
@@ -147,7 +148,7 @@ class Attention(nn.Module):
 
 class Unet(nn.Module):
     def __init__(self, dim, init_dim=None, out_dim=None, dim_mults=(1, 2, 4, 8), channels=3,
-                 resnet_block_groups=8, full_attn=None):
+                 resnet_block_groups=8, full_attn=None, attn_heads=4, attn_dim_head=32):
         super().__init__()
         self.channels = channels
         self.self_condition = False
@@ -159,6 +160,9 @@ class Unet(nn.Module):
         in_out = list(zip(dims[:-1], dims[1:]))
         full_attn = tuple(full_attn) if full_attn is not None else (False,) * (len(dim_mults) - 1) + (True,)
         block_klass = partial(ResnetBlock, groups=resnet_block_groups)
+        # heads/dim_head are fixed at 4×32 in 1.8.3; 1.8.4+ made them arguments (same keys, same defaults)
+        attention = partial(Attention, heads=attn_heads, dim_head=attn_dim_head)
+        linear_attention = partial(LinearAttention, heads=attn_heads, dim_head=attn_dim_head)
 
         time_dim = dim * 4
         self.time_mlp = nn.Sequential(SinusoidalPosEmb(dim), nn.Linear(dim, time_dim), nn.GELU(),
@@ -169,7 +173,7 @@ class Unet(nn.Module):
         self.ups = nn.ModuleList([])
         for ind, ((dim_in, dim_out), layer_full_attn) in enumerate(zip(in_out, full_attn)):
             is_last = ind >= len(in_out) - 1
-            attn_klass = Attention if layer_full_attn else LinearAttention
+            attn_klass = attention if layer_full_attn else linear_attention
             self.downs.append(nn.ModuleList([
                 block_klass(dim_in, dim_in, time_emb_dim=time_dim),
                 block_klass(dim_in, dim_in, time_emb_dim=time_dim),
@@ -179,12 +183,12 @@ class Unet(nn.Module):
 
         mid_dim = dims[-1]
         self.mid_block1 = block_klass(mid_dim, mid_dim, time_emb_dim=time_dim)
-        self.mid_attn = Attention(mid_dim)
+        self.mid_attn = attention(mid_dim)
         self.mid_block2 = block_klass(mid_dim, mid_dim, time_emb_dim=time_dim)
 
         for ind, ((dim_in, dim_out), layer_full_attn) in enumerate(zip(*map(reversed, (in_out, full_attn)))):
             is_last = ind == len(in_out) - 1
-            attn_klass = Attention if layer_full_attn else LinearAttention
+            attn_klass = attention if layer_full_attn else linear_attention
             self.ups.append(nn.ModuleList([
                 block_klass(dim_out + dim_in, dim_out, time_emb_dim=time_dim),
                 block_klass(dim_out + dim_in, dim_out, time_emb_dim=time_dim),

@@ -45,7 +45,7 @@ class NoiseModel:
     def sample(self, rng: np.random.Generator) -> np.ndarray:
         """A float32 block of `shape` with the scan's noise σ and texture."""
         white = rng.standard_normal(self.shape)
-        shaped = np.fft.irfftn(np.fft.rfftn(white) * self.spectrum, s=self.shape)
+        shaped = np.fft.irfftn(np.fft.rfftn(white) * self.spectrum, s=self.shape, axes=(0, 1, 2))
         std = shaped.std()
         return (shaped / (std if std > 0 else 1.0) * self.sigma).astype(np.float32)
 
@@ -77,6 +77,7 @@ def estimate_noise(scan: Scan, parenchyma: np.ndarray, shape, rng: np.random.Gen
     if used == 0:
         return _white_fallback(scan, shape)
     spectrum = np.sqrt(power / used)
+    spectrum[0, 0, 0] = 0.0  # zero-mean noise: it must not shift the mean HU of what it is added to
     spectrum /= np.sqrt(np.mean(spectrum ** 2)) or 1.0
     return NoiseModel(float(np.median(sigmas)), spectrum, shape, used)
 

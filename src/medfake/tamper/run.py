@@ -54,8 +54,10 @@ def to_voxel(scan: Scan, coords, system: str) -> tuple[int, int, int]:
 
 
 def resolve_sites(scan: Scan, target: Path, action: str, coords=(), system: str = "vox", table=None,
-                  auto: int = 0, label: str | Path | None = None, rng=None, lung=None) -> list[Site]:
-    """User coordinates, table rows naming this scan, and `auto` automatically chosen locations."""
+                  auto: int = 0, label: str | Path | None = None, rng=None, lung=None,
+                  require: bool = True) -> list[Site]:
+    """User coordinates ('z,y,x' text or numbers; x,y,z mm with system world), table rows naming this
+    scan, and `auto` automatically chosen locations."""
     from medfake.data.trainset import locations_for
 
     sites = [Site(to_voxel(scan, parse_coordinate(c, system) if isinstance(c, str) else c, system))
@@ -68,7 +70,7 @@ def resolve_sites(scan: Scan, target: Path, action: str, coords=(), system: str 
     if auto:
         sites += auto_sites(scan, action, auto, rng or np.random.default_rng(0), lung, label,
                             [s.zyx for s in sites])
-    if not sites:
+    if not sites and require:
         raise MedfakeError("no location given: use -c, --coords or --auto")
     return sites
 
@@ -146,6 +148,9 @@ def tamper_file(target: str | Path, outdir: str | Path, action: str, coords=(), 
 
     if method not in METHODS:
         raise MedfakeError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
+    if system not in ("vox", "world"):
+        raise MedfakeError(f"coordinate system must be vox or world, not '{system}'")
+    parsed = [parse_coordinate(c, system) if isinstance(c, str) else c for c in coords]  # fail before any work
     target, outdir = Path(target), Path(outdir)
     if method == "ctgan" and model is None:
         if model_dir is None:
@@ -153,8 +158,10 @@ def tamper_file(target: str | Path, outdir: str | Path, action: str, coords=(), 
         model = load_tamper_model(model_dir, action)
     scan = load_scan(target, series=series)
     rng = np.random.default_rng(seed)
+    sites = resolve_sites(scan, target, action, parsed, system, table, require=not auto)
     lung = _lung_if_needed(scan, auto, method)
-    sites = resolve_sites(scan, target, action, coords, system, table, auto, label, rng, lung)
+    if auto:
+        sites += auto_sites(scan, action, auto, rng, lung, label, [s.zyx for s in sites])
     donor_scan = load_scan(donor) if donor else None
     donor_zyx = None
     if donor_coord:
@@ -165,7 +172,13 @@ def tamper_file(target: str | Path, outdir: str | Path, action: str, coords=(), 
     rows = [replace(r, parameters=json.dumps(dict(json.loads(r.parameters), seed=seed), sort_keys=True)) for r in rows]
     written = save_scan(tampered, dest, format=fmt, derivation=derivation_text(rows))
     rows = [replace(r, output=str(written)) for r in rows]
-    append_manifest_atomic(rows, outdir / MANIFEST)
+    try:
+        append_manifest_atomic(rows, outdir / MANIFEST)
+    except BaseException:  # a tampered scan without its ground truth must not be left behind
+        shutil.rmtree(written) if written.is_dir() else written.unlink(missing_ok=True)
+        if written.suffix == ".mhd":
+            written.with_suffix(".raw").unlink(missing_ok=True)
+        raise
     return TamperResult(written, rows, tampered)
 
 

@@ -20,8 +20,9 @@ COARSE_MM = 2.0
 
 def pick_sites(scan: Scan, n: int, rng: np.random.Generator, lung: np.ndarray | None = None,
                avoid_zyx=(), room_mm: float = 15.0, vessel_mm: float = 4.0, avoid_mm: float = 30.0,
-               separation_mm: float = 34.0) -> list[tuple[int, int, int]]:
-    """`n` voxel sites (z,y,x) drawn at random among the places that satisfy the clearances."""
+               separation_mm: float = 34.0, allow_fewer: bool = False) -> list[tuple[int, int, int]]:
+    """`n` voxel sites (z,y,x) drawn at random among the places that satisfy the clearances (or as many as
+    fit with `allow_fewer`)."""
     if n <= 0:
         return []
     if lung is None:
@@ -37,12 +38,14 @@ def pick_sites(scan: Scan, n: int, rng: np.random.Generator, lung: np.ndarray | 
     vessel_distance = ndimage.distance_transform_edt(~(inside & (hu > VESSEL_HU)), sampling=coarse_spacing)
     allowed = inside & (room >= room_mm)
     allowed &= _far_from(allowed.shape, step, avoid_zyx, coarse_spacing, avoid_mm)
+    best: list = []
     for clearance in (vessel_mm, vessel_mm / 2, 0.0):
         candidates = allowed & (vessel_distance >= clearance)
         sites = _draw(candidates, n, rng, coarse_spacing, separation_mm)
-        if len(sites) == n:
-            return [tuple(int(v) for v in s * step + np.array([0, step[1] // 2, step[2] // 2])) for s in sites]
-    raise MedfakeError(f"found room for only {len(sites)} of {n} site(s) inside the lungs "
+        best = sites if len(sites) > len(best) else best
+        if len(sites) == n or (allow_fewer and clearance == 0.0):
+            return [tuple(int(v) for v in s * step + np.array([0, step[1] // 2, step[2] // 2])) for s in best]
+    raise MedfakeError(f"found room for only {len(best)} of {n} site(s) inside the lungs "
                        f"(need {room_mm:g} mm from the pleura, {avoid_mm:g} mm from nodules)", scan.meta.get("path"))
 
 

@@ -13,6 +13,7 @@ import csv
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -170,9 +171,10 @@ class Trainer:
 
 
 def train(data_dir: str | Path, out: str | Path, config: TrainConfig, resume: bool = False,
-          steps: int | None = None, show_progress: bool = True) -> Path:
+          steps: int | None = None, show_progress: bool = True, max_minutes: float | None = None) -> Path:
     """Train until `config.steps` (or `steps`); with `resume` continue RUN/checkpoint.pt exactly where it
-    stopped, with the configuration saved in it (only the number of steps can change)."""
+    stopped, with the configuration saved in it (only the number of steps can change). `max_minutes` stops
+    earlier on wall-clock time; the step reached is checkpointed and saved as the model either way."""
     data = TrainingSet(data_dir)
     out = Path(out)
     config = _bind_to_data(config, data)
@@ -193,11 +195,12 @@ def train(data_dir: str | Path, out: str | Path, config: TrainConfig, resume: bo
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     write_run_record(out, config.to_dict(), config.seed)
     log = _loss_log(out / "losses.csv", trainer.step)
+    deadline = time.monotonic() + 60.0 * max_minutes if max_minutes else float("inf")
     with progress_bar() if show_progress else _NoProgress() as bar:
         task = bar.add_task(f"train {config.action}", total=config.steps, completed=trainer.step, status="")
         while trainer.step < config.steps:
             row = trainer.train_step()
-            last = trainer.step == config.steps
+            last = trainer.step == config.steps or time.monotonic() >= deadline
             row["val_l1_hole"] = trainer.validate() if (trainer.step % config.val_every == 0 or last) else ""
             log.writerow(row)
             if trainer.step % config.snapshot_every == 0 or last:
@@ -205,6 +208,8 @@ def train(data_dir: str | Path, out: str | Path, config: TrainConfig, resume: bo
             if trainer.step % config.checkpoint_every == 0 or last:
                 trainer.checkpoint()
             bar.update(task, advance=1, status=f"D {row['d_loss']:.3f} G {row['g_loss']:.2f} L1 {row['g_l1']:.3f}")
+            if last:
+                break
     log.close()
     if not (out / "model").exists():
         trainer.checkpoint()

@@ -1,0 +1,134 @@
+"""Score given locations (the BTD protocol) or screen a whole scan into a 3-D anomaly map with findings.
+
+Screening tiles every selected axial slice's lung bounding box with detector-sized patches (stride ≤ patch),
+averages the per-pixel anomaly maps where tiles overlap, smooths them over ~`smooth_mm`, standardises the
+map by its robust spread inside the lung (median / 1.4826·MAD), and reports peaks by non-maximum
+suppression. Skipped slices (`slice_step` > 1) take the map of the nearest scored slice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from medfake.detect.detectors import Detector
+from medfake.detect.patches import centred_crop, lung_mask_or_none, patches_at, to_unit
+from medfake.scan import Scan
+
+
+@dataclass
+class LocationScore:
+    voxel_zyx: tuple[int, int, int]
+    world_xyz: tuple[float, float, float]
+    score: float
+
+
+def score_locations(scan: Scan, detector: Detector, centres_zyx, protocol: str = "btd") -> tuple[list[LocationScore], np.ndarray, np.ndarray]:
+    """Scores of patches at z,y,x centres (BTD crops by default), with the patches and anomaly maps."""
+    centres = [tuple(int(v) for v in scan.require_inside(c, "detection location")) for c in centres_zyx]
+    patches = patches_at(to_unit(scan, detector.config.window), centres, detector.config.patch_size, protocol)
+    maps = detector.anomaly_maps(patches)
+    from medfake.detect.btd import reduce_maps
+
+    scores = detector.scores(patches) if detector.method == "supervised" else reduce_maps(maps, detector.options)
+    rows = [LocationScore(c, tuple(float(v) for v in scan.voxel_to_world(c)), float(s)) for c, s in zip(centres, scores)]
+    return rows, patches, maps
+
+
+@dataclass
+class Screening:
+    anomaly: np.ndarray  # (z, y, x) float32, robust z-score of the smoothed anomaly (0 outside the region)
+    region: np.ndarray  # bool (z, y, x): where the map is defined (lung mask, or the body for MRI)
+    findings: list[LocationScore] = field(default_factory=list)
+    scan_score: float = 0.0
+    tiles: int = 0
+    slices: list[int] = field(default_factory=list)
+
+
+def screening_region(scan: Scan, unit: np.ndarray) -> np.ndarray:
+    mask = lung_mask_or_none(scan)
+    return mask if mask is not None else unit > 0.05
+
+
+def tile_origins(lo: int, hi: int, size: int, stride: int, limit: int) -> list[int]:
+    """Starts of size-long tiles with `stride` covering [lo, hi), kept inside [0, limit) when possible."""
+    last = max(lo, hi - size)
+    starts = list(range(lo, last + 1, stride))
+    if starts[-1] < last:
+        starts.append(last)
+    return [min(max(0, s), max(0, limit - size)) for s in starts]
+
+
+def screen_scan(scan: Scan, detector: Detector, stride: int | None = None, slice_step: int = 1,
+                smooth_mm: float = 8.0, top: int = 5, separation_mm: float = 20.0, batch_tiles: int = 64,
+                progress=None) -> Screening:
+    unit = to_unit(scan, detector.config.window)
+    region = screening_region(scan, unit)
+    size = detector.config.patch_size
+    stride = stride or size // 2
+    slices = [int(z) for z in np.flatnonzero(region.any(axis=(1, 2)))][::max(1, slice_step)]
+    total = np.zeros((len(slices),) + unit.shape[1:], np.float32)
+    count = np.zeros_like(total)
+    tiles = []
+    for k, z in enumerate(slices):
+        ys, xs = np.nonzero(region[z])
+        for y0 in tile_origins(ys.min(), ys.max() + 1, size, stride, unit.shape[1]):
+            for x0 in tile_origins(xs.min(), xs.max() + 1, size, stride, unit.shape[2]):
+                if region[z, y0:y0 + size, x0:x0 + size].any():
+                    tiles.append((k, y0, x0))
+    task = progress.add_task("screening", total=len(tiles), status="") if progress else None
+    for start in range(0, len(tiles), batch_tiles):
+        chunk = tiles[start: start + batch_tiles]
+        patches = np.stack([centred_crop(unit[slices[k]], y0 + size // 2, x0 + size // 2, size)[None]
+                            for k, y0, x0 in chunk])
+        for (k, y0, x0), amap in zip(chunk, detector.anomaly_maps(patches)):
+            h, w = total[k, y0:y0 + size, x0:x0 + size].shape
+            total[k, y0:y0 + h, x0:x0 + w] += amap[:h, :w]
+            count[k, y0:y0 + h, x0:x0 + w] += 1
+        if task is not None:
+            progress.advance(task, len(chunk))
+    per_slice = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+    anomaly = standardise(smooth_slices(per_slice, scan.spacing, smooth_mm), region[slices])
+    volume = np.zeros(unit.shape, np.float32)
+    if slices:
+        nearest = np.abs(np.arange(unit.shape[0])[:, None] - np.asarray(slices)[None]).argmin(axis=1)
+        volume = anomaly[nearest] * region
+    findings = peaks(volume, region, scan, top, separation_mm)
+    return Screening(volume, region, findings, findings[0].score if findings else 0.0, len(tiles), slices)
+
+
+def smooth_slices(maps: np.ndarray, spacing, smooth_mm: float) -> np.ndarray:
+    sigma = [0.0] + [smooth_mm / 2.355 / s for s in spacing[1:]]  # FWHM = smooth_mm
+    return ndimage.gaussian_filter(maps, sigma=sigma)
+
+
+def standardise(maps: np.ndarray, region: np.ndarray) -> np.ndarray:
+    values = maps[region]
+    if values.size == 0:
+        return np.zeros_like(maps)
+    median = float(np.median(values))
+    spread = max(1.4826 * float(np.median(np.abs(values - median))), 1e-12)
+    return ((maps - median) / spread).astype(np.float32)
+
+
+def peaks(volume: np.ndarray, region: np.ndarray, scan: Scan, top: int, separation_mm: float) -> list[LocationScore]:
+    """The `top` highest points of the map inside the region, at least `separation_mm` apart."""
+    work = np.where(region, volume, -np.inf)
+    radius = [separation_mm / s for s in scan.spacing]
+    out = []
+    for _ in range(top):
+        flat = int(np.argmax(work))
+        if not np.isfinite(work.flat[flat]):
+            break
+        zyx = np.unravel_index(flat, volume.shape)
+        out.append(LocationScore(tuple(int(v) for v in zyx), tuple(float(v) for v in scan.voxel_to_world(zyx)),
+                                 float(volume[zyx])))
+        axes = [np.arange(max(0, int(c - r)), min(n, int(c + r) + 1)) for c, r, n in zip(zyx, radius, volume.shape)]
+        offsets = np.ix_(*[((a - c) / r) ** 2 for a, c, r in zip(axes, zyx, radius)])
+        ball = (offsets[0] + offsets[1] + offsets[2]) <= 1.0
+        box = work[np.ix_(*axes)]
+        box[ball] = -np.inf
+        work[np.ix_(*axes)] = box
+    return out

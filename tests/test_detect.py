@@ -1,0 +1,158 @@
+"""Detector training, scoring and the detect/evaluate CLIs on the real lung1 CT, with tiny models (32² patches)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medfake.cli import main
+from medfake.detect.detectors import load_detector
+from medfake.detect.patches import patches_at, to_unit
+from medfake.detect.train import TrainConfig, train_detector
+from medfake.evaluate.roc import auc_score
+from medfake.io import save_scan
+from medfake.io.tables import ManifestRow, append_manifest
+
+NODULE = (33, 359, 218)
+TINY = dict(method="btd", preset="tiny", patch_size=32, batch_size=16, lr=2e-3, samples=2, sample_steps=2)
+
+
+@pytest.fixture(scope="session")
+def lung1_file(lung1, tmp_path_factory):
+    return save_scan(lung1, tmp_path_factory.mktemp("genuine") / "lung1.npz", format="npz")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(lung1_file, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "btd"
+    train_detector([lung1_file], run, TrainConfig(**TINY, steps=60, save_every=30), show_progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def genuine_centres(lung1):
+    from medfake.lungmask import lung_mask
+
+    mask = lung_mask(lung1)
+    mask[:, :40], mask[:, -40:], mask[:, :, :40], mask[:, :, -40:] = False, False, False, False
+    points = np.argwhere(mask[:, ::8, ::8]) * [1, 8, 8]
+    return points[np.random.default_rng(0).choice(len(points), 24, replace=False)]
+
+
+def test_training_lowers_the_loss_and_writes_a_btd_checkpoint(tiny_run):
+    checkpoint = torch.load(tiny_run / "checkpoints/model-latest.pt", weights_only=True)
+    assert set(checkpoint) >= {"step", "model", "opt", "ema", "scaler", "version"} and checkpoint["step"] == 60
+    assert len([k for k in checkpoint["model"] if not k.startswith("model.")]) == 13
+    assert any(k.startswith("ema_model.model.") for k in checkpoint["ema"]) and checkpoint["ema"]["initted"]
+    losses = np.asarray(checkpoint["medfake"]["losses"])
+    assert losses[-10:].mean() < 0.6 * losses[:5].mean()
+    assert {"config.json", "run.json", "loss.png", "samples.png", "loss.csv"} <= {p.name for p in tiny_run.iterdir()}
+
+
+def test_resume_continues_exactly(lung1_file, tmp_path):
+    straight = train_detector([lung1_file], tmp_path / "a", TrainConfig(**TINY, steps=4, save_every=100, seed=3),
+                              show_progress=False)
+    split = tmp_path / "b"
+    train_detector([lung1_file], split, TrainConfig(**TINY, steps=2, save_every=100, seed=3), show_progress=False)
+    train_detector([lung1_file], split, TrainConfig(**TINY, steps=4, save_every=100, seed=3), resume=True,
+                   show_progress=False)
+    a = torch.load(straight / "checkpoints/model-latest.pt", weights_only=True)
+    b = torch.load(split / "checkpoints/model-latest.pt", weights_only=True)
+    assert a["medfake"]["losses"] == b["medfake"]["losses"]
+    for key, value in a["model"].items():
+        torch.testing.assert_close(value, b["model"][key], rtol=0, atol=0)
+
+
+def test_scores_are_deterministic_and_separate_a_pasted_blob(tiny_run, lung1, genuine_centres):
+    detector = load_detector(tiny_run)
+    unit = to_unit(lung1)
+    genuine = patches_at(unit, genuine_centres, 32)
+    assert np.array_equal(detector.scores(genuine), detector.scores(genuine))
+    hu = lung1.voxels.astype(np.float32)
+    rng = np.random.default_rng(5)
+    for z, y, x in genuine_centres:  # a disc of noisy soft tissue pasted with a hard edge
+        yy, xx = np.ogrid[-8:8, -8:8]
+        disc = yy ** 2 + xx ** 2 < 64
+        hu[z, y - 8:y + 8, x - 8:x + 8][disc] = 40 + rng.normal(0, 250, disc.sum())
+    pasted = patches_at(to_unit(lung1.with_voxels(hu)), genuine_centres, 32)
+    scores = np.r_[detector.scores(genuine), detector.scores(pasted)]
+    labels = np.r_[np.zeros(len(genuine)), np.ones(len(pasted))]
+    assert auc_score(labels, scores) >= 0.95
+
+
+def test_btd_patch_protocol_pads_bottom_right_only():
+    plane = np.arange(100 * 100, dtype=np.float32).reshape(100, 100) / 1e4
+    top_left = patches_at(plane[None], [(0, 5, 5)], 32)[0, 0]
+    assert np.array_equal(top_left[:21, :21], plane[:21, :21]) and (top_left[21:] == 0).all()
+    bottom_right = patches_at(plane[None], [(0, 95, 95)], 32)[0, 0]
+    assert np.array_equal(bottom_right[:21, :21], plane[79:, 79:]) and (bottom_right[21:] == 0).all()
+
+
+def _manifest(tmp_path, lung1, lung1_file):
+    from medfake.tamper.classical import copy_move_inject, inpaint_remove
+
+    rng = np.random.default_rng(0)
+    injected = copy_move_inject(lung1, (20, 300, 150), lung1, NODULE, rng)
+    injected = copy_move_inject(lung1.with_voxels(injected), (30, 330, 380), lung1, NODULE, rng)
+    removed = inpaint_remove(lung1, NODULE, 14.0)
+    rows = []
+    for name, voxels, sites, action, method in (("inj.npz", injected, [(20, 300, 150), (30, 330, 380)], "inject", "copy-move"),
+                                                ("rem.npz", removed, [NODULE], "remove", "inpaint")):
+        save_scan(lung1.with_voxels(voxels.astype(np.int16)), tmp_path / name, format="npz")
+        for zyx in sites:
+            world = lung1.voxel_to_world(zyx)
+            rows.append(ManifestRow(str(lung1_file), name, *world, *zyx, action, method, "none", "{}", "now"))
+    append_manifest(rows, tmp_path / "manifest.csv")
+    return tmp_path / "manifest.csv"
+
+
+def test_detect_and_evaluate_cli_end_to_end(tiny_run, lung1, lung1_file, tmp_path, capsys):
+    manifest = _manifest(tmp_path, lung1, lung1_file)
+    main(["detect", str(tmp_path / "inj.npz"), "--model", str(tiny_run), "-c", "20,300,150", "-c", "25,250,250",
+          "-o", str(tmp_path / "det")])
+    rows = list(csv.DictReader(open(tmp_path / "det/scores.csv")))
+    assert [(r["voxel_z"], r["voxel_y"], r["voxel_x"]) for r in rows] == [("20", "300", "150"), ("25", "250", "250")]
+    assert all(float(r["score"]) > 0 for r in rows) and (tmp_path / "det/patches.png").stat().st_size > 1000
+
+    main(["detect", str(lung1_file), "--model", str(tiny_run), "--screen", "--stride", "32", "--slice-step", "6",
+          "--top", "3", "-o", str(tmp_path / "screen")])
+    findings = json.loads((tmp_path / "screen/findings.json").read_text())
+    assert len(findings["findings"]) == 3 and findings["scan_score"] == findings["findings"][0]["score"] > 0
+    assert (tmp_path / "screen/finding_1.png").exists() and (tmp_path / "screen/anomaly_mip.png").exists()
+
+    main(["evaluate", "--genuine", str(lung1_file), "--tampered", str(manifest), "-m", str(tiny_run),
+          "--per-scan", "8", "-o", str(tmp_path / "eval")])
+    results = json.loads((tmp_path / "eval/results.json").read_text())
+    inject = results["subsets"]["inject-copy-move-ct"]["btd"]
+    assert inject["n_tampered"] == 2 and inject["n_genuine"] == 8 + 3  # random + paired untouched locations
+    assert 0 <= inject["ci95"][0] <= inject["auc"] <= inject["ci95"][1] <= 1
+    assert "remove-inpaint-ct" in results["subsets"] and (tmp_path / "eval/roc_inject-all-ct.png").exists()
+    assert "| inject-copy-move-ct | 2 | 11 |" in (tmp_path / "eval/results.md").read_text()
+
+
+def test_bad_checkpoints_and_modalities_are_one_line_errors(tiny_run, lung1_file, tmp_path, capsys):
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    other = tmp_path / "other.pt"
+    torch.save({"step": 1, "model": {"some.weight": torch.zeros(2)}}, other)
+    mri_scan = tmp_path / "mri.npz"
+    from medfake.io import load_scan
+
+    scan = load_scan(lung1_file)
+    save_scan(scan.with_voxels(scan.voxels[:4], modality="MR"), mri_scan, format="npz")
+    cases = [([str(lung1_file), "--model", str(junk)], "not a readable PyTorch checkpoint"),
+             ([str(lung1_file), "--model", str(other), "--model-modality", "ct"], "not a denoising-diffusion-pytorch"),
+             ([str(lung1_file), "--model", str(tmp_path)], "not a detector run folder"),
+             ([str(mri_scan), "--model", str(tiny_run)], "modality mismatch"),
+             ([str(lung1_file), "--model", str(tiny_run), "--method", "dae"], "this is a btd detector")]
+    for args, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["detect", *args, "-c", "2,100,100", "-o", str(tmp_path / "never")])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err and err.startswith("error:")
+    assert not (tmp_path / "never").exists()

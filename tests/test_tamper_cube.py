@@ -1,0 +1,117 @@
+"""Cube resampling (exact size at any spacing, centred on the location), 3D blending, noise of this scan,
+and pasting an unchanged cube (bit-identical outside the blend, within noise inside)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medfake.scan import Scan
+from medfake.tamper.blend import radial_weight
+from medfake.tamper.cube import IsoGrid, Region, from_iso, to_iso
+from medfake.tamper.model import TamperModel, TrainConfig
+from medfake.tamper.noise import estimate_noise, residual, robust_std
+from medfake.tamper.pipeline import Context, Site, ctgan_site
+
+NODULE = (33, 359, 218)
+HEALTHY = (23, 358, 118)  # right lung parenchyma of lung1, 2 cm from vessels
+
+
+@pytest.mark.parametrize("spacing", [(5.0, 0.5703, 0.5703), (3.0, 0.7, 0.7), (2.5, 0.9, 0.9), (1.25, 0.68, 0.68)])
+def test_cube_round_trip_is_exact_in_size_and_close_in_values(lung1, spacing):
+    scan = Scan(lung1.voxels, spacing)  # lung1's voxels relabelled with another spacing
+    grid = IsoGrid(NODULE, 32, 1.0)
+    cube = to_iso(scan, grid)
+    assert cube.shape == (32, 32, 32)  # CT-GAN: 3.0 mm -> 33, 5.0 mm -> 30 and a crash
+    region = Region.of(scan, grid)
+    back = from_iso(cube, grid, region)
+    original = region.cut(scan.voxels, -1000.0)
+    assert back.shape == original.shape
+    assert np.median(np.abs(back - original)) < 12.0  # HU; the 1 mm grid cannot hold finer in-plane detail
+    assert abs(float(back.mean() - original.mean())) < 5.0
+
+
+@pytest.mark.parametrize("spacing", [(0.7, 0.7, 0.7), (1.0, 1.0, 1.0), (7.0, 1.3, 1.1), (0.5, 0.5, 0.5)])
+def test_cube_size_is_exact_at_any_spacing(lung1, spacing):
+    scan = Scan(lung1.voxels, spacing)
+    for size in (24, 32, 48):
+        grid = IsoGrid(NODULE, size, 1.0)
+        assert to_iso(scan, grid).shape == (size,) * 3
+        region = Region.of(scan, grid)
+        assert from_iso(np.zeros((size,) * 3, np.float32), grid, region).shape == region.shape
+
+
+def test_grid_is_centred_on_the_location_at_anisotropic_spacing():
+    spacing = (3.0, 0.7, 0.7)
+    zz, yy, xx = np.meshgrid(*[np.arange(n) * s for n, s in zip((40, 120, 120), spacing)], indexing="ij")
+    centre = np.array([20, 61, 57]) * spacing
+    blob = np.exp(-((zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2) / (2 * 4.0 ** 2))
+    scan = Scan((blob * 1000 - 1000).astype(np.float32), spacing)
+    cube = to_iso(scan, IsoGrid((20, 61, 57), 32, 1.0)) + 1000
+    com = np.array([np.sum(cube * g) / cube.sum() for g in np.indices(cube.shape)])
+    np.testing.assert_allclose(com, [15.5, 15.5, 15.5], atol=0.05)  # the world point sits at the grid centre
+
+
+def test_cubes_reaching_outside_the_scan_are_padded_with_air(lung1):
+    cube = to_iso(lung1, IsoGrid((0, 256, 256), 32, 1.0))
+    assert cube.shape == (32, 32, 32)
+    assert cube[:5].max() < -950.0  # >10 mm beyond the first slice: air (spline ringing aside), not 0 HU
+
+
+def test_blend_weight_falls_off_in_mm_along_every_axis(lung1):
+    grid = IsoGrid(NODULE, 32, 1.0)
+    region = Region.of(lung1, grid)
+    weight = radial_weight(region.distance_mm(), 10.0, 15.0)
+    cz, cy, cx = np.asarray(region.shape) // 2
+    assert weight[cz, cy, cx] == 1.0
+    # 10 mm along z (2 slices of 5 mm) and along y (10 mm / 0.5703) get the same weight: full
+    assert weight[cz + 2, cy, cx] == pytest.approx(1.0)
+    y12 = int(round(12.5 / 0.5703))
+    assert weight[cz, cy + y12, cx] == pytest.approx(0.5, abs=0.05)  # halfway through the fall-off
+    assert weight[cz + 3, cy, cx] == 0.0  # 15 mm along z: zero (CT-GAN had no fall-off along z)
+    assert weight[0, 0, 0] == 0.0
+
+
+def test_noise_model_matches_this_scans_parenchyma(lung1):
+    from medfake.lungmask import lung_mask, lung_parenchyma
+
+    parenchyma = lung_parenchyma(lung1, lung_mask(lung1))
+    rng = np.random.default_rng(0)
+    shape = Region.of(lung1, IsoGrid(HEALTHY, 32, 1.0)).shape
+    model = estimate_noise(lung1, parenchyma, shape, rng, avoid_zyx=[HEALTHY])
+    assert model.patches >= 6 and 10.0 < model.sigma < 80.0
+    fresh = model.sample(rng)
+    assert fresh.shape == shape
+    assert robust_std(residual(fresh, lung1.spacing)) == pytest.approx(model.sigma, rel=0.25)
+    # texture: neighbouring in-plane pixels are correlated as in the scan (0.57 mm pixels, smooth kernel)
+    block = residual(lung1.cut_cube(HEALTHY, shape).astype(np.float32), lung1.spacing)
+    def lag1(v):
+        return np.corrcoef(v[:, :, :-1].ravel(), v[:, :, 1:].ravel())[0, 1]
+    assert lag1(fresh) == pytest.approx(lag1(block), abs=0.15)
+
+
+class UnchangedCube(TamperModel):
+    """A 'generator' that hands the input cube back: isolates the resampling, blending and noise path."""
+
+    def inpaint(self, cube_hu):
+        return cube_hu
+
+
+def test_pasting_an_unchanged_cube_touches_nothing_outside_the_blend(lung1):
+    from medfake.lungmask import lung_mask, lung_parenchyma
+
+    config = TrainConfig(action="remove")
+    model = UnchangedCube(config, None, None, "unchanged")
+    grid = IsoGrid(HEALTHY, 32, 1.0)
+    region = Region.of(lung1, grid)
+    rng = np.random.default_rng(0)
+    noise = estimate_noise(lung1, lung_parenchyma(lung1, lung_mask(lung1)), region.shape, rng)
+    out = ctgan_site(lung1, Site(HEALTHY), "remove", model, Context(None, noise, rng))
+    diff = out - lung1.voxels
+    weight = np.zeros(lung1.shape, bool)
+    scan_sl, block_sl = region.slices(lung1.shape)
+    weight[scan_sl] = radial_weight(region.distance_mm(), 10.0, 15.0)[block_sl] > 0
+    assert np.all(diff[~weight] == 0)  # bit-identical outside the blend
+    inside = diff[weight]
+    assert abs(float(inside.mean())) < 0.15 * noise.sigma  # no bias
+    assert float(np.abs(inside).std()) < 1.0 * noise.sigma  # changes stay within the scan's noise

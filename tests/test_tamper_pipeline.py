@@ -1,0 +1,124 @@
+"""Tampering end to end with a small remover trained here on lung1's healthy lung: the nodule goes away,
+world and voxel coordinates hit the same voxel, DICOM in -> derived DICOM out + manifest, one-line errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from medfake.cli import main
+from medfake.data.samples import sample_path
+from medfake.data.trainset import AugmentConfig, TrainsetConfig, build_trainset
+from medfake.io import load_scan, save_scan
+from medfake.io.tables import read_manifest
+from medfake.tamper.model import TrainConfig, load_tamper_model
+from medfake.tamper.pipeline import tamper_scan
+from medfake.tamper.run import resolve_sites
+from medfake.tamper.train import train
+
+NODULE_ZYX = (33, 359, 218)
+NODULE_XYZ = "-21.8586,-120.5358,-611.4964"  # lung1's LUNA16 annotation (world mm)
+
+
+@pytest.fixture(scope="module")
+def remover(tmp_path_factory):
+    """cpu-small-shaped remover (thinner filters), 40 steps on 4 healthy lung1 locations x 11 views."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("remover")
+    config = TrainsetConfig("remove", augment=AugmentConfig(rotation_step_deg=90))
+    data = build_trainset("remove", [sample_path("lung1")], root / "set", auto_healthy=4, seed=3,
+                          coords=sample_path("lung1").parent / "annotations.csv", config=config)
+    train_config = TrainConfig.resolve("remove", "cpu-small", g_filters=(4, 8, 16, 32, 32), d_filters=(4, 8, 16, 32),
+                                       batch_size=4, steps=40, g_lr=2e-3, d_lr=2e-4, val_every=40,
+                                       snapshot_every=40, checkpoint_every=40)
+    run = train(data, root / "run", train_config, show_progress=False)
+    torch.set_num_threads(before)
+    return run
+
+
+@pytest.fixture(scope="module")
+def dicom_crop(tmp_path_factory, lung1):
+    """lung1's slices 24-41 written as a DICOM series (the nodule is at slice 33 -> 9)."""
+    crop = lung1.with_voxels(np.asarray(lung1.voxels[24:42]).copy(),
+                             origin=tuple(lung1.voxel_to_world([24, 0, 0])))
+    return save_scan(crop, tmp_path_factory.mktemp("dcm") / "lung1_crop", format="dicom")
+
+
+def test_removing_lung1s_nodule_lowers_its_mean_hu(remover, lung1, lung1_label):
+    model = load_tamper_model(remover, "remove")
+    out, rows = tamper_scan(lung1, [NODULE_ZYX], "remove", model, rng=np.random.default_rng(0))
+    nodule = lung1_label.voxels > 0
+    before, after = float(lung1.voxels[nodule].mean()), float(out.voxels[nodule].mean())
+    assert before > -150  # solid nodule
+    assert after < before - 300 and after < -450  # now lung-like (parenchyma is ~ -850 HU)
+    far = np.ones(lung1.shape, bool)
+    far[18:49, 300:420, 160:280] = False
+    assert np.array_equal(out.voxels[far], lung1.voxels[far])  # nothing changes far from the location
+    assert out.voxels.dtype == lung1.voxels.dtype and lung1.voxels[NODULE_ZYX] == lung1.voxels[NODULE_ZYX]
+    assert rows[0].action == "remove" and (rows[0].voxel_z, rows[0].voxel_y, rows[0].voxel_x) == NODULE_ZYX
+
+
+def test_world_and_voxel_coordinates_hit_the_same_voxel(remover, lung1):
+    model = load_tamper_model(remover)
+    path = sample_path("lung1")
+    results = []
+    for text, system in (("33,359,218", "vox"), (NODULE_XYZ, "world"), ("33.3,358.6,217.8", "vox")):
+        sites = resolve_sites(lung1, path, "remove", [text], system)
+        results.append(tamper_scan(lung1, sites, "remove", model, rng=np.random.default_rng(5)))
+    for out, rows in results:
+        assert (rows[0].voxel_z, rows[0].voxel_y, rows[0].voxel_x) == NODULE_ZYX
+        assert np.array_equal(out.voxels, results[0][0].voxels)  # the very same edit
+
+
+def test_dicom_in_gives_a_derived_dicom_series_and_a_manifest(remover, dicom_crop, tmp_path, capsys):
+    dest = tmp_path / "out"
+    main(["tamper", "-t", str(dicom_crop), "-d", str(dest), "-a", "remove", "-c", "9,359,218",
+          "--model", str(remover), "--seed", "4"])
+    folder = dest / "lung1_crop_remove"
+    source = [pydicom.dcmread(p) for p in sorted(dicom_crop.iterdir())]
+    written = [pydicom.dcmread(p) for p in sorted(folder.iterdir())]
+    assert len(written) == len(source) == 18
+    assert {d.SeriesInstanceUID for d in written} .isdisjoint({d.SeriesInstanceUID for d in source})
+    assert {d.SOPInstanceUID for d in written}.isdisjoint({d.SOPInstanceUID for d in source})
+    assert "DERIVED" in list(written[0].ImageType)
+    assert "remove" in written[0].DerivationDescription and "9,359,218" in written[0].DerivationDescription
+    rows = read_manifest(dest / "manifest.csv")
+    assert len(rows) == 1 and rows[0].output == str(folder) and rows[0].chosen_by == "user"
+    assert rows[0].method == "ctgan" and rows[0].model_id.startswith("run@40:")
+    tampered = load_scan(folder)
+    assert tampered.voxels[8:11, 352:366, 211:225].mean() < load_scan(dicom_crop).voxels[8:11, 352:366, 211:225].mean() - 300
+
+    # a second run appends to the same manifest and never overwrites the first output
+    main(["tamper", "-t", str(dicom_crop), "-d", str(dest), "-a", "remove", "--auto", "1",
+          "--model", str(remover), "-f", "npz"])
+    rows = read_manifest(dest / "manifest.csv")
+    assert len(rows) == 2 and rows[1].chosen_by == "auto" and rows[1].output.endswith("lung1_crop_remove_2.npz")
+    assert abs(rows[1].voxel_z - 9) <= 1 and abs(rows[1].voxel_y - 359) <= 4  # the detector found the nodule
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-c", "33,359"], "bad coordinate '33,359'"),
+    (["-c", "33,359,900"], "outside the scan"),
+    (["-c", "33,359,218", "--model", "/nonexistent/run"], "no such model run folder"),
+    (["-c", "33,359,218", "-s", "mm"], "coordinate system must be vox or world"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(remover, tmp_path, capsys, args, message):
+    argv = ["tamper", "-t", str(sample_path("lung1")), "-d", str(tmp_path / "o"), "-a", "remove"]
+    if "--model" not in args:
+        args = args + ["--model", str(remover)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv + args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_a_remover_cannot_inject(remover, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tamper", "-t", str(sample_path("lung1")), "-d", str(tmp_path / "o"), "-a", "inject",
+              "-c", "23,358,118", "--model", str(remover)])
+    assert exit_info.value.code == 2 and "trained to remove, not to inject" in capsys.readouterr().err
