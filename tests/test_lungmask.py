@@ -9,12 +9,17 @@ from scipy import ndimage
 from medfake.cli import main
 from medfake.errors import MedfakeError
 from medfake.io import load_scan, save_scan
-from medfake.lungmask import lung_mask, lung_parenchyma, split_lungs
+from medfake.lungmask import lung_labels, lung_mask, lung_parenchyma, split_lungs
 
 
 @pytest.fixture(scope="module")
-def lung1_mask(lung1):
-    return lung_mask(lung1)
+def lung1_labels(lung1):
+    return lung_labels(lung1)
+
+
+@pytest.fixture(scope="module")
+def lung1_mask(lung1_labels):
+    return lung1_labels > 0
 
 
 def millilitres(mask, scan) -> float:
@@ -41,6 +46,13 @@ def test_two_lungs_one_each_side_of_the_midline(lung1, lung1_mask):
     columns = np.arange(lung1.shape[2])
     assert (right.sum(axis=(0, 1)) * (columns < 256)).sum() > 0.95 * right.sum()  # the right lung crosses the
     assert (left.sum(axis=(0, 1)) * (columns > 256)).sum() > 0.95 * left.sum()  # midline only at the front
+
+
+def test_labels_name_the_right_and_left_lung(lung1, lung1_labels, lung1_mask):
+    labels = lung1_labels
+    assert set(np.unique(labels)) == {0, 1, 2}
+    right, left = split_lungs(lung1_mask, lung1)
+    assert np.array_equal(labels == 1, right) and np.array_equal(labels == 2, left)
 
 
 def test_extent_in_z_from_bases_to_apices(lung1_mask):

@@ -12,7 +12,7 @@ from medfake.data import synth_anatomy as an
 from medfake.errors import MedfakeError
 from medfake.io import load_scan
 from medfake.io.tables import read_luna16
-from medfake.lungmask import lung_mask
+from medfake.lungmask import lung_labels, lung_mask
 
 SMALL = dict(n_xy=192, max_slices=40, n_nodules=3)
 
@@ -52,12 +52,27 @@ def test_tissue_hu_in_the_intended_range(thin, code, low, high):
     assert low <= np.median(values) <= high, (an.LABEL_NAMES[code], np.median(values))
 
 
-def test_bone_air_and_ground_glass_hu(thin, thick):
+def test_bone_and_airway_hu(thin):
     assert np.percentile(thin.scan.voxels[thin.labels == an.CORTEX], 90) > 700
     assert np.median(thin.scan.voxels[core(thin.labels, an.AIRWAY)]) < -900
-    ggo = np.concatenate([s.scan.voxels[s.labels == an.GGO] for s in (thin, thick)])
-    if ggo.size:
-        assert -750 <= np.median(ggo) <= -250
+
+
+def one_kind_of_nodule(texture: int) -> dict:
+    """A LIDC-style read table whose only entries are 12 mm nodules of one texture rating."""
+    return {"diameter_mm": np.array([12.0, 12.0]), "texture": np.array([texture] * 2, float),
+            "lobulation": np.ones(2), "spiculation": np.ones(2), "malignancy": np.full(2, 3.0),
+            "slice_thickness": np.ones(2), "pixel_spacing": np.full(2, 0.7)}
+
+
+def test_ground_glass_and_part_solid_nodules():
+    ggo = synth.synthesize(21, pixel_mm=0.8, slice_mm=1.25, reads=one_kind_of_nodule(1), **SMALL)
+    part = synth.synthesize(22, pixel_mm=0.8, slice_mm=1.25, reads=one_kind_of_nodule(3), **SMALL)
+    assert ggo.nodules and {n["type"] for n in ggo.nodules} == {"ground-glass"}
+    assert part.nodules and {n["type"] for n in part.nodules} == {"part-solid"}
+    assert -750 <= np.median(ggo.scan.voxels[core(ggo.labels, an.GGO)]) <= -250
+    assert not (ggo.labels == an.NODULE).any()
+    assert -750 <= np.median(part.scan.voxels[core(part.labels, an.GGO)]) <= -250
+    assert np.median(part.scan.voxels[core(part.labels, an.NODULE)]) > -150  # the solid core
 
 
 def nodule_component(result, row):
@@ -111,6 +126,22 @@ def test_lung_mask_overlaps_the_generated_lungs(which, request):
     dice = 2 * (mask & result.lung).sum() / (mask.sum() + result.lung.sum())
     assert dice >= 0.9, dice
     assert not (mask & (result.labels == an.AIR)).any()
+
+
+def test_lungs_touching_at_the_front_are_split(thin):
+    """Bridge the lungs with a 2.4 mm strip of lung-like HU across the mediastinum on every slice (an
+    anterior junction line): the labels still separate right and left at the junction."""
+    voxels = thin.scan.voxels.copy()
+    middle = voxels.shape[2] // 2
+    rows = np.flatnonzero(thin.lung[:, :, middle - 25].any(axis=0) & thin.lung[:, :, middle + 25].any(axis=0))
+    top = rows[len(rows) // 3]
+    voxels[:, top:top + 3, middle - 30:middle + 30] = -860
+    labels = lung_labels(thin.scan.with_voxels(voxels))
+    assert set(np.unique(labels)) == {0, 1, 2}
+    column = np.arange(voxels.shape[2])[None, None, :]
+    for code, truth in ((1, thin.lung & (column < middle)), (2, thin.lung & (column >= middle))):
+        dice = 2 * ((labels == code) & truth).sum() / ((labels == code).sum() + truth.sum())
+        assert dice > 0.85, (code, dice)
 
 
 def run(argv) -> int:

@@ -20,6 +20,7 @@ AIR_THRESHOLD_HU = -400.0
 PARENCHYMA_MAX_HU = -500.0
 COARSE_PIXEL_MM = 1.2
 AIRWAY_THRESHOLDS_HU = (-990.0, -975.0, -960.0, -945.0, -930.0, -915.0, -900.0)
+MIN_LUNG_ML = 5.0  # smaller air pockets inside the body (bowel gas, table foam) are not lungs
 MAX_AIRWAY_ML = 120.0  # trachea + main and lobar bronchi are ~30-80 mL; more means the growth leaked
 IN_PLANE = np.zeros((3, 3, 3), bool)
 IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
@@ -29,6 +30,12 @@ IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
 def lung_mask(scan: Scan, threshold: float = AIR_THRESHOLD_HU, closing_mm: float = 8.0) -> np.ndarray:
     """Boolean (z,y,x) mask of both lungs, including vessels and nodules inside them, without the trachea
     and main bronchi. Raises MedfakeError when no lung-sized air region is found."""
+    return lung_labels(scan, threshold, closing_mm) > 0
+
+
+def lung_labels(scan: Scan, threshold: float = AIR_THRESHOLD_HU, closing_mm: float = 8.0) -> np.ndarray:
+    """uint8 (z,y,x): 1 = right lung, 2 = left lung (patient sides; lungs that touch are split at their
+    junction). A single air region that cannot be split is labelled 1."""
     if scan.modality not in ("CT", "", None):
         raise MedfakeError(f"lung mask needs a CT scan, got modality {scan.modality}", scan.meta.get("path"))
     hu = np.asarray(scan.voxels, dtype=np.float32)
@@ -42,7 +49,8 @@ def lung_mask(scan: Scan, threshold: float = AIR_THRESHOLD_HU, closing_mm: float
     if lungs.max() == 0:
         raise MedfakeError("no lung found (no large air region inside the body)", scan.meta.get("path"))
     filled = fill_lungs(lungs, spacing, closing_mm)
-    return refine_border(filled, hu < threshold, factor)
+    mask = refine_border(filled > 0, hu < threshold, factor)
+    return order_by_side(fine_labels(mask, filled, factor), scan)
 
 
 def lung_parenchyma(scan: Scan, mask: np.ndarray | None = None, max_hu: float = PARENCHYMA_MAX_HU,
@@ -63,7 +71,7 @@ def split_lungs(mask: np.ndarray, scan: Scan) -> tuple[np.ndarray, np.ndarray]:
     parts = [labels == k for k in order]
     if len(parts) < 2:
         raise MedfakeError("lung mask has a single component; cannot tell right from left", scan.meta.get("path"))
-    x_of = [scan.voxel_to_world(np.array(ndimage.center_of_mass(p)))[0] for p in parts]
+    x_of = [scan.voxel_to_world(centroid(p))[0] for p in parts]
     return (parts[0], parts[1]) if x_of[0] < x_of[1] else (parts[1], parts[0])
 
 
@@ -122,7 +130,7 @@ def trachea_seed(coarse: np.ndarray, inner: np.ndarray, spacing, superior_last: 
         for k, found in enumerate(ndimage.find_objects(labels), start=1):
             component = labels[found] == k
             area = component.sum() * pixel_mm2
-            cx = ndimage.center_of_mass(component)[1] + found[1].start
+            cx = mean_index(component.sum(axis=0)) + found[1].start
             values = coarse[z][found]
             darkest = float(values[component].min())
             width = (found[1].stop - found[1].start) * spacing[2]
@@ -135,7 +143,12 @@ def trachea_seed(coarse: np.ndarray, inner: np.ndarray, spacing, superior_last: 
 
 def body_centre_x(coarse_slice: np.ndarray, inner_slice: np.ndarray) -> float:
     body = ndimage.binary_fill_holes(coarse_slice > AIR_THRESHOLD_HU) | inner_slice
-    return float(ndimage.center_of_mass(body)[1])
+    return mean_index(body.sum(axis=0))
+
+
+def mean_index(counts: np.ndarray) -> float:
+    """Mean position along an axis given the number of voxels at each index."""
+    return float((counts * np.arange(counts.size)).sum() / max(counts.sum(), 1))
 
 
 def slice_has_lung(coarse_slice: np.ndarray, inner_slice: np.ndarray, spacing) -> bool:
@@ -148,8 +161,9 @@ def slice_has_lung(coarse_slice: np.ndarray, inner_slice: np.ndarray, spacing) -
     if big.size == 0:
         return False
     body_x = body_centre_x(coarse_slice, inner_slice)
-    centres = ndimage.center_of_mass(inner_slice, labels, big)
-    return any(abs(c[1] - body_x) * spacing[2] >= 25 for c in centres)
+    columns = np.broadcast_to(np.arange(labels.shape[1]), labels.shape)
+    centres_x = np.bincount(labels.ravel(), weights=columns.ravel())[big] / np.bincount(labels.ravel())[big]
+    return bool(np.any(np.abs(centres_x - body_x) * spacing[2] >= 25))
 
 
 def airway_tree(coarse: np.ndarray, inner: np.ndarray, spacing, superior_last: bool) -> np.ndarray:
@@ -182,8 +196,7 @@ def lung_components(candidates: np.ndarray, spacing, keep_fraction: float = 0.15
     sizes = np.bincount(labels.ravel())[1:]
     order = np.argsort(sizes)[::-1]
     big = [k + 1 for k in order[:2] if sizes[k] >= keep_fraction * sizes[order[0]]]
-    min_ml = 5.0
-    big = [k for k in big if sizes[k - 1] * np.prod(spacing) / 1000.0 >= min_ml]
+    big = [k for k in big if sizes[k - 1] * np.prod(spacing) / 1000.0 >= MIN_LUNG_ML]
     lungs = np.zeros(labels.shape, np.uint8)
     for i, k in enumerate(big, start=1):
         lungs[labels == k] = i
@@ -213,8 +226,9 @@ def separate_touching_lungs(lung: np.ndarray, spacing) -> np.ndarray:
 
 
 def fill_lungs(lungs: np.ndarray, spacing, closing_mm: float) -> np.ndarray:
-    """Each lung closed with an in-plane disk of `closing_mm` and hole-filled slice by slice."""
-    filled = np.zeros(lungs.shape, bool)
+    """Each lung closed with an in-plane disk of `closing_mm` and hole-filled slice by slice (labels kept;
+    where two filled lungs overlap the first keeps the voxel)."""
+    filled = np.zeros(lungs.shape, np.uint8)
     pad = int(np.ceil(closing_mm / min(spacing[1:]))) + 2
     for index, found in enumerate(ndimage.find_objects(lungs), start=1):
         if found is None:
@@ -227,7 +241,8 @@ def fill_lungs(lungs: np.ndarray, spacing, closing_mm: float) -> np.ndarray:
             if piece.any():
                 piece = np.pad(piece, pad)
                 closed = close_disk(piece, spacing[1:], closing_mm)[pad:-pad, pad:-pad]
-                filled[z, y0:y1, x0:x1] |= ndimage.binary_fill_holes(closed)
+                target = filled[z, y0:y1, x0:x1]
+                target[ndimage.binary_fill_holes(closed) & (target == 0)] = index
     return filled
 
 
@@ -247,6 +262,30 @@ def refine_border(filled: np.ndarray, fine_air: np.ndarray, factor: int) -> np.n
     labels, _ = ndimage.label(mask)
     attached = np.unique(labels[core])
     return np.isin(labels, attached[attached > 0])
+
+
+def fine_labels(mask: np.ndarray, coarse_labels: np.ndarray, factor: int) -> np.ndarray:
+    """Labels for the full-resolution mask from the coarse labels (border voxels take a neighbour's)."""
+    if factor == 1:
+        return np.where(mask, coarse_labels, 0).astype(np.uint8)
+    spread = ndimage.grey_dilation(coarse_labels, footprint=IN_PLANE)
+    up = upsample(coarse_labels, factor, mask.shape)
+    return np.where(mask, np.where(up > 0, up, upsample(spread, factor, mask.shape)), 0).astype(np.uint8)
+
+
+def order_by_side(labels: np.ndarray, scan: Scan) -> np.ndarray:
+    """Relabel two lungs so that 1 is the patient's right (smaller world x, LPS) and 2 the left."""
+    if labels.max() < 2:
+        return labels
+    x_right, x_left = (scan.voxel_to_world(centroid(labels == k))[0] for k in (1, 2))
+    if x_right > x_left:
+        labels = np.where(labels > 0, 3 - labels, 0).astype(np.uint8)
+    return labels
+
+
+def centroid(mask: np.ndarray) -> np.ndarray:
+    """Centre of mass (z,y,x) of a 3-D mask from its axis projections (fast on large volumes)."""
+    return np.array([mean_index(mask.sum(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)])
 
 
 def save_lung_mask(path, output, series: str | None = None, overwrite: bool = False):

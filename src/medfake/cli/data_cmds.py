@@ -23,13 +23,17 @@ def data_fetch(names: list[str] = typer.Argument(None, help="Sample sets (defaul
 
 
 def data_list():
-    """Show which sample sets are cached and where."""
-    from medfake.data.samples import cached_sets
+    """Show which sample sets are cached (each in <cache>/<name>)."""
+    from medfake.data.samples import cache_root, cached_sets
 
-    table = Table("name", "package", "cached", "size", "path", "content")
+    out.print(f"cache: {cache_root()}  (set MEDFAKE_DATA to move it)")
+    table = Table()
+    for column in ("name", "package", "cached", "size"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("content", ratio=1)
     for row in cached_sets():
         table.add_row(row["name"], row["package"], "yes" if row["cached"] else "no",
-                      f"{row['bytes'] / 1e6:.1f} MB", row["path"], row["description"])
+                      f"{row['bytes'] / 1e6:.1f} MB", row["description"])
     out.print(table)
 
 

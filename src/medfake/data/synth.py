@@ -192,7 +192,7 @@ def write_cohort(out_dir: str | Path, n: int, seed: int, fmt: str = "nrrd", over
         write_luna16(rows, tmp / "annotations.csv")
         write_nodule_table(rows, tmp / "nodules.csv")
         (tmp / "cohort.json").write_text(json.dumps({"seed": seed, "n": n, "format": fmt, "options": options,
-                                                     "scans": scans}, indent=1))
+                                                     "scans": scans}, indent=1, default=str))
     return Path(out_dir)
 
 

@@ -255,6 +255,7 @@ def save_sample_sheet(cubes: np.ndarray, entries: list[dict], path: Path, column
 
     firsts = [i for i, e in enumerate(entries) if i == 0 or e["location"] != entries[i - 1]["location"]]
     picks = firsts[: columns * rows]
+    rows = max(1, -(-len(picks) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.2, rows * 1.3), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")

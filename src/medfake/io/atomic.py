@@ -12,6 +12,13 @@ from typing import Iterator
 from medfake.errors import MedfakeError
 
 
+def _default_mode(is_dir: bool) -> int:
+    """mkdtemp/mkstemp create private (0700/0600) entries; outputs should follow the umask instead."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if is_dir else 0o666) & ~umask
+
+
 def check_destination(dest: Path, overwrite: bool) -> None:
     if dest.exists() and dest.is_dir() and any(dest.iterdir()) and not overwrite:
         raise MedfakeError("destination folder is not empty (use --overwrite)", dest)
@@ -26,6 +33,7 @@ def atomic_dir(dest: str | Path, overwrite: bool = False) -> Iterator[Path]:
     check_destination(dest, overwrite)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    tmp.chmod(_default_mode(True))
     try:
         yield tmp
         if dest.exists():
@@ -46,6 +54,7 @@ def atomic_file(dest: str | Path, overwrite: bool = False) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".partial{suffix}", dir=dest.parent)
     os.close(fd)
     tmp = Path(name)
+    tmp.chmod(_default_mode(False))
     try:
         yield tmp
         os.replace(tmp, dest)

@@ -41,11 +41,6 @@ class IsoGrid:
         return 2 * (np.ceil(reach).astype(int) + SPLINE_MARGIN) + 1
 
 
-def snap(scan: Scan, zyx) -> tuple[int, int, int]:
-    """The scan voxel a (possibly fractional) z,y,x coordinate falls in; raises when outside the scan."""
-    return tuple(int(v) for v in scan.require_inside(zyx))
-
-
 def to_iso(scan: Scan, grid: IsoGrid, rotation_deg: float = 0.0, flip_y: bool = False, flip_x: bool = False,
            shift_yx: tuple[float, float] = (0.0, 0.0), order: int = 3) -> np.ndarray:
     """Sample the scan on the isotropic grid (float32 HU). Rotation is in the y-x plane about the centre;
