@@ -6,9 +6,11 @@ On held-out synthetic scans and on lung1 (not in the remover's training data):
 - injection success: the CAD finds a nodule within 5 mm of the site after, and none before;
 - removal success: the CAD found the nodule before and finds none within 5 mm after; the mean HU in the old
   nodule (ball of its diameter; lung1: its label) is back near the scan's parenchyma mean;
-- seams: gradient energy |∇HU|² on shells at the blend's fall-off (10-16.5 mm from the site) after / before;
-- noise: robust std of the high-pass residual in lung-like voxels inside the in-painted ball (≤ 10 mm)
-  over the same outside it (16-26 mm), after tampering (and before, as the scan's own baseline);
+- seams: gradient energy |∇HU|² on the shell (±1.5 mm) around the pasted region's border (the blend's outer
+  radius), after / before (the same place untouched);
+- noise: robust std of the high-pass residual in lung-like voxels inside the in-painted ball (≤ 10 mm) over
+  the scan's parenchyma noise σ (and over the same measure on a 16-26 mm ring), after tampering and before
+  (the scan's own baseline at the same place);
 - time: tamper compute per location, and the whole `medfake tamper` command on a 512²×64 DICOM series,
   with the I/O floor (load + write the same series, same interpreter start-up) and `import torch` beside it.
 Prints and saves benchmarks/results/tamper_quality.json and tamper_examples.png.
@@ -26,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+BLEND = None  # (inner, outer) mm; None = the pipeline default
+SEAM_SHELL_MM = 1.5  # half-width of the shell around the blend's outer radius
 RESULTS = Path(__file__).resolve().parent / "results"
 PY = sys.executable
 
@@ -48,7 +52,9 @@ def gradient_energy(voxels, spacing, sl, mask) -> float:
     return float(np.mean(sum(g ** 2 for g in grads)[mask]))
 
 
-def noise_ratio(voxels, spacing, zyx, scan) -> float:
+def noise_inside(voxels, spacing, zyx, scan, reference: float | None = None) -> float:
+    """Robust std of the high-pass residual of lung-like voxels in the in-painted ball (≤ 10 mm), divided by
+    the same measure on the ring 16-26 mm around it, or by `reference` (the scan's parenchyma noise σ)."""
     from scipy import ndimage
 
     from medfake.tamper.noise import residual, robust_std
@@ -59,33 +65,38 @@ def noise_ratio(voxels, spacing, zyx, scan) -> float:
     lungish = ndimage.gaussian_filter(block, [1.5 / s for s in spacing]) < -600
     res = residual(block, spacing)
     a, b = res[inner & lungish], res[outer & lungish]
-    if a.size < 50 or b.size < 50:
+    if a.size < 50 or (reference is None and b.size < 50):
         return float("nan")
-    return robust_std(a) / robust_std(b)
+    return robust_std(a) / (reference if reference is not None else robust_std(b))
 
 
-def location_metrics(before, after, zyx) -> dict:
+def location_metrics(before, after, zyx, outer_mm: float, sigma: float) -> dict:
+    """Seam: gradient energy on the shell around the pasted region's border (the blend's outer radius),
+    after / before (the same anatomy untouched)."""
     spacing = before.spacing
-    sl, shell = ball(before, zyx, 10.0, 16.5)
+    sl, shell = ball(before, zyx, outer_mm - SEAM_SHELL_MM, outer_mm + SEAM_SHELL_MM)
     seam = gradient_energy(after.voxels, spacing, sl, shell) / gradient_energy(before.voxels, spacing, sl, shell)
-    return {"seam_ratio": round(seam, 3), "noise_ratio_after": round(noise_ratio(after.voxels, spacing, zyx, before), 3),
-            "noise_ratio_before": round(noise_ratio(before.voxels, spacing, zyx, before), 3)}
+    return {"seam_ratio": round(seam, 3),
+            "noise_vs_parenchyma_after": round(noise_inside(after.voxels, spacing, zyx, before, sigma), 3),
+            "noise_vs_parenchyma_before": round(noise_inside(before.voxels, spacing, zyx, before, sigma), 3),
+            "noise_vs_ring_after": round(noise_inside(after.voxels, spacing, zyx, before), 3),
+            "noise_vs_ring_before": round(noise_inside(before.voxels, spacing, zyx, before), 3)}
 
 
 def timed_sites(scan, sites, action, model, lung, rng):
     """tamper_scan's steps with clocks: per-scan setup (noise model) and per-location compute."""
-    from medfake.tamper.pipeline import Context, _like_input, _noise_model, as_sites, ctgan_site
+    from medfake.tamper.pipeline import Context, _like_input, _noise_model, as_sites, blend_radii, ctgan_site
 
     sites = as_sites(scan, sites)
     t = time.perf_counter()
-    context = Context(lung, _noise_model(scan, lung, model, sites, rng), rng)
+    context = Context(lung, _noise_model(scan, lung, model, sites, rng), rng, BLEND or blend_radii(model))
     setup = time.perf_counter() - t
     voxels, per_site = np.asarray(scan.voxels, dtype=np.float32), []
     for site in sites:
         t = time.perf_counter()
         voxels = ctgan_site(scan.with_voxels(voxels), site, action, model, context)
         per_site.append(time.perf_counter() - t)
-    return scan.with_voxels(_like_input(voxels, scan.voxels)), setup, per_site
+    return scan.with_voxels(_like_input(voxels, scan.voxels)), setup, per_site, context.noise.sigma
 
 
 def evaluate_scan(name, scan, nodules, inj, rem, per_scan, rng, examples):
@@ -94,27 +105,33 @@ def evaluate_scan(name, scan, nodules, inj, rem, per_scan, rng, examples):
     from medfake.lungmask import lung_mask, lung_parenchyma
     from medfake.tamper.sites import pick_sites
 
+    from medfake.tamper.pipeline import blend_radii
+
+    outer = (BLEND or blend_radii(inj))[1]
     lung = lung_mask(scan)
     parenchyma_hu = float(np.mean(scan.voxels[lung_parenchyma(scan, lung)]))
     found_before = detect_nodules(scan, lung)
     out = {"scan": name, "parenchyma_hu": round(parenchyma_hu, 1), "inject": [], "remove": []}
     avoid = [n[0] for n in nodules] + [f.center_zyx for f in found_before]
-    sites = pick_sites(scan, per_scan, rng, lung, avoid_zyx=avoid)
-    injected, setup, times = timed_sites(scan, sites, "inject", inj, lung, rng)
+    sites = pick_sites(scan, per_scan, rng, lung, avoid_zyx=avoid, avoid_mm=15.0, allow_fewer=True)
+    if not sites:
+        injected, setup, times, sigma = scan, 0.0, [], float("nan")
+    else:
+        injected, setup, times, sigma = timed_sites(scan, sites, "inject", inj, lung, rng)
     found_after = detect_nodules(injected, lung)
     for site, seconds in zip(sites, times):
         hit = nodule_near(found_after, scan, site, 5.0)
         row = {"zyx": list(site), "before": nodule_near(found_before, scan, site, 5.0) is not None,
                "after": hit is not None, "diameter_mm": round(hit.diameter_mm, 1) if hit else None,
-               "seconds": round(seconds, 3), **location_metrics(scan, injected, site)}
+               "seconds": round(seconds, 3), **location_metrics(scan, injected, site, outer, sigma)}
         row["success"] = row["after"] and not row["before"]
         out["inject"].append(row)
     out["inject_setup_s"] = round(setup, 3)
-    if len(examples) < 2:
+    if sites and sum(e[0] == "inject" for e in examples) < 2:
         examples.append(("inject", name, scan, injected, sites[0]))
     targets = [n for n in nodules if 5.0 <= n[1] <= 18.0]
     if targets:
-        removed, setup, times = timed_sites(scan, [n[0] for n in targets], "remove", rem, lung, rng)
+        removed, setup, times, sigma = timed_sites(scan, [n[0] for n in targets], "remove", rem, lung, rng)
         found_after = detect_nodules(removed, lung)
         for (zyx, diameter, mask), seconds in zip(targets, times):
             if mask is None:
@@ -126,12 +143,12 @@ def evaluate_scan(name, scan, nodules, inj, rem, per_scan, rng, examples):
                    "after": nodule_near(found_after, scan, zyx, 5.0) is not None,
                    "mask_hu_before": round(float(scan.voxels[sl][inner].mean()), 1),
                    "mask_hu_after": round(float(removed.voxels[sl][inner].mean()), 1),
-                   "seconds": round(seconds, 3), **location_metrics(scan, removed, zyx)}
+                   "seconds": round(seconds, 3), **location_metrics(scan, removed, zyx, outer, sigma)}
             row["hu_back_to_parenchyma"] = row["mask_hu_after"] - parenchyma_hu < 100.0
             row["success"] = row["before"] and not row["after"] and row["hu_back_to_parenchyma"]
             out["remove"].append(row)
         out["remove_setup_s"] = round(setup, 3)
-        if len(examples) < 4:
+        if sum(e[0] == "remove" for e in examples) < 2 or name == "lung1":
             examples.append(("remove", name, scan, removed, targets[0][0]))
     return out
 
@@ -195,6 +212,7 @@ def summarize(scans: list[dict]) -> dict:
     seen = [r for r in rem if r["before"]]
     both = inj + rem
     finite = lambda v: [x for x in v if x == x]
+    median = lambda rows, k: round(float(np.median(finite([r[k] for r in rows]))), 3)
     within = lambda v, tol: float(np.mean([abs(x - 1) <= tol for x in finite(v)])) if finite(v) else float("nan")
     return {
         "injection_success": round(float(np.mean([r["success"] for r in inj])), 3), "injections": len(inj),
@@ -204,9 +222,12 @@ def summarize(scans: list[dict]) -> dict:
         "removal_hu_back_all": round(float(np.mean([r["hu_back_to_parenchyma"] for r in rem])), 3) if rem else None,
         "seam_ratio_median": round(float(np.median([r["seam_ratio"] for r in both])), 3),
         "seam_within_10pct": round(within([r["seam_ratio"] for r in both], 0.10), 3),
-        "noise_ratio_after_median": round(float(np.median(finite([r["noise_ratio_after"] for r in both]))), 3),
-        "noise_ratio_before_median": round(float(np.median(finite([r["noise_ratio_before"] for r in both]))), 3),
-        "noise_within_10pct": round(within([r["noise_ratio_after"] for r in both], 0.10), 3),
+        "noise_vs_parenchyma_after_median": median(both, "noise_vs_parenchyma_after"),
+        "noise_vs_parenchyma_before_median": median(both, "noise_vs_parenchyma_before"),
+        "noise_within_10pct": round(within([r["noise_vs_parenchyma_after"] for r in both], 0.10), 3),
+        "noise_within_10pct_before": round(within([r["noise_vs_parenchyma_before"] for r in both], 0.10), 3),
+        "noise_vs_ring_after_median": median(both, "noise_vs_ring_after"),
+        "noise_vs_ring_before_median": median(both, "noise_vs_ring_before"),
         "seconds_per_location_median": round(float(np.median([r["seconds"] for r in both])), 3),
         "seconds_per_location_max": round(float(np.max([r["seconds"] for r in both])), 3),
     }
@@ -218,7 +239,11 @@ def main() -> None:
     parser.add_argument("--per-scan", type=int, default=3, help="injections per scan")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-command", action="store_true", help="skip the 512x512x64 DICOM command timing")
+    parser.add_argument("--blend", type=str, default=None, help="inner,outer blend radii in mm (default: pipeline's)")
+    parser.add_argument("--name", type=str, default="tamper_quality", help="result file stem")
     args = parser.parse_args()
+    global BLEND
+    BLEND = tuple(float(v) for v in args.blend.split(",")) if args.blend else None
     import torch
 
     from medfake.data.samples import sample_path
@@ -253,8 +278,9 @@ def main() -> None:
     if not args.skip_command:
         result["command"] = command_timing(args.work, args.work / "run_inject")
     RESULTS.mkdir(exist_ok=True)
-    save_examples(examples, RESULTS / "tamper_examples.png")
-    (RESULTS / "tamper_quality.json").write_text(json.dumps(result, indent=1, default=float))
+    result["blend_mm"] = BLEND or "default (hole/2 - 1, hole/2 + 3)"
+    save_examples(examples, RESULTS / f"{args.name.replace('quality', 'examples')}.png")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1, default=float))
     write_run_record(args.work, vars(args) | {"work": str(args.work)}, args.seed, name="bench_quality_run.json")
     print(json.dumps({k: v for k, v in result.items() if k != "scans"}, indent=1, default=float))
 

@@ -11,7 +11,7 @@ from medfake.tamper.blend import radial_weight
 from medfake.tamper.cube import IsoGrid, Region, from_iso, to_iso
 from medfake.tamper.model import TamperModel, TrainConfig
 from medfake.tamper.noise import estimate_noise, residual, robust_std
-from medfake.tamper.pipeline import Context, Site, ctgan_site
+from medfake.tamper.pipeline import Context, Site, blend_radii, ctgan_site
 
 NODULE = (33, 359, 218)
 HEALTHY = (23, 358, 118)  # right lung parenchyma of lung1, 2 cm from vessels
@@ -106,11 +106,12 @@ def test_pasting_an_unchanged_cube_touches_nothing_outside_the_blend(lung1):
     region = Region.of(lung1, grid)
     rng = np.random.default_rng(0)
     noise = estimate_noise(lung1, lung_parenchyma(lung1, lung_mask(lung1)), region.shape, rng)
-    out = ctgan_site(lung1, Site(HEALTHY), "remove", model, Context(None, noise, rng))
+    out = ctgan_site(lung1, Site(HEALTHY), "remove", model, Context(None, noise, rng, blend_radii(model)))
     diff = out - lung1.voxels
     weight = np.zeros(lung1.shape, bool)
     scan_sl, block_sl = region.slices(lung1.shape)
-    weight[scan_sl] = radial_weight(region.distance_mm(), 10.0, 15.0)[block_sl] > 0
+    weight[scan_sl] = radial_weight(region.distance_mm(), *blend_radii(model))[block_sl] > 0
+    assert weight.sum() > 1000
     assert np.all(diff[~weight] == 0)  # bit-identical outside the blend
     inside = diff[weight]
     assert abs(float(inside.mean())) < 0.15 * noise.sigma  # no bias

@@ -3,6 +3,8 @@ world and voxel coordinates hit the same voxel, DICOM in -> derived DICOM out + 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pydicom
 import pytest
@@ -14,7 +16,8 @@ from medfake.data.trainset import AugmentConfig, TrainsetConfig, build_trainset
 from medfake.io import load_scan, save_scan
 from medfake.io.tables import read_manifest
 from medfake.tamper.model import TrainConfig, load_tamper_model
-from medfake.tamper.pipeline import tamper_scan
+from medfake.errors import MedfakeError
+from medfake.tamper.pipeline import Site, tamper_scan
 from medfake.tamper.run import resolve_sites
 from medfake.tamper.train import train
 
@@ -40,6 +43,13 @@ def remover(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def lungs(lung1):
+    from medfake.lungmask import lung_mask
+
+    return lung_mask(lung1)
+
+
+@pytest.fixture(scope="module")
 def dicom_crop(tmp_path_factory, lung1):
     """lung1's slices 24-41 written as a DICOM series (the nodule is at slice 33 -> 9)."""
     crop = lung1.with_voxels(np.asarray(lung1.voxels[24:42]).copy(),
@@ -47,9 +57,9 @@ def dicom_crop(tmp_path_factory, lung1):
     return save_scan(crop, tmp_path_factory.mktemp("dcm") / "lung1_crop", format="dicom")
 
 
-def test_removing_lung1s_nodule_lowers_its_mean_hu(remover, lung1, lung1_label):
+def test_removing_lung1s_nodule_lowers_its_mean_hu(remover, lung1, lung1_label, lungs):
     model = load_tamper_model(remover, "remove")
-    out, rows = tamper_scan(lung1, [NODULE_ZYX], "remove", model, rng=np.random.default_rng(0))
+    out, rows = tamper_scan(lung1, [NODULE_ZYX], "remove", model, rng=np.random.default_rng(0), lung=lungs)
     nodule = lung1_label.voxels > 0
     before, after = float(lung1.voxels[nodule].mean()), float(out.voxels[nodule].mean())
     assert before > -150  # solid nodule
@@ -61,13 +71,13 @@ def test_removing_lung1s_nodule_lowers_its_mean_hu(remover, lung1, lung1_label):
     assert rows[0].action == "remove" and (rows[0].voxel_z, rows[0].voxel_y, rows[0].voxel_x) == NODULE_ZYX
 
 
-def test_world_and_voxel_coordinates_hit_the_same_voxel(remover, lung1):
+def test_world_and_voxel_coordinates_hit_the_same_voxel(remover, lung1, lungs):
     model = load_tamper_model(remover)
     path = sample_path("lung1")
     results = []
     for text, system in (("33,359,218", "vox"), (NODULE_XYZ, "world"), ("33.3,358.6,217.8", "vox")):
         sites = resolve_sites(lung1, path, "remove", [text], system)
-        results.append(tamper_scan(lung1, sites, "remove", model, rng=np.random.default_rng(5)))
+        results.append(tamper_scan(lung1, sites, "remove", model, rng=np.random.default_rng(5), lung=lungs))
     for out, rows in results:
         assert (rows[0].voxel_z, rows[0].voxel_y, rows[0].voxel_x) == NODULE_ZYX
         assert np.array_equal(out.voxels, results[0][0].voxels)  # the very same edit
@@ -122,3 +132,18 @@ def test_a_remover_cannot_inject(remover, tmp_path, capsys):
         main(["tamper", "-t", str(sample_path("lung1")), "-d", str(tmp_path / "o"), "-a", "inject",
               "-c", "23,358,118", "--model", str(remover)])
     assert exit_info.value.code == 2 and "trained to remove, not to inject" in capsys.readouterr().err
+
+
+def test_classical_methods_get_the_same_manifest_treatment(lung1, lung1_label):
+    nodule = lung1_label.voxels > 0
+    removed, rows = tamper_scan(lung1, [Site(NODULE_ZYX, "table", 13.75)], "remove", method="inpaint")
+    assert removed.voxels[nodule].mean() < lung1.voxels[nodule].mean() - 300
+    assert rows[0].method == "inpaint" and rows[0].model_id == "none" and rows[0].chosen_by == "table"
+    site = (23, 358, 118)
+    injected, rows = tamper_scan(lung1, [site], "inject", method="copy-move", donor=lung1, donor_zyx=NODULE_ZYX,
+                                 rng=np.random.default_rng(0))
+    z, y, x = site
+    assert injected.voxels[z, y - 5:y + 6, x - 5:x + 6].mean() > lung1.voxels[z, y - 5:y + 6, x - 5:x + 6].mean() + 300
+    assert json.loads(rows[0].parameters)["donor_zyx"] == list(NODULE_ZYX)
+    with pytest.raises(MedfakeError, match="can only inject"):
+        tamper_scan(lung1, [site], "remove", method="copy-move", donor=lung1, donor_zyx=NODULE_ZYX)

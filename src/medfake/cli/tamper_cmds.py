@@ -101,17 +101,29 @@ def tamper(target: Path = typer.Option(..., "-t", "--target", help="Scan: DICOM 
            method: str = typer.Option("ctgan", "--method", help="ctgan | copy-move | inpaint"),
            donor: Path = typer.Option(None, "--donor", help="copy-move: scan to copy the nodule from (default: target)."),
            donor_coord: str = typer.Option(None, "--donor-coord", help="copy-move: donor nodule z,y,x voxel."),
+           blend: str = typer.Option(None, "--blend", help="ctgan: INNER,OUTER blend radii in mm (default hole/2-1, hole/2+3)."),
            series: str = typer.Option(None, "--series", help="SeriesInstanceUID when the folder holds several.")):
     """Inject or remove lung nodules; writes a derived scan and appends ground truth to DEST/manifest.csv."""
     from medfake.tamper.run import tamper_file
 
     locations = [c for text in list(coord or []) + list(more or []) for c in text.split()]
+    blend_mm = _pair(blend, "--blend") if blend else None
     result = tamper_file(target, destination, action, locations, system, coords, auto, model, fmt, seed, method,
-                         label, donor, donor_coord, series)
+                         label, donor, donor_coord, series, blend_mm=blend_mm)
     for row in result.rows:
         out.print(f"{row.action} ({row.method}, {row.chosen_by}) at z,y,x {row.voxel_z},{row.voxel_y},{row.voxel_x}"
                   f" = x,y,z {row.world_x:.1f},{row.world_y:.1f},{row.world_z:.1f} mm")
     out.print(f"wrote {result.output}; manifest {Path(destination) / 'manifest.csv'}")
+
+
+def _pair(text: str, option: str) -> tuple[float, float]:
+    from medfake.errors import MedfakeError
+
+    try:
+        a, b = (float(v) for v in text.split(","))
+    except ValueError:
+        raise MedfakeError(f"{option} must be two comma-separated numbers, not '{text}'") from None
+    return a, b
 
 
 def cad(scan_path: Path = typer.Argument(..., help="CT scan."),

@@ -8,6 +8,7 @@ map [0, 1] to [−1, 1] themselves.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -67,16 +68,27 @@ def patches_at(unit: np.ndarray, centres_zyx, size: int, protocol: str = "btd") 
     return out
 
 
+_MASKS: dict = {}  # lung masks of scan files already seen in this process: (path, mtime, shape) → mask
+
+
 def lung_mask_or_none(scan: Scan) -> np.ndarray | None:
     """The lung mask of a CT (None for MRI, or when no lung is found: e.g. a phantom or a partial scan)."""
     if modality_key(scan) != "ct":
         return None
     from medfake.lungmask import lung_mask
 
+    path = scan.meta.get("path")
+    key = (str(path), Path(path).stat().st_mtime_ns, scan.shape) if path and Path(path).exists() else None
+    if key in _MASKS:
+        return _MASKS[key].copy()
     try:
-        return lung_mask(scan)
+        mask = lung_mask(scan)
     except MedfakeError:
-        return None
+        mask = None
+    if key is not None and mask is not None:
+        _MASKS.clear()
+        _MASKS[key] = mask
+    return None if mask is None else mask.copy()
 
 
 def exclusion_mask(shape, centres_zyx, spacing, radius_mm: float) -> np.ndarray:

@@ -46,6 +46,7 @@ class Context:
     lung: np.ndarray | None
     noise: NoiseModel | None
     rng: np.random.Generator
+    blend_mm: tuple[float, float] = (9.0, 13.0)
 
 
 def as_sites(scan: Scan, locations) -> list[Site]:
@@ -61,12 +62,14 @@ def as_sites(scan: Scan, locations) -> list[Site]:
 
 def tamper_scan(scan: Scan, locations, action: str, model: TamperModel | None = None, method: str = "ctgan",
                 rng: np.random.Generator | None = None, lung: np.ndarray | None = None,
-                donor: Scan | None = None, donor_zyx=None) -> tuple[Scan, list[ManifestRow]]:
+                donor: Scan | None = None, donor_zyx=None,
+                blend_mm: tuple[float, float] | None = None) -> tuple[Scan, list[ManifestRow]]:
     """Return a tampered copy of `scan` and one manifest row per location (`output` left empty).
 
     `locations`: z,y,x voxel coordinates or `Site`s. `model` is required for `ctgan` and must have been
     trained for `action`. `lung` (bool mask) is computed when not given. `donor`/`donor_zyx` feed copy-move
-    (default: the strongest nodule the CAD finds in `scan` itself)."""
+    (default: the strongest nodule the CAD finds in `scan` itself). `blend_mm` = (full weight up to,
+    zero from) in mm, default `blend_radii(model)`."""
     if action not in ACTIONS:
         raise MedfakeError(f"action must be inject or remove, not '{action}'")
     if method not in METHODS:
@@ -79,11 +82,14 @@ def tamper_scan(scan: Scan, locations, action: str, model: TamperModel | None = 
             raise MedfakeError("method ctgan needs a trained model (--model RUN)")
         if model.action != action:
             raise MedfakeError(f"the model was trained to {model.action}, not to {action}", model.info.get("folder"))
-        context = Context(lung, _noise_model(scan, lung, model, sites, rng), rng)
+        blend_mm = tuple(blend_mm) if blend_mm else blend_radii(model)
+        if not 0 < blend_mm[0] < blend_mm[1] <= model.config.cube / 2 * model.config.iso_spacing:
+            raise MedfakeError(f"blend radii {blend_mm} must increase and stay inside the cube")
+        context = Context(lung, _noise_model(scan, lung, model, sites, rng), rng, blend_mm)
         for site in sites:
             voxels = ctgan_site(scan.with_voxels(voxels), site, action, model, context)
         params = {"cube": model.config.cube, "hole": model.config.hole, "iso_spacing_mm": model.config.iso_spacing,
-                  "blend_mm": list(blend_radii(model)), "noise_sigma_hu": round(context.noise.sigma, 2)}
+                  "blend_mm": list(blend_mm), "noise_sigma_hu": round(context.noise.sigma, 2)}
         model_id = model.model_id
     else:
         voxels, params = _classical(scan, voxels, sites, action, method, rng, lung, donor, donor_zyx)
@@ -94,9 +100,12 @@ def tamper_scan(scan: Scan, locations, action: str, model: TamperModel | None = 
 
 # --- ctgan -----------------------------------------------------------------------------------------
 def blend_radii(model: TamperModel) -> tuple[float, float]:
-    """Full weight over the hole, raised-cosine fall-off to zero one grid point inside the cube's edge."""
+    """Full weight to 1 mm inside the hole's faces, raised-cosine fall-off to zero 3 mm outside them: the
+    generator's own (blurry) reconstruction of the wider context is not pasted, only the in-painted hole
+    and its rim, where the generator was trained to continue the context."""
     c = model.config
-    return c.hole / 2.0 * c.iso_spacing, (c.cube / 2.0 - 1.0) * c.iso_spacing
+    half = c.hole / 2.0 * c.iso_spacing
+    return half - 1.0 * c.iso_spacing, min(half + 3.0 * c.iso_spacing, (c.cube / 2.0 - 1.0) * c.iso_spacing)
 
 
 def ctgan_site(scan: Scan, site: Site, action: str, model: TamperModel, context: Context) -> np.ndarray:
@@ -110,8 +119,7 @@ def ctgan_site(scan: Scan, site: Site, action: str, model: TamperModel, context:
     content = original + change
     if action == "inject":
         content = np.maximum(content, original)  # a vessel brighter than the nodule stays
-    inner, outer = blend_radii(model)
-    weight = radial_weight(region.distance_mm(), inner, outer)
+    weight = radial_weight(region.distance_mm(), *context.blend_mm)
     noise = context.noise
     ratio = region_noise_ratio(content, scan.spacing, noise.sigma, weight >= 0.99)
     fresh = noise.sample(context.rng) * noise_gain(weight, ratio) if noise.shape == region.shape else None

@@ -90,7 +90,7 @@ def auto_sites(scan: Scan, action: str, n: int, rng, lung, label, taken) -> list
     from medfake.tamper.sites import pick_sites
 
     existing = [zyx for zyx, _ in labelled] + [n_.center_zyx for n_ in detect_nodules(scan, lung)] + list(taken)
-    return [Site(zyx, "auto") for zyx in pick_sites(scan, n, rng, lung, avoid_zyx=existing)]
+    return [Site(zyx, "auto") for zyx in pick_sites(scan, n, rng, lung, avoid_zyx=existing, avoid_mm=20.0)]
 
 
 def _label_nodules(scan: Scan, label) -> list[tuple[tuple[int, int, int], float]]:
@@ -142,7 +142,7 @@ def tamper_file(target: str | Path, outdir: str | Path, action: str, coords=(), 
                 table: str | Path | None = None, auto: int = 0, model_dir: str | Path | None = None,
                 fmt: str = "same", seed: int = 0, method: str = "ctgan", label: str | Path | None = None,
                 donor: str | Path | None = None, donor_coord: str | None = None, series: str | None = None,
-                model=None) -> TamperResult:
+                model=None, blend_mm: tuple[float, float] | None = None) -> TamperResult:
     """Everything `medfake tamper` does. `model` (a loaded TamperModel) overrides `model_dir`."""
     from medfake.tamper.model import load_tamper_model
 
@@ -166,7 +166,7 @@ def tamper_file(target: str | Path, outdir: str | Path, action: str, coords=(), 
     donor_zyx = None
     if donor_coord:
         donor_zyx = to_voxel(donor_scan or scan, parse_coordinate(donor_coord, "vox"), "vox")
-    tampered, rows = tamper_scan(scan, sites, action, model, method, rng, lung, donor_scan, donor_zyx)
+    tampered, rows = tamper_scan(scan, sites, action, model, method, rng, lung, donor_scan, donor_zyx, blend_mm)
     outdir.mkdir(parents=True, exist_ok=True)
     dest = output_name(outdir, target, action)
     rows = [replace(r, parameters=json.dumps(dict(json.loads(r.parameters), seed=seed), sort_keys=True)) for r in rows]

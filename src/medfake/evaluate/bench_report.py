@@ -1,0 +1,202 @@
+"""Turn a finished benchmark matrix into `results.json`, `results.md` and one self-contained `report.html`."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from medfake.evaluate.report import Section, write_report
+from medfake.io.tables import read_manifest
+
+CROP_MM = 60.0
+
+
+def auc_rows(evaluation: dict) -> list[list]:
+    """One row per (subset, detector): AUC with its DeLong 95% interval and the sample counts."""
+    rows = []
+    for subset, entry in evaluation.get("subsets", {}).items():
+        for detector, auc in entry.items():
+            low, high = auc["ci95"]
+            rows.append([subset, detector, auc["auc"], low, high, auc["n_tampered"], auc["n_genuine"]])
+    return rows
+
+
+AUC_HEADER = ["subset (action-method-modality)", "detector", "AUC", "95% CI low", "95% CI high", "tampered", "genuine"]
+
+
+def results_summary(matrix: dict) -> dict:
+    evaluation = json.loads((Path(matrix["evaluation"]["folder"]) / "results.json").read_text())
+    cad = matrix["cad"]
+    screening = matrix["screening"]
+    ranks = [r for s in screening for r in s["ranks"]]
+    return {
+        "name": matrix["config"].get("name", "bench"),
+        "auc": [dict(zip(("subset", "detector", "auc", "low", "high", "n_pos", "n_neg"), r)) for r in auc_rows(evaluation)],
+        "counts": evaluation.get("counts", {}),
+        "cad_success": {action: _rate([v["success"] for v in cad if v["action"] == action]) for action in ("inject", "remove")},
+        "screening_top3": _rate([r is not None and r <= 3 for r in ranks]),
+        "screening": screening,
+        "timings_s": {k: round(v, 2) for k, v in matrix["timings"].items()},
+        "total_s": round(sum(matrix["timings"].values()), 1),
+    }
+
+
+def _rate(flags: list[bool]) -> float | None:
+    return round(float(np.mean(flags)), 3) if flags else None
+
+
+def markdown(summary: dict) -> str:
+    lines = [f"# {summary['name']}: results", "", "| " + " | ".join(AUC_HEADER) + " |",
+             "|" + "---|" * len(AUC_HEADER)]
+    for a in summary["auc"]:
+        lines.append(f"| {a['subset']} | {a['detector']} | {a['auc']:.3f} | {a['low']:.3f} | {a['high']:.3f} | "
+                     f"{a['n_pos']} | {a['n_neg']} |")
+    lines += ["", f"CAD success: inject {summary['cad_success']['inject']}, remove {summary['cad_success']['remove']}",
+              f"Screening: tampered place in the top 3 findings: {summary['screening_top3']}",
+              f"Total compute: {summary['total_s']} s", ""]
+    return "\n".join(lines)
+
+
+def crop(scan, zyx):
+    """A small scan around `zyx` (about CROP_MM wide) so the tampered place fills the picture."""
+    from medfake.scan import cut_cube
+
+    shape = [max(3, int(round(CROP_MM / s))) | 1 for s in scan.spacing]
+    shape[0] = min(shape[0], scan.shape[0] if scan.shape[0] % 2 else scan.shape[0] - 1 or 1)
+    cube = cut_cube(scan.voxels, zyx, shape, scan.pad_value)
+    return scan.with_voxels(cube, meta={}), tuple(s // 2 for s in shape)
+
+
+def location_figure(row, detector, cache: dict) -> np.ndarray:
+    """Before | after | difference (orthogonal views, lung window) and the detector's heat map on the axial patch."""
+    from medfake.detect.patches import patches_at, to_unit
+    from medfake.evaluate.figures import add_caption, hstack, orthogonal_views, overlay_heatmap, window
+    from medfake.io import load_scan
+
+    for path in (row.scan, row.output):
+        if path not in cache:
+            cache.clear() if len(cache) > 4 else None
+            cache[path] = load_scan(path)
+    before, after = cache[row.scan], cache[row.output]
+    zyx = (row.voxel_z, row.voxel_y, row.voxel_x)
+    small_before, centre = crop(before, zyx)
+    small_after, _ = crop(after, zyx)
+    diff = small_after.with_voxels(small_after.voxels.astype(np.float32) - small_before.voxels.astype(np.float32))
+    panels = [add_caption(orthogonal_views(small_before, centre, "lung"), "before"),
+              add_caption(orthogonal_views(small_after, centre, "lung"), "after"),
+              add_caption(orthogonal_views(diff, centre, window("400,0")), "after - before (W400 L0)")]
+    if detector is not None:
+        unit = to_unit(after, detector.config.window)
+        patch = patches_at(unit, [zyx], detector.config.patch_size, "btd")
+        heat = detector.anomaly_maps(patch)[0]
+        grey = np.clip(patch[0] * 255.0, 0, 255).astype(np.uint8)
+        panels.append(add_caption(overlay_heatmap(grey, heat, alpha=0.6), f"{detector.method} residual"))
+    return hstack(panels)
+
+
+def loss_figure(csv_path: Path, columns: list[str], title: str) -> np.ndarray | None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not csv_path.exists():
+        return None
+    with open(csv_path) as fh:
+        rows = list(csv.DictReader(fh))
+    figure = Figure(figsize=(6, 3), dpi=100)
+    axis = figure.add_subplot()
+    for column in columns:
+        values = [(i, float(r[column])) for i, r in enumerate(rows) if r.get(column) not in (None, "")]
+        if values:
+            axis.plot(*zip(*values), label=column, lw=1)
+    axis.set_title(title)
+    axis.set_xlabel("step")
+    axis.set_yscale("log")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def build_sections(matrix: dict, summary: dict, max_locations: int = 12) -> list[Section]:
+    from medfake.detect.detectors import load_detector
+
+    run = Path(matrix["run"])
+    evaluation_dir = Path(matrix["evaluation"]["folder"])
+    summary_section = Section("summary", "Summary")
+    summary_section.table(AUC_HEADER, [[a["subset"], a["detector"], a["auc"], a["low"], a["high"], a["n_pos"], a["n_neg"]]
+                                       for a in summary["auc"] if "-all-" in a["subset"]])
+    summary_section.table(["measure", "value"], [
+        ["tampered / genuine locations scored", f"{summary['counts'].get('tampered')} / {summary['counts'].get('genuine')}"],
+        ["CAD success, injection (nodule found after, not before)", summary["cad_success"]["inject"]],
+        ["CAD success, removal (nodule found before, not after)", summary["cad_success"]["remove"]],
+        ["screening: tampered place in BTD's top 3", summary["screening_top3"]],
+        ["total compute (s)", summary["total_s"]]])
+
+    locations = Section("locations", "Tampered locations")
+    locations.text("Each row: before, after and their difference in a lung window (axial | coronal | sagittal, "
+                   f"{CROP_MM:.0f} mm field), and the BTD residual of the tampered axial patch.", "note")
+    btd = load_detector(matrix["detectors"]["btd"]) if "btd" in matrix["detectors"] else None
+    verdicts = {(v["output"], tuple(v["zyx"])): v for v in matrix["cad"]}
+    cache: dict = {}
+    for row in read_manifest(Path(matrix["manifest"]))[:max_locations]:
+        verdict = verdicts.get((row.output, (row.voxel_z, row.voxel_y, row.voxel_x)), {})
+        caption = (f"{Path(row.scan).name}: {row.action} by {row.method} at z,y,x=({row.voxel_z},{row.voxel_y},"
+                   f"{row.voxel_x}), x,y,z=({row.world_x:.1f},{row.world_y:.1f},{row.world_z:.1f}) mm; "
+                   f"chosen by {row.chosen_by}. CAD before: {_cad(verdict.get('before'))}, after: {_cad(verdict.get('after'))}"
+                   f" → {'success' if verdict.get('success') else 'failure'}")
+        locations.image(location_figure(row, btd, cache), caption)
+
+    roc = Section("roc", "ROC curves and AUC (DeLong 95% intervals)")
+    roc.table(AUC_HEADER, [[a["subset"], a["detector"], a["auc"], a["low"], a["high"], a["n_pos"], a["n_neg"]]
+                           for a in summary["auc"]])
+    for png in sorted(evaluation_dir.glob("roc_*.png")):
+        roc.image(png, png.stem.removeprefix("roc_"))
+
+    screen = Section("screening", "Whole-scan screening of the tampered real scan")
+    for item in matrix["screening"]:
+        screen.text(f"{Path(item['output']).name}: scan score {item['scan_score']:.2f}; rank of each tampered place "
+                    f"among the findings: {', '.join(f'{a}: {r}' for a, r in zip(item['actions'], item['ranks']))}")
+        for png in sorted(Path(item["folder"]).glob("*.png")):
+            screen.image(png, png.stem)
+
+    training = Section("training", "Training curves and snapshots")
+    for action, folder in matrix["models"].items():
+        image = loss_figure(Path(folder) / "losses.csv", ["d_loss", "g_loss", "g_l1", "val_l1_hole"], f"{action} cGAN")
+        if image is not None:
+            training.image(image, f"{action} cGAN losses")
+        snapshots = sorted((Path(folder) / "snapshots").glob("*.png"))
+        if snapshots:
+            training.image(snapshots[-1], f"{action} cGAN: condition / generated / original ({snapshots[-1].stem})")
+    for method, folder in matrix["detectors"].items():
+        for name in ("loss.png", "samples.png"):
+            if (Path(folder) / name).exists():
+                training.image(Path(folder) / name, f"{method} detector: {name[:-4]}")
+
+    timings = Section("timings", "Timings")
+    timings.table(["step", "seconds"], [[k, v] for k, v in summary["timings_s"].items()] + [["total", summary["total_s"]]])
+
+    reproduce = Section("reproduce", "Configuration, versions and commit")
+    reproduce.code(json.loads((run / "run.json").read_text()))
+    return [summary_section, locations, roc, screen, training, timings, reproduce]
+
+
+def _cad(diameter) -> str:
+    return "no nodule within 5 mm" if diameter is None else f"nodule {diameter} mm"
+
+
+def write_outputs(matrix: dict) -> dict:
+    """results.json, results.md and report.html in the RUN folder; returns the summary."""
+    from medfake.io.atomic import atomic_file
+
+    run = Path(matrix["run"])
+    summary = results_summary(matrix)
+    with atomic_file(run / "results.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
+    with atomic_file(run / "results.md", overwrite=True) as tmp:
+        tmp.write_text(markdown(summary))
+    write_report(run / "report.html", f"medfake benchmark: {summary['name']}", build_sections(matrix, summary))
+    return summary

@@ -1,0 +1,251 @@
+"""The benchmark matrix: cohort → tamper models → detectors → attacks on held-out scans → scores → report.
+
+Each step is a resumable cell (see `bench.Cells`). Real scans (lung1) are only ever test scans.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from medfake.errors import MedfakeError
+from medfake.evaluate.bench import Cells, prepare_run
+from medfake.io.tables import ManifestRow, append_manifest, read_manifest
+
+
+def build_cohort(cells: Cells, config: dict) -> dict:
+    from medfake.data.synth import write_cohort
+
+    spec = config["cohort"]["synthetic"]
+    options = {k: v for k, v in spec.items() if k not in ("n_train", "n_test", "seed")}
+
+    def cohort(split: str, n: int, seed: int):
+        def make(folder: Path):
+            write_cohort(folder / "scans", n, seed, **options)
+            return str(folder / "scans")
+        return cells.run(f"cohort-{split}", make)
+
+    return {"train": cohort("train", spec["n_train"], spec["seed"]),
+            "test": cohort("test", spec["n_test"], spec["seed"] + 7919)}
+
+
+def real_test_scans(config: dict) -> list[dict]:
+    """Named real samples (with their label volume when there is one) or plain paths."""
+    from medfake.data.samples import sample_path
+
+    out = []
+    for name in config["cohort"].get("real_test", []):
+        if Path(name).exists():
+            out.append({"name": Path(name).stem, "path": str(name), "label": None, "table": None})
+        else:
+            out.append({"name": name, "path": str(sample_path(name)), "label": str(sample_path(f"{name}_label")),
+                        "table": None})
+    return out
+
+
+def synthetic_test_scans(test_dir: str) -> list[dict]:
+    from medfake.data.trainset import scan_paths
+
+    table = str(Path(test_dir) / "annotations.csv")
+    return [{"name": p.name.split(".")[0], "path": str(p), "label": None, "table": table}
+            for p in scan_paths(test_dir)]
+
+
+def train_tamper_models(cells: Cells, config: dict, train_dir: str) -> dict:
+    from medfake.data.trainset import AugmentConfig, TrainsetConfig, build_trainset
+    from medfake.tamper.model import TrainConfig
+    from medfake.tamper.train import train
+
+    spec = config["tamper_models"]
+    augment = AugmentConfig(**spec.get("augment", {}))
+    annotations = str(Path(train_dir) / "annotations.csv")
+    models = {}
+    for action in ("inject", "remove"):
+        options = dict(spec.get(action, {}))
+        auto_healthy = options.pop("auto_healthy", 4 if action == "remove" else 0)
+
+        def make_set(folder: Path, action=action, auto_healthy=auto_healthy):
+            build_trainset(action, train_dir, folder / "set", coords=annotations, auto_healthy=auto_healthy,
+                           seed=config["seed"], config=TrainsetConfig(action, augment=augment))
+            return str(folder / "set")
+
+        data = cells.run(f"trainset-{action}", make_set)
+
+        def fit(folder: Path, action=action, options=options, data=data):
+            cfg = TrainConfig.resolve(action, spec.get("preset", "cpu-small"), seed=config["seed"], **options)
+            train(data, folder / "run", cfg)
+            return str(folder / "run")
+
+        models[action] = cells.run(f"model-{action}", fit)
+    return models
+
+
+def tamper_all(cells: Cells, config: dict, scans: list[dict], models: dict, split: str) -> str:
+    """Apply every attack to every scan; returns the merged manifest of this split."""
+    from medfake.tamper.model import load_tamper_model
+    from medfake.tamper.run import tamper_file
+
+    loaded = {}
+    for scan in scans:
+        for k, attack in enumerate(config["attacks"]):
+            action, method = attack["action"], attack["method"]
+            name = f"tamper-{split}-{scan['name']}-{k}-{action}-{method}"
+
+            def make(folder: Path, scan=scan, attack=attack, action=action, method=method, k=k):
+                if method == "ctgan" and action not in loaded:
+                    loaded[action] = load_tamper_model(models[action], action)
+                by_label = attack.get("targets") == "labels"
+                result = tamper_file(scan["path"], folder, action,
+                                     table=scan["table"] if by_label and scan["table"] else None,
+                                     auto=0 if by_label and scan["table"] else int(attack.get("auto", 1)),
+                                     label=scan["label"], method=method, model=loaded.get(action),
+                                     seed=config["seed"] + 31 * k, fmt="nrrd")
+                return {"output": str(result.output), "rows": len(result.rows)}
+
+            cells.run(name, make)
+    return merge_manifests(cells, split)
+
+
+def merge_manifests(cells: Cells, split: str) -> str:
+    rows: list[ManifestRow] = []
+    for folder in sorted(cells.root.glob(f"tamper-{split}-*")):
+        if (folder / "done.json").exists():
+            rows += read_manifest(folder / "manifest.csv")
+    if not rows:
+        raise MedfakeError(f"no tampered location in the {split} split (check the attacks in the config)")
+    path = cells.root / f"manifest-{split}.csv"
+    path.unlink(missing_ok=True)
+    append_manifest(rows, path)
+    return str(path)
+
+
+def train_detectors(cells: Cells, config: dict, train_dir: str, train_manifest: str) -> dict:
+    from medfake.detect.train import TrainConfig, train_detector
+
+    runs = {}
+    for method, options in config["detectors"].items():
+        def fit(folder: Path, method=method, options=dict(options or {})):
+            cfg = TrainConfig(method=method, modality="ct", seed=config["seed"], samples=4 if method == "btd" else 0,
+                              **options)
+            tampered = Path(train_manifest) if method == "supervised" else None
+            train_detector([Path(train_dir)], folder / "run", cfg, tampered=tampered)
+            return str(folder / "run")
+
+        runs[method] = cells.run(f"detector-{method}", fit)
+    return runs
+
+
+def evaluate_detectors(cells: Cells, config: dict, manifest: str, detector_runs: dict, test_scans: list[dict]) -> dict:
+    from medfake.detect.detectors import load_detector
+    from medfake.detect.evaluate import Sample, evaluate, genuine_samples, tampered_samples
+
+    def run(folder: Path):
+        samples = balanced_samples(Path(manifest), test_scans, config["seed"], tampered_samples, genuine_samples)
+        detectors = {name: load_detector(path) for name, path in detector_runs.items()}
+        results = evaluate(samples, detectors, folder / "evaluation")
+        results["counts"] = {"tampered": sum(s.label for s in samples),
+                             "genuine": sum(1 - s.label for s in samples)}
+        (folder / "evaluation" / "results.json").write_text(json.dumps(results, indent=2))
+        return str(folder / "evaluation")
+
+    return {"folder": cells.run("evaluate", run)}
+
+
+def balanced_samples(manifest: Path, test_scans: list[dict], seed: int, tampered_samples, genuine_samples):
+    """Every tampered location, plus as many genuine ones: the same places in the untouched scans first
+    (real nodules for removals: a detector must not flag genuine nodules), topped up with random lung sites."""
+    samples = tampered_samples(manifest, paired=True)
+    positives = [s for s in samples if s.label]
+    genuine, seen = [], set()
+    for s in samples:
+        if not s.label and (str(s.scan), s.zyx) not in seen:
+            seen.add((str(s.scan), s.zyx))
+            genuine.append(s)
+    missing = len(positives) - len(genuine)
+    if missing > 0:
+        per_scan = int(np.ceil(missing / len(test_scans)))
+        extra = []
+        for scan in test_scans:
+            extra += genuine_samples(Path(scan["path"]), per_scan, seed)
+        genuine += [s for s in extra if (str(s.scan), s.zyx) not in seen][:missing]
+    return positives + genuine
+
+
+def screen_real(cells: Cells, config: dict, manifest: str, detector_runs: dict) -> list[dict]:
+    """Screen the tampered real scans with BTD: is the tampered place among the top findings?"""
+    from medfake.detect.detectors import load_detector
+    from medfake.detect.report import detect_screen
+    from medfake.io import load_scan
+
+    if "btd" not in detector_runs:
+        return []
+    rows = read_manifest(Path(manifest))
+    outputs = sorted({r.output for r in rows if any(name in Path(r.scan).name for name in config.get("screen", []))})
+    found = []
+    for k, output in enumerate(outputs):
+        def run(folder: Path, output=output):
+            scan = load_scan(output)
+            result = detect_screen(scan, load_detector(detector_runs["btd"]), folder / "screen")
+            truth = [r for r in rows if r.output == output]
+            ranks = [screen_rank(result.findings, scan, (t.voxel_z, t.voxel_y, t.voxel_x)) for t in truth]
+            return {"output": output, "folder": str(folder / "screen"), "scan_score": result.scan_score,
+                    "ranks": ranks, "actions": [f"{t.action}/{t.method}" for t in truth]}
+
+        found.append(cells.run(f"screen-{k}", run))
+    return found
+
+
+def screen_rank(findings, scan, zyx, radius_mm: float = 15.0) -> int | None:
+    """1-based rank of the first finding within `radius_mm` of the tampered place (None: not found)."""
+    spacing = np.asarray(scan.spacing)
+    for rank, finding in enumerate(findings, start=1):
+        if np.linalg.norm((np.asarray(finding.voxel_zyx) - np.asarray(zyx)) * spacing) <= radius_mm:
+            return rank
+    return None
+
+
+def cad_verdicts(cells: Cells, manifest: str) -> list[dict]:
+    """The independent judge, before and after each tampering: is there a nodule within 5 mm?"""
+    from medfake.evaluate.cad import detect_nodules, nodule_near
+    from medfake.io import load_scan
+
+    def run(folder: Path):
+        cache, out = {}, []
+        for row in read_manifest(Path(manifest)):
+            zyx = (row.voxel_z, row.voxel_y, row.voxel_x)
+            verdict = {"output": row.output, "zyx": list(zyx), "action": row.action, "method": row.method}
+            for when, path in (("before", row.scan), ("after", row.output)):
+                if path not in cache:
+                    scan = load_scan(path)
+                    cache[path] = (scan, detect_nodules(scan))
+                scan, nodules = cache[path]
+                near = nodule_near(nodules, scan, zyx)
+                verdict[when] = None if near is None else round(float(near.diameter_mm), 1)
+            verdict["success"] = (verdict["after"] is not None and verdict["before"] is None) if row.action == "inject" \
+                else (verdict["before"] is not None and verdict["after"] is None)
+            out.append(verdict)
+        return out
+
+    return cells.run("cad", run)
+
+
+def run_matrix(config: dict, run: Path, fresh: bool = False, log=print) -> dict:
+    """Run (or resume) the whole matrix; returns everything the report needs."""
+    prepare_run(run, config, fresh)
+    cells = Cells(run / "cells", log=log)
+    cohort = build_cohort(cells, config)
+    models = train_tamper_models(cells, config, cohort["train"])
+    test_scans = synthetic_test_scans(cohort["test"]) + real_test_scans(config)
+    train_scans = synthetic_test_scans(cohort["train"])
+    train_manifest = tamper_all(cells, config, train_scans[:2], models, "train") \
+        if "supervised" in config["detectors"] else None
+    detectors = train_detectors(cells, config, cohort["train"], train_manifest)
+    manifest = tamper_all(cells, config, test_scans, models, "test")
+    evaluation = evaluate_detectors(cells, config, manifest, detectors, test_scans)
+    screening = screen_real(cells, config, manifest, detectors)
+    verdicts = cad_verdicts(cells, manifest)
+    return {"run": str(run), "config": config, "cohort": cohort, "models": models, "detectors": detectors,
+            "manifest": manifest, "evaluation": evaluation, "screening": screening, "cad": verdicts,
+            "timings": dict(cells.timings)}
