@@ -281,7 +281,7 @@ def main() -> None:
     result["blend_mm"] = BLEND or "default (hole/2 - 1, hole/2 + 3)"
     save_examples(examples, RESULTS / f"{args.name.replace('quality', 'examples')}.png")
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1, default=float))
-    write_run_record(args.work, vars(args) | {"work": str(args.work)}, args.seed, name="bench_quality_run.json")
+    write_run_record(RESULTS, vars(args) | {"work": str(args.work)}, args.seed, name=f"{args.name}.run.json")
     print(json.dumps({k: v for k, v in result.items() if k != "scans"}, indent=1, default=float))
 
 

@@ -93,7 +93,7 @@ def main() -> None:
               "note": "both models train at the same time on the 2 shared cores; other engineers' jobs were running"}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "tamper_train.json").write_text(json.dumps(result, indent=2))
-    write_run_record(args.work, vars(args) | {"work": str(args.work)}, args.seed, name="bench_train_run.json")
+    write_run_record(RESULTS, vars(args) | {"work": str(args.work)}, args.seed, name="tamper_train.run.json")
     print(json.dumps(result, indent=2))
 
 

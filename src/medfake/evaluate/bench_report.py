@@ -91,8 +91,8 @@ def location_figure(row, detector, cache: dict) -> np.ndarray:
     if detector is not None:
         unit = to_unit(after, detector.config.window)
         patch = patches_at(unit, [zyx], detector.config.patch_size, "btd")
-        heat = detector.anomaly_maps(patch)[0]
-        grey = np.clip(patch[0] * 255.0, 0, 255).astype(np.uint8)
+        heat = np.squeeze(detector.anomaly_maps(patch)[0])
+        grey = np.clip(np.squeeze(patch[0]) * 255.0, 0, 255).astype(np.uint8)
         panels.append(add_caption(overlay_heatmap(grey, heat, alpha=0.6), f"{detector.method} residual"))
     return hstack(panels)
 

@@ -181,13 +181,16 @@ def screen_real(cells: Cells, config: dict, manifest: str, detector_runs: dict) 
 
     if "btd" not in detector_runs:
         return []
+    spec = config.get("screen", {})
     rows = read_manifest(Path(manifest))
-    outputs = sorted({r.output for r in rows if any(name in Path(r.scan).name for name in config.get("screen", []))})
+    outputs = sorted({r.output for r in rows if any(name in Path(r.scan).name for name in spec.get("scans", []))
+                      and r.method in spec.get("methods", ["ctgan"])})
     found = []
     for k, output in enumerate(outputs):
         def run(folder: Path, output=output):
             scan = load_scan(output)
-            result = detect_screen(scan, load_detector(detector_runs["btd"]), folder / "screen")
+            result = detect_screen(scan, load_detector(detector_runs["btd"]), folder / "screen",
+                                   **spec.get("options", {}))
             truth = [r for r in rows if r.output == output]
             ranks = [screen_rank(result.findings, scan, (t.voxel_z, t.voxel_y, t.voxel_x)) for t in truth]
             return {"output": output, "folder": str(folder / "screen"), "scan_score": result.scan_score,
