@@ -1,0 +1,125 @@
+"""The whole tamper → detect → measure loop at a tiny size, on the real lung1 and a synthetic cohort."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+
+import numpy as np
+import pytest
+import yaml
+from matplotlib import image as mpimg
+
+from medfake.cli import main
+from medfake.evaluate.bench import example_config_text, load_config
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "cohort": {"synthetic": {"n_train": 2, "n_test": 1, "seed": 5, "n_xy": 256, "max_slices": 40},
+               "real_test": ["lung1"]},
+    "tamper_models": {"preset": "cpu-small", "inject": {"steps": 6}, "remove": {"steps": 6},
+                      "augment": {"rotation_step_deg": 120}},
+    "detectors": {"btd": {"preset": "cpu-small", "steps": 4, "batch_size": 4}, "dae": {"steps": 4},
+                  "noise": {}, "supervised": {"steps": 4}},
+    "attacks": [{"action": "remove", "method": "ctgan", "targets": "labels"},
+                {"action": "inject", "method": "ctgan", "auto": 1},
+                {"action": "inject", "method": "copy-move", "auto": 1},
+                {"action": "remove", "method": "inpaint", "targets": "labels"}],
+    "screen": {"scans": ["lung1"], "methods": ["ctgan"], "options": {"stride": 96, "slice_step": 4}},
+}
+SECTIONS = ["Summary", "Tampered locations", "ROC curves and AUC (DeLong 95% intervals)",
+            "Whole-scan screening of the tampered real scan", "Training curves and snapshots", "Timings",
+            "Configuration, versions and commit"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench")
+    config = folder / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    run = folder / "run"
+    main(["bench", str(config), "-o", str(run)])
+    return config, run
+
+
+def test_report_has_every_section_and_decodable_images(tiny_run):
+    _, run = tiny_run
+    html = (run / "report.html").read_text()
+    assert re.findall(r"<h2>([^<]+)</h2>", html) == SECTIONS
+    assert "src='http" not in html and "<script" not in html  # self-contained
+    images = re.findall(r"src='data:image/png;base64,([^']+)'", html)
+    assert len(images) >= 10
+    for encoded in images:
+        pixels = mpimg.imread(io.BytesIO(base64.b64decode(encoded)), format="png")
+        assert pixels.ndim == 3 and min(pixels.shape[:2]) > 16 and np.ptp(pixels) > 0
+
+
+def test_auc_table_equals_results_json(tiny_run):
+    _, run = tiny_run
+    results = json.loads((run / "results.json").read_text())
+    evaluation = json.loads(next(run.glob("cells/evaluate/evaluation/results.json")).read_text())
+    expected = {(s, d): v["auc"] for s, entry in evaluation["subsets"].items() for d, v in entry.items()}
+    assert {(a["subset"], a["detector"]): a["auc"] for a in results["auc"]} == expected
+    html = (run / "report.html").read_text()
+    roc_table = html.split("<h2>ROC curves")[1].split("</table>")[0]
+    for a in results["auc"]:
+        assert f"<td>{a['subset']}</td><td>{a['detector']}</td><td>{a['auc']:.3f}</td>" in roc_table
+    subsets = {a["subset"] for a in results["auc"]}
+    assert {"inject-ctgan-ct", "inject-copy-move-ct", "remove-ctgan-ct", "remove-inpaint-ct"} <= subsets
+    assert {a["detector"] for a in results["auc"]} == {"btd", "dae", "noise", "supervised"}
+    assert results["counts"]["genuine"] >= results["counts"]["tampered"] > 0
+
+
+def test_real_nodule_removal_and_manifest_are_recorded(tiny_run):
+    from medfake.io.tables import read_manifest
+
+    _, run = tiny_run
+    rows = read_manifest(run / "cells" / "manifest-test.csv")
+    lung1_removals = [r for r in rows if r.scan.endswith("lung1_image.nrrd") and r.action == "remove"]
+    assert {r.method for r in lung1_removals} == {"ctgan", "inpaint"}
+    for r in lung1_removals:  # the labelled nodule: centre voxel ≈ (33, 359, 218)
+        assert abs(r.voxel_z - 33) <= 1 and abs(r.voxel_y - 359) <= 3 and abs(r.voxel_x - 218) <= 3
+    cad = json.loads((run / "cells" / "cad" / "done.json").read_text())["result"]
+    assert len(cad) == len(rows) and all(v["before"] is not None for v in cad if v["action"] == "remove"
+                                         and v["output"] in {r.output for r in lung1_removals})
+
+
+def test_rerun_reuses_every_cell(tiny_run, capsys):
+    config, run = tiny_run
+    before = (run / "results.json").read_text()
+    main(["bench", str(config), "-o", str(run)])
+    printed = capsys.readouterr().out
+    assert "cached model-inject" in printed and "cached detector-btd" in printed and "cached evaluate" in printed
+    assert json.loads((run / "results.json").read_text())["auc"] == json.loads(before)["auc"]
+
+
+def test_a_changed_config_is_refused_for_the_same_run(tiny_run, tmp_path, capsys):
+    _, run = tiny_run
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**TINY, "seed": 1}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", str(other), "-o", str(run)])
+    assert exit_info.value.code == 2
+    assert "different config" in capsys.readouterr().err
+
+
+def test_shipped_demo_config_is_valid_and_fast_is_smaller():
+    full, fast = load_config(None), load_config(None, fast=True)
+    assert yaml.safe_load(example_config_text())["name"] == "demo"
+    assert fast["cohort"]["synthetic"]["n_train"] < full["cohort"]["synthetic"]["n_train"]
+    assert fast["detectors"]["btd"]["steps"] < full["detectors"]["btd"]["steps"]
+    assert set(fast["detectors"]) == set(full["detectors"]) and fast["attacks"] == full["attacks"]
+
+
+def test_bad_configs_are_one_line_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ndetectors: {magic: {}}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", str(bad), "-o", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown detector 'magic'" in err and str(bad) in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
