@@ -13,14 +13,7 @@ from medfake.cli import main
 from medfake.data.samples import sample_path
 
 
-def run(args, capsys):
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from clihelp import run_cli as run
 
 
 def text_file(tmp_path, lung1_dicom):

@@ -9,20 +9,11 @@ import pydicom
 import SimpleITK as sitk
 from matplotlib import image as mpimg
 
-from medfake.cli import main
 from medfake.data.samples import sample_path
 from medfake.io import load_scan
 
 
-def run(args, capsys):
-    """Run the CLI; returns (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from clihelp import run_cli as run
 
 
 def test_info_json_on_lung1_matches_simpleitk(capsys):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from clihelp import run_cli
 from scipy import ndimage
 
-from medfake.cli import main
 from medfake.errors import MedfakeError
 from medfake.io import load_scan, save_scan
 from medfake.lungmask import lung_labels, lung_mask, lung_parenchyma, split_lungs
@@ -121,8 +121,4 @@ def test_no_lung_is_a_one_line_error(tmp_path, capsys):
 
 
 def main_exit(argv) -> int:
-    try:
-        main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
+    return run_cli(argv)[0]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from clihelp import run_cli
 from scipy import ndimage
 
-from medfake.cli import main
 from medfake.data import synth
 from medfake.data import synth_anatomy as an
 from medfake.errors import MedfakeError
@@ -145,11 +145,7 @@ def test_lungs_touching_at_the_front_are_split(thin):
 
 
 def run(argv) -> int:
-    try:
-        main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
+    return run_cli(argv)[0]
 
 
 def test_cli_writes_scans_and_annotations_and_refuses_a_non_empty_folder(tmp_path, capsys):

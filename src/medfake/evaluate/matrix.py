@@ -139,7 +139,7 @@ def train_detectors(cells: Cells, config: dict, train_dir: str, train_manifest: 
 
 def evaluate_detectors(cells: Cells, config: dict, manifest: str, detector_runs: dict, test_scans: list[dict]) -> dict:
     from medfake.detect.detectors import load_detector
-    from medfake.detect.evaluate import Sample, evaluate, genuine_samples, tampered_samples
+    from medfake.detect.evaluate import evaluate, genuine_samples, tampered_samples
 
     def run(folder: Path):
         samples = balanced_samples(Path(manifest), test_scans, config["seed"], tampered_samples, genuine_samples)
