@@ -59,3 +59,4 @@ def main(argv: list[str] | None = None) -> None:
         err.print(f"[red]error:[/red] {exc.__class__.__name__}: {' '.join(str(exc).split())[:300]} (rerun with --debug for the traceback)",
                   soft_wrap=True, highlight=False)
         sys.exit(1)
+

@@ -1,0 +1,5 @@
+"""`python -m medfake.cli ...` is `medfake ...`."""
+
+from medfake.cli import main
+
+main()
