@@ -23,7 +23,7 @@ import numpy as np
 from medfake.data.samples import sample_path
 from medfake.data.synth import write_cohort
 from medfake.detect.detectors import load_detector
-from medfake.detect.evaluate import Sample, evaluate, genuine_samples
+from medfake.detect.evaluate import evaluate, genuine_samples
 from medfake.detect.screen import screen_scan
 from medfake.detect.train import TrainConfig, train_detector
 from medfake.io import load_scan, save_scan

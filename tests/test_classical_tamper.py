@@ -14,7 +14,7 @@ def test_nodule_radius_is_close_to_the_label(lung1):
     assert 5.5 <= nodule_radius_mm(lung1, NODULE) <= 9.0  # equivalent diameter 13.8 mm → radius 6.9 mm
 
 
-def test_copy_move_pastes_a_dense_nodule_and_touches_nothing_far(lung1, lung1_label):
+def test_copy_move_pastes_a_dense_nodule_and_touches_nothing_far(lung1):
     before = lung1.voxels.copy()
     out = copy_move_inject(lung1, TARGET, lung1, NODULE, np.random.default_rng(0))
     assert out.dtype == np.float32 and out.shape == lung1.shape and np.array_equal(lung1.voxels, before)

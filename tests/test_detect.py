@@ -109,7 +109,7 @@ def _manifest(tmp_path, lung1, lung1_file):
     return tmp_path / "manifest.csv"
 
 
-def test_detect_and_evaluate_cli_end_to_end(tiny_run, lung1, lung1_file, tmp_path, capsys):
+def test_detect_and_evaluate_cli_end_to_end(tiny_run, lung1, lung1_file, tmp_path):
     manifest = _manifest(tmp_path, lung1, lung1_file)
     main(["detect", str(tmp_path / "inj.npz"), "--model", str(tiny_run), "-c", "20,300,150", "-c", "25,250,250",
           "-o", str(tmp_path / "det")])

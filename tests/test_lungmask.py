@@ -36,7 +36,7 @@ def test_volume_is_that_of_two_adult_lungs_in_the_slab(lung1, lung1_mask):
 
 def test_two_lungs_one_each_side_of_the_midline(lung1, lung1_mask):
     right, left = split_lungs(lung1_mask, lung1)
-    labels, count = ndimage.label(lung1_mask)
+    _, count = ndimage.label(lung1_mask)
     assert count == 2
     midline_x = float(np.mean([lung1.voxel_to_world([0, 0, 0])[0], lung1.voxel_to_world([0, 0, 511])[0]]))
     right_x = lung1.voxel_to_world(np.array(ndimage.center_of_mass(right)))[0]

@@ -42,7 +42,6 @@ def test_paper_preset_matches_the_reference_parameter_counts():
     with torch.device("meta"):
         generator = UNetGenerator3D(PRESETS["paper"]["g_filters"])
         discriminator = PatchDiscriminator3D(PRESETS["paper"]["d_filters"])
-    assert abs(trainable_parameters(generator) - 162_590_401) <= 0.01 * 162_590_401
     assert abs(trainable_parameters(discriminator) - 26_948_301) <= 0.01 * 26_948_301
     assert trainable_parameters(generator) == 162_590_401  # the port is exact, not just within 1 %
 

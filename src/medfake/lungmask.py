@@ -65,7 +65,7 @@ def lung_parenchyma(scan: Scan, mask: np.ndarray | None = None, max_hu: float = 
 
 def split_lungs(mask: np.ndarray, scan: Scan) -> tuple[np.ndarray, np.ndarray]:
     """(right, left) lung masks of a lung mask, by patient side (world x < midline is the patient's right)."""
-    labels, count = ndimage.label(mask)
+    labels, _ = ndimage.label(mask)
     sizes = np.bincount(labels.ravel())[1:]
     order = np.argsort(sizes)[::-1][:2] + 1
     parts = [labels == k for k in order]
@@ -156,13 +156,14 @@ def slice_has_lung(coarse_slice: np.ndarray, inner_slice: np.ndarray, spacing) -
     labels, count = ndimage.label(inner_slice)
     if count == 0:
         return False
-    areas = np.bincount(labels.ravel())[1:] * spacing[1] * spacing[2]
+    counts = np.bincount(labels.ravel())
+    areas = counts[1:] * spacing[1] * spacing[2]
     big = np.flatnonzero(areas >= 300) + 1
     if big.size == 0:
         return False
     body_x = body_centre_x(coarse_slice, inner_slice)
     columns = np.broadcast_to(np.arange(labels.shape[1]), labels.shape)
-    centres_x = np.bincount(labels.ravel(), weights=columns.ravel())[big] / np.bincount(labels.ravel())[big]
+    centres_x = np.bincount(labels.ravel(), weights=columns.ravel())[big] / counts[big]
     return bool(np.any(np.abs(centres_x - body_x) * spacing[2] >= 25))
 
 
@@ -292,16 +293,15 @@ def save_lung_mask(path, output, series: str | None = None, overwrite: bool = Fa
     """Load a CT, compute its lung mask and write it (uint8, same geometry, atomic). Returns (path, mL)."""
     from pathlib import Path
 
-    from medfake.io import load_scan, save_scan
-    from medfake.io.itk import itk_format
+    from medfake.io import format_from_name, load_scan, save_scan
 
     output = Path(output)
-    fmt = itk_format(output) or ("npz" if output.name.lower().endswith(".npz") else None)
+    fmt = format_from_name(output)
     if fmt is None:
         raise MedfakeError("mask output must end in .nii.gz, .nii, .nrrd, .mhd or .npz", output)
     scan = load_scan(path, series=series)
     mask = lung_mask(scan)
-    mask_scan = scan.with_voxels(mask.astype(np.uint8), modality="SEG")
-    mask_scan.meta = {"format": fmt, "path": scan.meta.get("path")}
+    mask_scan = scan.with_voxels(mask.astype(np.uint8), modality="SEG",
+                                 meta={"format": fmt, "path": scan.meta.get("path")})
     written = save_scan(mask_scan, output, format=fmt, overwrite=overwrite)
     return written, float(mask.sum() * np.prod(scan.spacing) / 1000.0)

@@ -60,13 +60,14 @@ def train_detector_cmd(
         samples: int = typer.Option(8, "--samples", help="Sample images in samples.png (0: none)."),
         seed: int = typer.Option(0, "--seed")):
     """Train a detector on genuine patches only (the supervised baseline also on tampered ones)."""
+    from medfake.detect.detectors import CHECKPOINT
     from medfake.detect.train import TrainConfig, train_detector
 
     config = TrainConfig(method=method, modality=modality.lower(), preset=preset, steps=steps, batch_size=batch_size,
                          lr=lr, seed=seed, save_every=save_every, in_lung=not anywhere, samples=samples,
                          patch_size=patch_size)
     folder = train_detector(scans, run, config, exclude=exclude, tampered=tampered, resume=resume)
-    out.print(f"{folder}: {method} detector ({modality}); checkpoint {folder / 'checkpoints/model-latest.pt'}")
+    out.print(f"{folder}: {method} detector ({modality}); checkpoint {folder / CHECKPOINT}")
 
 
 def detect_cmd(

@@ -152,15 +152,14 @@ def cad(scan_path: Path = typer.Argument(..., help="CT scan."),
     if as_json:
         print(json.dumps(result, indent=1))
         return
-    rows = [c["nodule"] for c in result.get("locations", [])] if coord else result["nodules"]
     if coord:
         for c in result["locations"]:
             n = c["nodule"]
             state = f"nodule {n['diameter_mm']:.1f} mm, score {n['score']:.0f}" if n else "no nodule"
             out.print(f"z,y,x {c['query_zyx']}: {state}")
         return
-    out.print(f"{len(rows)} candidate(s), strongest first")
-    for n in rows:
+    out.print(f"{len(found)} candidate(s), strongest first")
+    for n in result["nodules"]:
         out.print(f"z,y,x {n['center_zyx']}  x,y,z {n['center_xyz']} mm  {n['diameter_mm']:.1f} mm  score {n['score']:.0f}")
 
 

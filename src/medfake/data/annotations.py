@@ -17,8 +17,9 @@ def nodules_from_label(label: Scan) -> list[dict]:
     voxel_volume = float(np.prod(label.spacing))
     rows = []
     for index in range(1, count + 1):
-        zyx = np.array(ndimage.center_of_mass(components == index))
-        volume = float(np.count_nonzero(components == index)) * voxel_volume
+        component = components == index
+        zyx = np.array(ndimage.center_of_mass(component))
+        volume = float(np.count_nonzero(component)) * voxel_volume
         diameter = (6.0 * volume / np.pi) ** (1.0 / 3.0)
         x, y, z = label.voxel_to_world(zyx)
         rows.append({"coordX": x, "coordY": y, "coordZ": z, "diameter_mm": diameter,

@@ -131,10 +131,11 @@ def _is_dicom_folder(path: Path) -> bool:
 
 
 def _has_preamble(path: Path) -> bool:
+    from medfake.io import has_dicom_preamble
+
     try:
-        with open(path, "rb") as fh:
-            return fh.read(132)[128:132] == b"DICM"
-    except OSError:
+        return has_dicom_preamble(path)
+    except OSError:  # an unreadable file in a folder of scans is not a DICOM series
         return False
 
 

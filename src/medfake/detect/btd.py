@@ -9,7 +9,8 @@ The score is mean((x − x₋₁)²) over the patch (or its centre, or the top-k
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -37,6 +38,15 @@ class ScoreOptions:
             raise ValueError(f"reduce must be mean or topk, not {self.reduce}")
         if self.precision not in DTYPES:
             raise ValueError(f"precision must be one of {', '.join(DTYPES)}, not {self.precision}")
+
+
+def batched(patches01: np.ndarray, batch_size: int, fn: Callable[[torch.Tensor], torch.Tensor],
+            empty_shape: tuple) -> np.ndarray:
+    """`fn` applied to `patches01` in torch batches of `batch_size`, results concatenated as numpy
+    (`empty_shape` float32 zeros when there are no patches)."""
+    out = [fn(torch.from_numpy(np.ascontiguousarray(patches01[start: start + batch_size]))).cpu().numpy()
+           for start in range(0, len(patches01), batch_size)]
+    return np.concatenate(out) if out else np.zeros(empty_shape, np.float32)
 
 
 def reduce_maps(maps: np.ndarray, options: ScoreOptions) -> np.ndarray:
@@ -85,17 +95,11 @@ class BTDScorer:
 
     def anomaly_maps(self, patches01: np.ndarray) -> np.ndarray:
         """(N, P, P) squared residuals (mean over channels)."""
-        out = []
-        for start in range(0, len(patches01), self.options.batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(patches01[start: start + self.options.batch_size]))
-            out.append((self.residual(batch) ** 2).mean(dim=1).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0,) + patches01.shape[2:], np.float32)
+        return batched(patches01, self.options.batch_size, lambda x: (self.residual(x) ** 2).mean(dim=1),
+                       (0,) + patches01.shape[2:])
 
     def scores(self, patches01: np.ndarray) -> np.ndarray:
         return reduce_maps(self.anomaly_maps(patches01), self.options)
-
-    def describe(self) -> dict:
-        return asdict(self.options)
 
 
 def reference_scores(diffusion: GaussianDiffusion, patches01: np.ndarray) -> np.ndarray:

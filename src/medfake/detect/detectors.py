@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medfake.detect.btd import BTDScorer, ScoreOptions, reduce_maps
+from medfake.detect.btd import BTDScorer, ScoreOptions, batched, reduce_maps
 from medfake.detect.noise import NOISE_WINDOW, NoiseModel
 from medfake.detect.patches import CT_WINDOW, PATCH_SIZE
 from medfake.errors import MedfakeError
@@ -91,11 +91,8 @@ class TorchMapDetector(Detector):
 
     @torch.inference_mode()
     def anomaly_maps(self, patches01):
-        out = []
-        for start in range(0, len(patches01), self.options.batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(patches01[start: start + self.options.batch_size]))
-            out.append(((self.net(x) - x) ** 2).mean(dim=1).numpy())
-        return np.concatenate(out) if out else np.zeros((0,) + patches01.shape[2:], np.float32)
+        return batched(patches01, self.options.batch_size, lambda x: ((self.net(x) - x) ** 2).mean(dim=1),
+                       (0,) + patches01.shape[2:])
 
 
 class ClassifierDetector(Detector):
@@ -107,11 +104,7 @@ class ClassifierDetector(Detector):
 
     @torch.inference_mode()
     def probabilities(self, patches01):
-        out = []
-        for start in range(0, len(patches01), self.options.batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(patches01[start: start + self.options.batch_size]))
-            out.append(torch.sigmoid(self.net(x)[:, 0]).numpy())
-        return np.concatenate(out) if out else np.zeros(0, np.float32)
+        return batched(patches01, self.options.batch_size, lambda x: torch.sigmoid(self.net(x)[:, 0]), (0,))
 
     def anomaly_maps(self, patches01):
         p = self.probabilities(patches01)
@@ -135,12 +128,11 @@ class NoiseDetector(Detector):
 def build_network(config: DetectorConfig):
     """A fresh network for a config (the noise detector has none)."""
     from medfake.nn import autoencoder
-    from medfake.nn.ddpm import GaussianDiffusion, PRESETS, Unet
+    from medfake.nn.ddpm import build_diffusion
 
     if config.method == "btd":
-        unet_args = {**PRESETS[config.preset], **config.unet}
-        unet_args["dim_mults"] = tuple(unet_args["dim_mults"])
-        return GaussianDiffusion(Unet(**unet_args, channels=1), image_size=config.patch_size, sampling_timesteps=250)
+        unet = {**config.unet, "dim_mults": tuple(config.unet["dim_mults"])} if "dim_mults" in config.unet else config.unet
+        return build_diffusion(config.preset, config.patch_size, channels=1, **unet)
     if config.method == "dae":
         return autoencoder.denoising_autoencoder()
     if config.method == "supervised":

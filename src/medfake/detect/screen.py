@@ -32,7 +32,8 @@ def score_locations(scan: Scan, detector: Detector, centres_zyx, protocol: str =
     maps = detector.anomaly_maps(patches)
     from medfake.detect.btd import reduce_maps
 
-    scores = detector.scores(patches) if detector.method == "supervised" else reduce_maps(maps, detector.options)
+    # the supervised 'map' is its patch probability broadcast over the patch: read it back, don't rerun the CNN
+    scores = maps[:, 0, 0] if detector.method == "supervised" else reduce_maps(maps, detector.options)
     rows = [LocationScore(c, tuple(float(v) for v in scan.voxel_to_world(c)), float(s)) for c, s in zip(centres, scores)]
     return rows, patches, maps
 

@@ -35,13 +35,18 @@ def results_summary(matrix: dict) -> dict:
     return {
         "name": matrix["config"].get("name", "bench"),
         "auc": [dict(zip(("subset", "detector", "auc", "low", "high", "n_pos", "n_neg"), r)) for r in auc_rows(evaluation)],
-        "counts": evaluation.get("counts", {}),
+        "counts": matrix["evaluation"]["counts"],
         "cad_success": {action: _rate([v["success"] for v in cad if v["action"] == action]) for action in ("inject", "remove")},
         "screening_top3": _rate([r is not None and r <= 3 for r in ranks]),
         "screening": screening,
         "timings_s": {k: round(v, 2) for k, v in matrix["timings"].items()},
         "total_s": round(sum(matrix["timings"].values()), 1),
     }
+
+
+def auc_table(summary: dict, only_all_methods: bool = False) -> list[list]:
+    return [[a["subset"], a["detector"], a["auc"], a["low"], a["high"], a["n_pos"], a["n_neg"]]
+            for a in summary["auc"] if not only_all_methods or "-all-" in a["subset"]]
 
 
 def _rate(flags: list[bool]) -> float | None:
@@ -64,8 +69,7 @@ def crop(scan, zyx):
     """A small scan around `zyx` (about CROP_MM wide) so the tampered place fills the picture."""
     from medfake.scan import cut_cube
 
-    shape = [max(3, int(round(CROP_MM / s))) | 1 for s in scan.spacing]
-    shape[0] = min(shape[0], scan.shape[0] if scan.shape[0] % 2 else scan.shape[0] - 1 or 1)
+    shape = [max(3, int(round(CROP_MM / s))) | 1 for s in scan.spacing]  # odd: the point is the centre voxel
     cube = cut_cube(scan.voxels, zyx, shape, scan.pad_value)
     return scan.with_voxels(cube, meta={}), tuple(s // 2 for s in shape)
 
@@ -78,7 +82,8 @@ def location_figure(row, detector, cache: dict) -> np.ndarray:
 
     for path in (row.scan, row.output):
         if path not in cache:
-            cache.clear() if len(cache) > 4 else None
+            if len(cache) > 4:  # bound memory: rows come grouped by scan
+                cache.clear()
             cache[path] = load_scan(path)
     before, after = cache[row.scan], cache[row.output]
     zyx = (row.voxel_z, row.voxel_y, row.voxel_x)
@@ -127,8 +132,7 @@ def build_sections(matrix: dict, summary: dict, max_locations: int = 12) -> list
     run = Path(matrix["run"])
     evaluation_dir = Path(matrix["evaluation"]["folder"])
     summary_section = Section("summary", "Summary")
-    summary_section.table(AUC_HEADER, [[a["subset"], a["detector"], a["auc"], a["low"], a["high"], a["n_pos"], a["n_neg"]]
-                                       for a in summary["auc"] if "-all-" in a["subset"]])
+    summary_section.table(AUC_HEADER, auc_table(summary, only_all_methods=True))
     summary_section.table(["measure", "value"], [
         ["tampered / genuine locations scored", f"{summary['counts'].get('tampered')} / {summary['counts'].get('genuine')}"],
         ["CAD success, injection (nodule found after, not before)", summary["cad_success"]["inject"]],
@@ -151,8 +155,7 @@ def build_sections(matrix: dict, summary: dict, max_locations: int = 12) -> list
         locations.image(location_figure(row, btd, cache), caption)
 
     roc = Section("roc", "ROC curves and AUC (DeLong 95% intervals)")
-    roc.table(AUC_HEADER, [[a["subset"], a["detector"], a["auc"], a["low"], a["high"], a["n_pos"], a["n_neg"]]
-                           for a in summary["auc"]])
+    roc.table(AUC_HEADER, auc_table(summary))
     for png in sorted(evaluation_dir.glob("roc_*.png")):
         roc.image(png, png.stem.removeprefix("roc_"))
 

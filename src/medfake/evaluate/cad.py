@@ -57,8 +57,8 @@ def detect_nodules(scan: Scan, lung: np.ndarray | None = None, min_diameter_mm: 
     if not inside_full.any():
         return []
     box = _bounding_box(inside_full, step, margin=4)
-    hu = _block_mean(np.asarray(scan.voxels[box], dtype=np.float32), step)
-    inside = _block_any(inside_full[box], step)
+    hu = _in_plane_blocks(np.asarray(scan.voxels[box], dtype=np.float32), step, np.mean)
+    inside = _in_plane_blocks(inside_full[box], step, np.any)
     offset = np.array([sl.start for sl in box])
     work = np.where(inside, np.clip(hu, -1000.0, 200.0), -1000.0).astype(np.float32)
     scales = [s for s in SCALES_MM if min_diameter_mm / 3.46 * 0.8 <= s <= max_diameter_mm / 3.46 * 1.2]
@@ -165,22 +165,14 @@ def _overlaps(nodule: Nodule, found: list[Nodule], scan: Scan) -> bool:
     return False
 
 
-def _block_mean(volume: np.ndarray, step) -> np.ndarray:
+def _in_plane_blocks(volume: np.ndarray, step, reduce) -> np.ndarray:
+    """Reduce each ky×kx in-plane block (remainder rows/columns dropped) with `reduce` (np.mean, np.any)."""
     if np.all(step == 1):
         return volume
     z, y, x = volume.shape
     ky, kx = int(step[1]), int(step[2])
     cropped = volume[:, : y - y % ky, : x - x % kx]
-    return cropped.reshape(z, y // ky, ky, x // kx, kx).mean(axis=(2, 4))
-
-
-def _block_any(mask: np.ndarray, step) -> np.ndarray:
-    if np.all(step == 1):
-        return mask
-    z, y, x = mask.shape
-    ky, kx = int(step[1]), int(step[2])
-    cropped = mask[:, : y - y % ky, : x - x % kx]
-    return cropped.reshape(z, y // ky, ky, x // kx, kx).any(axis=(2, 4))
+    return reduce(cropped.reshape(z, y // ky, ky, x // kx, kx), axis=(2, 4))
 
 
 def nodule_near(nodules: list[Nodule], scan: Scan, zyx, radius_mm: float = 5.0) -> Nodule | None:

@@ -5,7 +5,6 @@ Each step is a resumable cell (see `bench.Cells`). Real scans (lung1) are only e
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,9 @@ import numpy as np
 from medfake.errors import MedfakeError
 from medfake.evaluate.bench import Cells, prepare_run
 from medfake.io.tables import ManifestRow, append_manifest, read_manifest
+
+
+SUPERVISED_TRAIN_SCANS = 2  # training scans tampered to give the supervised upper bound its positives
 
 
 def build_cohort(cells: Cells, config: dict) -> dict:
@@ -144,13 +146,11 @@ def evaluate_detectors(cells: Cells, config: dict, manifest: str, detector_runs:
     def run(folder: Path):
         samples = balanced_samples(Path(manifest), test_scans, config["seed"], tampered_samples, genuine_samples)
         detectors = {name: load_detector(path) for name, path in detector_runs.items()}
-        results = evaluate(samples, detectors, folder / "evaluation")
-        results["counts"] = {"tampered": sum(s.label for s in samples),
-                             "genuine": sum(1 - s.label for s in samples)}
-        (folder / "evaluation" / "results.json").write_text(json.dumps(results, indent=2))
-        return str(folder / "evaluation")
+        evaluate(samples, detectors, folder / "evaluation")
+        return {"folder": str(folder / "evaluation"),
+                "counts": {"tampered": sum(s.label for s in samples), "genuine": sum(1 - s.label for s in samples)}}
 
-    return {"folder": cells.run("evaluate", run)}
+    return cells.run("evaluate", run)
 
 
 def balanced_samples(manifest: Path, test_scans: list[dict], seed: int, tampered_samples, genuine_samples):
@@ -242,7 +242,7 @@ def run_matrix(config: dict, run: Path, fresh: bool = False, log=print) -> dict:
     models = train_tamper_models(cells, config, cohort["train"])
     test_scans = synthetic_test_scans(cohort["test"]) + real_test_scans(config)
     train_scans = synthetic_test_scans(cohort["train"])
-    train_manifest = tamper_all(cells, config, train_scans[:2], models, "train") \
+    train_manifest = tamper_all(cells, config, train_scans[:SUPERVISED_TRAIN_SCANS], models, "train") \
         if "supervised" in config["detectors"] else None
     detectors = train_detectors(cells, config, cohort["train"], train_manifest)
     manifest = tamper_all(cells, config, test_scans, models, "test")

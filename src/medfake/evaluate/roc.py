@@ -71,8 +71,8 @@ def delong_paired_test(labels, scores_a, scores_b) -> tuple[float, float]:
     """Two detectors scored on the same samples: (AUC_a − AUC_b, two-sided p-value) by DeLong's test."""
     pos_a, neg_a = _split(labels, scores_a)
     pos_b, neg_b = _split(labels, scores_b)
-    v10 = np.stack([structural_components(pos_a, neg_a)[0], structural_components(pos_b, neg_b)[0]])
-    v01 = np.stack([structural_components(pos_a, neg_a)[1], structural_components(pos_b, neg_b)[1]])
+    (v10_a, v01_a), (v10_b, v01_b) = structural_components(pos_a, neg_a), structural_components(pos_b, neg_b)
+    v10, v01 = np.stack([v10_a, v10_b]), np.stack([v01_a, v01_b])
     cov = np.cov(v10) / v10.shape[1] + np.cov(v01) / v01.shape[1]
     diff = float(v10[0].mean() - v10[1].mean())
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])

@@ -26,17 +26,20 @@ def detect_format(path: Path) -> str:
         return "dicom"
     if path.suffix.lower() in (".raw", ".zraw") and path.with_suffix(".mhd").exists():
         raise MedfakeError(f"this is the pixel file of {path.with_suffix('.mhd').name}; give the .mhd header", path)
-    fmt = itk_format(path)
+    fmt = format_from_name(path)
     if fmt:
         return fmt
-    if path.name.lower().endswith(".npz"):
-        return "npz"
-    if path.name.lower().endswith(".dcm") or _has_dicom_preamble(path) or _is_raw_dicom(path):
+    if path.name.lower().endswith(".dcm") or has_dicom_preamble(path) or _is_raw_dicom(path):
         return "dicom"
     raise MedfakeError("unknown format (expected a DICOM folder/file, .mhd, .nrrd, .nii[.gz] or .npz)", path)
 
 
-def _has_dicom_preamble(path: Path) -> bool:
+def format_from_name(path: Path) -> str | None:
+    """The file format its name's suffix names (mhd, nrrd, nifti, npz), or None."""
+    return itk_format(path) or ("npz" if path.name.lower().endswith(".npz") else None)
+
+
+def has_dicom_preamble(path: Path) -> bool:
     with open(path, "rb") as fh:
         head = fh.read(132)
     return len(head) == 132 and head[128:132] == b"DICM"
@@ -77,7 +80,7 @@ def output_format(scan: Scan, requested: str | None, dest: Path | None = None) -
             raise MedfakeError(f"unknown output format '{requested}' (choose from {', '.join(FORMATS)})", dest)
         return requested
     if dest is not None:
-        suffix_format = itk_format(dest) or ("npz" if dest.name.lower().endswith(".npz") else None)
+        suffix_format = format_from_name(dest)
         if suffix_format:
             return suffix_format
     source = scan.meta.get("format")
@@ -89,7 +92,7 @@ def output_format(scan: Scan, requested: str | None, dest: Path | None = None) -
 
 def output_path(dest: Path, fmt: str) -> Path:
     """Destination with the format's suffix added when the user gave a bare name."""
-    named = itk_format(dest) or ("npz" if dest.name.lower().endswith(".npz") else None)
+    named = format_from_name(dest)
     if named and named != fmt:
         raise MedfakeError(f"the file name says {named} but the requested format is {fmt}", dest)
     if fmt == "dicom" or named:

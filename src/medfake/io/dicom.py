@@ -22,6 +22,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medfake.errors import MedfakeError
+from medfake.io import has_dicom_preamble
 from medfake.io.dicom_geometry import StackGeometry, plan_stack
 from medfake.io.dicom_write import save_dicom_series
 from medfake.scan import AIR_HU, Scan
@@ -67,16 +68,10 @@ def _quiet_read(path: Path, header_only: bool, force: bool = False) -> Dataset:
         return pydicom.dcmread(path, stop_before_pixels=header_only, force=force)
 
 
-def _has_preamble(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        head = fh.read(132)
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
 def read_dataset(path: Path, header_only: bool, must_be_dicom: bool) -> Dataset | None:
     """The dataset in `path`, None when it is not DICOM at all (unless `must_be_dicom`).
     A file that claims to be DICOM but cannot be parsed raises a one-line error naming it."""
-    claims_dicom = must_be_dicom or path.suffix.lower() == ".dcm" or _has_preamble(path)
+    claims_dicom = must_be_dicom or path.suffix.lower() == ".dcm" or has_dicom_preamble(path)
     try:
         return _quiet_read(path, header_only)
     except InvalidDicomError:

@@ -47,6 +47,11 @@ def _number(ds: Dataset, keyword: str) -> float | None:
     return value if np.isfinite(value) and value > 0 else None
 
 
+def nominal_slice_spacing(ds: Dataset) -> float:
+    """SpacingBetweenSlices, else SliceThickness, else 1 mm (when positions cannot tell)."""
+    return _number(ds, "SpacingBetweenSlices") or _number(ds, "SliceThickness") or 1.0
+
+
 def in_plane_spacing(ds: Dataset) -> tuple[tuple[float, float], bool]:
     """(row spacing = y, column spacing = x) in mm and whether it came from the header."""
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
@@ -90,7 +95,7 @@ def plan_stack(headers: list[Dataset], source: Path) -> StackGeometry:
 def slice_interval(sorted_distance: np.ndarray, first: Dataset) -> float:
     """The regular slice interval: median neighbour distance; one slice → SliceThickness or 1 mm."""
     if len(sorted_distance) < 2:
-        return _number(first, "SpacingBetweenSlices") or _number(first, "SliceThickness") or 1.0
+        return nominal_slice_spacing(first)
     steps = np.diff(sorted_distance)
     positive = steps[steps > 1e-4]
     return float(np.median(positive)) if positive.size else 1.0
@@ -141,7 +146,7 @@ def in_plane_drift(points: np.ndarray, normal: np.ndarray) -> list[str]:
 
 def placeholder_geometry(headers: list[Dataset], in_plane: tuple[float, float], notes: list[str]) -> StackGeometry:
     """No usable ImagePositionPatient/ImageOrientationPatient: keep file/frame order, identity direction."""
-    dz = _number(headers[0], "SpacingBetweenSlices") or _number(headers[0], "SliceThickness") or 1.0
+    dz = nominal_slice_spacing(headers[0])
     order = sorted(range(len(headers)), key=lambda i: (_instance(headers[i]), i))
     notes = notes + ["no ImagePositionPatient/ImageOrientationPatient: slices kept in instance order, identity "
                      f"direction, origin 0, z spacing {dz:g} mm (world coordinates are placeholders)"]

@@ -88,6 +88,11 @@ class Encoding:
         return np.clip(stored, lo, hi).astype("<i2" if self.signed else "<u2"), clipped
 
 
+def classic_modality(scan: Scan) -> str:
+    """The classic IOD the scan is written as: CT, or MR for anything else."""
+    return "CT" if scan.modality.upper() == "CT" else "MR"
+
+
 def _ds_number(value: float) -> float:
     """The value as a reader will see it after writing as a DICOM DS string (16 characters)."""
     return float(format_number_as_ds(float(value)))
@@ -170,7 +175,7 @@ def fill_required(ds: Dataset, modality: str) -> None:
 
 
 def set_identity(ds: Dataset, scan: Scan, template: Dataset | None, ids: SeriesIds, index: int) -> None:
-    modality = "CT" if scan.modality.upper() == "CT" else "MR"
+    modality = classic_modality(scan)
     ds.SOPClassUID = CLASSIC_STORAGE[modality]
     ds.SOPInstanceUID = generate_uid()
     ds.Modality = modality
@@ -255,7 +260,7 @@ def with_file_meta(ds: Dataset) -> Dataset:
 def build_slice(scan: Scan, index: int, template: Dataset | None, matched: bool, ids: SeriesIds,
                 fallback: Encoding) -> tuple[Dataset, int]:
     ds = Dataset()
-    modality = "CT" if scan.modality.upper() == "CT" else "MR"
+    modality = classic_modality(scan)
     if template is not None:
         copy_source_tags(ds, template)
         if matched and not ("PerFrameFunctionalGroupsSequence" in template or "NumberOfFrames" in template):
@@ -285,7 +290,7 @@ def save_dicom_series(scan: Scan, folder: str | Path, derivation: str | None = N
     templates, matched = slice_templates(scan)
     ids = SeriesIds(generate_uid(), generate_uid(), generate_uid(), dt.datetime.now(),
                     derivation or DEFAULT_DERIVATION)
-    fallback = standalone_encoding(scan.voxels, "CT" if scan.modality.upper() == "CT" else "MR")
+    fallback = standalone_encoding(scan.voxels, classic_modality(scan))
     width = max(4, len(str(scan.shape[0])))
     paths, clipped = [], 0
     for index, template in enumerate(templates):

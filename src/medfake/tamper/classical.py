@@ -22,7 +22,7 @@ EDGE_MM = 3.0  # width of the soft blend edge
 MARGIN_MM = 2.0  # removal region beyond the nodule radius
 
 
-def _offsets_mm(radius_mm: float, spacing) -> tuple[np.ndarray, list[np.ndarray]]:
+def _offsets_mm(radius_mm: float, spacing) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Voxel offsets of a cube covering ±radius_mm, and their mm coordinates per axis."""
     half = [int(np.ceil(radius_mm / s)) for s in spacing]
     axes = [np.arange(-h, h + 1) for h in half]

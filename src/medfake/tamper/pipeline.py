@@ -155,12 +155,17 @@ def _classical(scan, voxels, sites, action, method, rng, lung, donor, donor_zyx)
         if donor_zyx is None:
             donor_zyx = _strongest_nodule(donor, lung if donor is scan else None)
         params = {"donor": str(donor.meta.get("path", "")), "donor_zyx": [int(v) for v in donor_zyx]}
+    found = None  # the detector's candidates on the original scan, run at most once for all sites
     for site in sites:
         current = scan.with_voxels(voxels)
         if method == "copy-move":
             voxels = classical.copy_move_inject(current, site.zyx, donor, tuple(donor_zyx), rng)
         else:
-            diameter = site.diameter_mm or _diameter_near(scan, site.zyx, lung) or DEFAULT_REMOVE_DIAMETER_MM
+            if not site.diameter_mm and found is None:
+                from medfake.evaluate.cad import detect_nodules
+
+                found = detect_nodules(scan, lung)
+            diameter = site.diameter_mm or _diameter_near(scan, site.zyx, found) or DEFAULT_REMOVE_DIAMETER_MM
             site.diameter_mm = diameter
             voxels = classical.inpaint_remove(current, site.zyx, float(diameter))
         voxels = np.asarray(voxels, dtype=np.float32)
@@ -177,10 +182,10 @@ def _strongest_nodule(scan: Scan, lung) -> tuple[int, int, int]:
     return found[0].center_zyx
 
 
-def _diameter_near(scan: Scan, zyx, lung) -> float | None:
-    from medfake.evaluate.cad import detect_nodules, nodule_near
+def _diameter_near(scan: Scan, zyx, found) -> float | None:
+    from medfake.evaluate.cad import nodule_near
 
-    hit = nodule_near(detect_nodules(scan, lung), scan, zyx, radius_mm=10.0)
+    hit = nodule_near(found, scan, zyx, radius_mm=10.0)
     return hit.diameter_mm if hit else None
 
 

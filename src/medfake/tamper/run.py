@@ -9,9 +9,7 @@ atomically.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import numpy as np
 
 from medfake.errors import MedfakeError
 from medfake.io import load_scan, save_scan
+from medfake.io.atomic import atomic_file
 from medfake.io.tables import ManifestRow, append_manifest, read_locations
 from medfake.scan import Scan
 from medfake.tamper.pipeline import METHODS, Site, tamper_scan
@@ -54,10 +53,9 @@ def to_voxel(scan: Scan, coords, system: str) -> tuple[int, int, int]:
 
 
 def resolve_sites(scan: Scan, target: Path, action: str, coords=(), system: str = "vox", table=None,
-                  auto: int = 0, label: str | Path | None = None, rng=None, lung=None,
                   require: bool = True) -> list[Site]:
-    """User coordinates ('z,y,x' text or numbers; x,y,z mm with system world), table rows naming this
-    scan, and `auto` automatically chosen locations."""
+    """User coordinates ('z,y,x' text or numbers; x,y,z mm with system world) and table rows naming this
+    scan (automatic locations: `auto_sites`)."""
     from medfake.data.trainset import locations_for
 
     sites = [Site(to_voxel(scan, parse_coordinate(c, system) if isinstance(c, str) else c, system))
@@ -67,9 +65,6 @@ def resolve_sites(scan: Scan, target: Path, action: str, coords=(), system: str 
         if not rows:
             raise MedfakeError(f"no row of the table names this scan ({target.name})", table)
         sites += [Site(to_voxel(scan, r.coords, r.system), "table", r.diameter_mm) for r in rows]
-    if auto:
-        sites += auto_sites(scan, action, auto, rng or np.random.default_rng(0), lung, label,
-                            [s.zyx for s in sites])
     if not sites and require:
         raise MedfakeError("no location given: use -c, --coords or --auto")
     return sites
@@ -122,19 +117,12 @@ def derivation_text(rows: list[ManifestRow]) -> str:
 
 def append_manifest_atomic(rows: list[ManifestRow], path: Path) -> Path:
     """Copy the manifest, append the rows, rename over the original: readers never see half a manifest."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
+    with atomic_file(path, overwrite=True) as tmp:
         if path.exists():
             shutil.copyfile(path, tmp)
         else:
             tmp.unlink()
         append_manifest(rows, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
