@@ -82,12 +82,16 @@ class BTDDetector(Detector):
         return self.scorer.anomaly_maps(patches01)
 
 
-class TorchMapDetector(Detector):
-    """Denoising autoencoder: anomaly = squared reconstruction error of the clean patch."""
+class NetDetector(Detector):
+    """A detector around one torch network, always in eval mode."""
 
     def __init__(self, config, net, options=None, source=""):
         super().__init__(config, options, source)
         self.net = net.eval()
+
+
+class TorchMapDetector(NetDetector):
+    """Denoising autoencoder: anomaly = squared reconstruction error of the clean patch."""
 
     @torch.inference_mode()
     def anomaly_maps(self, patches01):
@@ -95,12 +99,8 @@ class TorchMapDetector(Detector):
                        (0,) + patches01.shape[2:])
 
 
-class ClassifierDetector(Detector):
+class ClassifierDetector(NetDetector):
     """Supervised CNN: the patch's tamper probability, broadcast over the patch as its 'map'."""
-
-    def __init__(self, config, net, options=None, source=""):
-        super().__init__(config, options, source)
-        self.net = net.eval()
 
     @torch.inference_mode()
     def probabilities(self, patches01):
