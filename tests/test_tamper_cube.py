@@ -10,7 +10,7 @@ from medfake.scan import Scan
 from medfake.tamper.blend import radial_weight
 from medfake.tamper.cube import IsoGrid, Region, from_iso, to_iso
 from medfake.tamper.model import TamperModel, TrainConfig
-from medfake.tamper.noise import estimate_noise, residual, robust_std
+from medfake.tamper.noise import estimate_noise, flat_parenchyma, noise_level, residual, robust_std, tone_down
 from medfake.tamper.pipeline import Context, Site, blend_radii, ctgan_site
 
 NODULE = (33, 359, 218)
@@ -93,8 +93,27 @@ def test_noise_model_matches_this_scans_parenchyma(lung1):
 class UnchangedCube(TamperModel):
     """A 'generator' that hands the input cube back: isolates the resampling, blending and noise path."""
 
-    def inpaint(self, cube_hu):
+    def inpaint_views(self, cube_hu, n_views):
+        return np.stack([self.fake(cube_hu)] * n_views)
+
+    def fake(self, cube_hu):
         return cube_hu
+
+
+class NoisyCube(UnchangedCube):
+    """Hands back the cube with three times lung1's noise added (a generator with high-frequency artefacts)."""
+
+    def fake(self, cube_hu):
+        return cube_hu + np.random.default_rng(1).normal(0.0, 60.0, cube_hu.shape).astype(np.float32)
+
+
+class SmoothCube(UnchangedCube):
+    """Hands back a blurred cube (a generator that regresses to the mean)."""
+
+    def fake(self, cube_hu):
+        from scipy import ndimage
+
+        return ndimage.gaussian_filter(cube_hu, 2.0)
 
 
 def test_pasting_an_unchanged_cube_touches_nothing_outside_the_blend(lung1):
@@ -116,3 +135,54 @@ def test_pasting_an_unchanged_cube_touches_nothing_outside_the_blend(lung1):
     inside = diff[weight]
     assert abs(float(inside.mean())) < 0.15 * noise.sigma  # no bias
     assert float(np.abs(inside).std()) < 1.0 * noise.sigma  # changes stay within the scan's noise
+
+
+@pytest.fixture(scope="module")
+def lung1_noise(lung1):
+    from medfake.lungmask import lung_mask, lung_parenchyma
+
+    shape = Region.of(lung1, IsoGrid(HEALTHY, 32, 1.0)).shape
+    return estimate_noise(lung1, lung_parenchyma(lung1, lung_mask(lung1)), shape, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("fake", [NoisyCube, SmoothCube, UnchangedCube])
+def test_in_painted_noise_matches_what_was_there(lung1, lung1_noise, fake):
+    """Whether the generator adds noise, blurs or hands the input back, the in-painted region ends with the
+    noise level the scan had at those voxels (flat parenchyma, same voxels before and after)."""
+    model = fake(TrainConfig(action="remove"), None, None, "fake")
+    rng = np.random.default_rng(0)
+    out = ctgan_site(lung1, Site(HEALTHY), "remove", model, Context(None, lung1_noise, rng, blend_radii(model)))
+    region = Region.of(lung1, IsoGrid(HEALTHY, 32, 1.0))
+    scan_sl, block_sl = region.slices(lung1.shape)
+    before = np.asarray(lung1.voxels[scan_sl], dtype=np.float32)
+    after = out[scan_sl]
+    inside = radial_weight(region.distance_mm(), *blend_radii(model))[block_sl] >= 0.99
+    flat = flat_parenchyma(before, lung1.spacing) & flat_parenchyma(after, lung1.spacing) & inside
+    level_before = noise_level(before, lung1.spacing, flat)
+    level_fake = noise_level(model.fake(before), lung1.spacing, flat)
+    assert level_fake / level_before > 2.5 or level_fake / level_before < 0.5 or fake is UnchangedCube
+    assert noise_level(after, lung1.spacing, flat) / level_before == pytest.approx(1.0, abs=0.1)
+
+
+def test_toning_down_noise_keeps_a_nodule(lung1, lung1_label):
+    """Scaling the high-pass part down acts on air-filled lung only: lung1's nodule keeps its mean HU."""
+    sl = tuple(slice(c - h, c + h) for c, h in zip(NODULE, (6, 30, 30)))
+    block = np.asarray(lung1.voxels[sl], dtype=np.float32)
+    nodule = np.asarray(lung1_label.voxels[sl]) > 0
+    toned = tone_down(block, lung1.spacing, 0.5)
+    flat = flat_parenchyma(block, lung1.spacing)
+    assert 0.5 < noise_level(toned, lung1.spacing, flat) / noise_level(block, lung1.spacing, flat) < 0.75
+    assert abs(float(toned[nodule].mean() - block[nodule].mean())) < 10.0  # HU; the nodule is ~ -60 HU
+    assert abs(float(toned[nodule].std() / block[nodule].std()) - 1.0) < 0.05
+
+
+def test_noise_without_a_lung_mask_agrees_with_the_lung_mask(lung1, lung1_noise):
+    """User locations skip lung segmentation: lung-like voxels near the location give the same noise level."""
+    from medfake.tamper.pipeline import _lung_like_near
+
+    near = _lung_like_near(lung1, [Site(HEALTHY)])
+    assert near[HEALTHY[0]].any() and not near[0].any()  # only the slices within 40 mm (3 mm slices)
+    model = estimate_noise(lung1, near, lung1_noise.shape, np.random.default_rng(0), avoid_zyx=[HEALTHY])
+    assert model.patches >= 6
+    assert model.sigma == pytest.approx(lung1_noise.sigma, rel=0.2)
+

@@ -85,6 +85,27 @@ def test_world_and_voxel_coordinates_hit_the_same_voxel(remover, lung1, lungs):
         assert np.array_equal(out.voxels, results[0][0].voxels)  # the very same edit
 
 
+def test_generator_views_are_flipped_back_and_the_strongest_is_kept(remover, lung1):
+    """View k sees the cube through flip k: feeding the x-flipped cube, view 1 (x flip) must give back the
+    x-flipped plain generation. Removal keeps the view with the least tissue in the hole's centre."""
+    from medfake.tamper.cube import IsoGrid, to_iso
+    from medfake.tamper.pipeline import strongest_view
+
+    model = load_tamper_model(remover)
+    cube = to_iso(lung1, IsoGrid(NODULE_ZYX, 32, 1.0))
+    plain = model.inpaint(cube)
+    views = model.inpaint_views(cube, 4)
+    assert np.allclose(views[0], plain, atol=1e-3)
+    assert np.allclose(model.inpaint_views(np.flip(cube, 2).copy(), 2)[1], np.flip(plain, 2), atol=1e-3)
+    assert np.allclose(model.inpaint_views(np.flip(cube, 1).copy(), 3)[2], np.flip(plain, 1), atol=1e-3)
+    centre = views[:, 14:18, 14:18, 14:18].mean(axis=(1, 2, 3))
+    assert not np.allclose(centre, centre[0])  # the views differ where the generator is unsure
+    assert np.array_equal(strongest_view(views, "remove", 16), views[int(np.argmin(centre))])
+    assert np.array_equal(strongest_view(views, "inject", 16), views[int(np.argmax(centre))])
+    with pytest.raises(MedfakeError, match="views must be 1..4"):
+        model.inpaint_views(cube, 5)
+
+
 def test_dicom_in_gives_a_derived_dicom_series_and_a_manifest(remover, dicom_crop, tmp_path, capsys):
     dest = tmp_path / "out"
     main(["tamper", "-t", str(dicom_crop), "-d", str(dest), "-a", "remove", "-c", "9,359,218",

@@ -88,7 +88,7 @@ def detect_cmd(
         reduce: str = typer.Option("mean", "--reduce", help="mean | topk"),
         topk: float = typer.Option(0.05, "--topk", help="Fraction of pixels for --reduce topk."),
         precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16"),
-        batch_size: int = typer.Option(32, "--batch-size"),
+        batch_size: int = typer.Option(8, "--batch-size", help="Patches per forward pass (CPU: 4-8; GPU: more)."),
         stride: int = typer.Option(None, "--stride", help="Screening tile stride (default: half a patch)."),
         slice_step: int = typer.Option(1, "--slice-step", help="Screen every n-th slice."),
         top: int = typer.Option(5, "--top", help="Findings reported by screening."),

@@ -102,6 +102,8 @@ def tamper(target: Path = typer.Option(..., "-t", "--target", help="Scan: DICOM 
            donor: Path = typer.Option(None, "--donor", help="copy-move: scan to copy the nodule from (default: target)."),
            donor_coord: str = typer.Option(None, "--donor-coord", help="copy-move: donor nodule z,y,x voxel."),
            blend: str = typer.Option(None, "--blend", help="ctgan: INNER,OUTER blend radii in mm (default hole/2-1, hole/2+3)."),
+           views: int = typer.Option(None, "--views", help="ctgan: fill the hole through 1-4 flips of the cube and "
+                                     "keep the strongest (default inject 4, remove 1)."),
            series: str = typer.Option(None, "--series", help="SeriesInstanceUID when the folder holds several.")):
     """Inject or remove lung nodules; writes a derived scan and appends ground truth to DEST/manifest.csv."""
     from medfake.tamper.run import tamper_file
@@ -109,7 +111,7 @@ def tamper(target: Path = typer.Option(..., "-t", "--target", help="Scan: DICOM 
     locations = [c for text in list(coord or []) + list(more or []) for c in text.split()]
     blend_mm = _pair(blend, "--blend") if blend else None
     result = tamper_file(target, destination, action, locations, system, coords, auto, model, fmt, seed, method,
-                         label, donor, donor_coord, series, blend_mm=blend_mm)
+                         label, donor, donor_coord, series, blend_mm=blend_mm, views=views)
     for row in result.rows:
         out.print(f"{row.action} ({row.method}, {row.chosen_by}) at z,y,x {row.voxel_z},{row.voxel_y},{row.voxel_x}"
                   f" = x,y,z {row.world_x:.1f},{row.world_y:.1f},{row.world_z:.1f} mm")

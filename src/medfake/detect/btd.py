@@ -29,7 +29,7 @@ class ScoreOptions:
     reduce: str = "mean"  # mean | topk
     topk: float = 0.05  # fraction of pixels averaged by `topk`
     precision: str = "fp32"  # fp32 | bf16 | fp16
-    batch_size: int = 32
+    batch_size: int = 8  # on 2 CPU cores 4-8 patches per batch keep activations in cache (benchmarks/detect_throughput.py)
 
     def __post_init__(self):
         if self.region not in ("whole", "centre"):

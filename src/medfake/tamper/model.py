@@ -18,6 +18,7 @@ from medfake.errors import MedfakeError
 from medfake.tamper.equalizer import Equalizer
 
 ACTIONS = ("inject", "remove")
+FLIP_VIEWS = ((), (2,), (1,), (1, 2))  # z,y,x axes flipped; the in-plane flips of the training augmentation
 
 # Learning rates: the reference trains G at 2e-4 and D at 1e-6 (defect 12: D barely learns, so the
 # adversarial term is noise). With λ·L1 = 100 dominating, D only has to judge texture; 10x below G keeps it
@@ -129,12 +130,22 @@ class TamperModel:
     def action(self) -> str:
         return self.config.action
 
-    @torch.no_grad()
     def inpaint(self, cube_hu: np.ndarray) -> np.ndarray:
         """Fill the central hole of an HU cube (cube³, isotropic); returns the generator's full HU cube."""
+        return self.inpaint_views(cube_hu, 1)[0]
+
+    @torch.no_grad()
+    def inpaint_views(self, cube_hu: np.ndarray, n_views: int) -> np.ndarray:
+        """(n, cube³) HU: the hole filled as seen through the first n in-plane flips training used (none, x,
+        y, both), each flipped back. One batched generator pass; the views differ where the generator is
+        unsure, which lets a caller keep the best one."""
+        if not 1 <= n_views <= len(FLIP_VIEWS):
+            raise MedfakeError(f"views must be 1..{len(FLIP_VIEWS)}, not {n_views}")
         net = mask_hole(self.equalizer.to_net(cube_hu), self.config.hole)
-        x = torch.from_numpy(net)[None, None].contiguous(memory_format=torch.channels_last_3d)
-        return self.equalizer.to_hu(self.generator(x)[0, 0].numpy())
+        batch = np.stack([np.flip(net, axes) for axes in FLIP_VIEWS[:n_views]])
+        x = torch.from_numpy(np.ascontiguousarray(batch))[:, None].contiguous(memory_format=torch.channels_last_3d)
+        out = self.generator(x)[:, 0].numpy()
+        return np.stack([self.equalizer.to_hu(np.flip(o, axes)) for o, axes in zip(out, FLIP_VIEWS)])
 
 
 def save_model_folder(folder: Path, config: TrainConfig, generator, equalizer: Equalizer, info: dict) -> Path:

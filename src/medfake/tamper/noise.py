@@ -3,8 +3,10 @@
 CT-GAN copied a block from a hard-coded spot of the already tampered scan (defect 9; NaN outside the lung)
 or drew white noise through a crashing code path (defect 8). Here: high-pass residuals of patches taken
 inside the lung parenchyma mask (away from the tamper sites) give the noise level σ (robust) and the noise
-power spectrum for the block shape; new noise is white noise shaped by that spectrum, so its level and
-grain (correlation between neighbouring voxels and slices) match the scan's.
+power spectrum for the block shape; new noise is white noise shaped by that spectrum, so its grain
+(correlation between neighbouring voxels and slices) matches the scan's. Its level is set per location:
+the noise the scan had in the flat parenchyma of that very region (noise is not stationary across a CT), and
+`match_noise`/`settle_noise` bring the in-painted block to it whether the generator over- or under-shoots.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from medfake.scan import Scan, cut_cube
 DETREND_MM = 2.0  # Gaussian σ (mm) of the local mean removed before measuring noise
 MIN_PARENCHYMA_FRACTION = 0.5
 MAX_TRIALS = 400
+FLAT_MAX_HU = -750.0
+PARENCHYMA_SOFT_HU = -600.0  # tone_down fades out between FLAT_MAX_HU and this
+FLAT_MARGIN_MM = 2.0
+MIN_FLAT_VOXELS = 200
 
 
 def residual(block: np.ndarray, spacing) -> np.ndarray:
@@ -42,12 +48,12 @@ class NoiseModel:
     shape: tuple[int, int, int]
     patches: int  # how many parenchyma patches were measured
 
-    def sample(self, rng: np.random.Generator) -> np.ndarray:
-        """A float32 block of `shape` with the scan's noise σ and texture."""
+    def sample(self, rng: np.random.Generator, sigma: float | None = None) -> np.ndarray:
+        """A float32 block of `shape` with the scan's noise texture and σ (default: the scan's median σ)."""
         white = rng.standard_normal(self.shape)
         shaped = np.fft.irfftn(np.fft.rfftn(white) * self.spectrum, s=self.shape, axes=(0, 1, 2))
         std = shaped.std()
-        return (shaped / (std if std > 0 else 1.0) * self.sigma).astype(np.float32)
+        return (shaped / (std if std > 0 else 1.0) * (self.sigma if sigma is None else sigma)).astype(np.float32)
 
 
 def estimate_noise(scan: Scan, parenchyma: np.ndarray, shape, rng: np.random.Generator,
@@ -93,8 +99,60 @@ def _white_fallback(scan: Scan, shape) -> NoiseModel:
     return NoiseModel(sigma, np.ones(_rfft_shape(shape)), tuple(shape), 0)
 
 
-def region_noise_ratio(block: np.ndarray, spacing, sigma: float, where: np.ndarray) -> float:
-    """Noise of a (generated) block relative to the scan's σ, measured where `where` is true."""
-    if sigma <= 0 or not np.any(where):
-        return 0.0
-    return robust_std(residual(block, spacing)[where]) / sigma
+def flat_parenchyma(block: np.ndarray, spacing, max_hu: float = FLAT_MAX_HU, margin_mm: float = FLAT_MARGIN_MM):
+    """Voxels of air-filled lung at least `margin_mm` from anything brighter (vessels, nodules, pleura): there
+    the high-pass residual is scanner noise, not the edge of a structure."""
+    smooth = ndimage.gaussian_filter(np.asarray(block, dtype=np.float32), [1.0 / s for s in spacing])
+    flat = ndimage.distance_transform_edt(smooth < max_hu, sampling=spacing) > margin_mm
+    for axis, s in enumerate(spacing):  # the detrend is biased within ~2σ of the block's faces
+        edge = min(int(np.ceil(2 * DETREND_MM / s)), (flat.shape[axis] - 1) // 2)
+        index = [slice(None)] * 3
+        index[axis] = np.r_[0:edge, flat.shape[axis] - edge:flat.shape[axis]]
+        flat[tuple(index)] = False
+    return flat
+
+
+def noise_level(block: np.ndarray, spacing, where: np.ndarray) -> float | None:
+    """Robust σ of the high-pass residual where `where` holds, or None with too few voxels to tell."""
+    if np.count_nonzero(where) < MIN_FLAT_VOXELS:
+        return None
+    return robust_std(residual(block, spacing)[where])
+
+
+def match_noise(content: np.ndarray, spacing, sigma: float, where: np.ndarray) -> tuple[np.ndarray, float]:
+    """(content, r): the generator's own noise ratio r = σ_content / σ measured in `where` (flat parenchyma of
+    the in-painted part). A generator noisier than the scan (r > 1, its high-frequency artefacts) has its
+    high-pass part scaled down by 1/r, so r becomes 1; a smoother one is topped up later with fresh noise."""
+    level = noise_level(content, spacing, where)
+    if level is None or sigma <= 0:
+        return content, 0.0
+    r = level / sigma
+    if r <= 1.0:
+        return content, r
+    return tone_down(content, spacing, 1.0 - 1.0 / r), 1.0
+
+
+def tone_down(block: np.ndarray, spacing, amount) -> np.ndarray:
+    """Remove `amount` (scalar or per voxel) of the high-pass part, in air-filled lung only: a nodule or
+    vessel keeps its edges (a small nodule is almost all high-pass at this scale)."""
+    smooth = ndimage.gaussian_filter(np.asarray(block, dtype=np.float32), [1.0 / s for s in spacing])
+    lung_like = np.clip((PARENCHYMA_SOFT_HU - smooth) / (PARENCHYMA_SOFT_HU - FLAT_MAX_HU), 0.0, 1.0)
+    return (block - amount * lung_like * residual(block, spacing)).astype(np.float32)
+
+
+def settle_noise(block: np.ndarray, spacing, sigma: float, where: np.ndarray, weight: np.ndarray,
+                 fresh: np.ndarray, rounds: int = 3, tolerance: float = 0.02) -> np.ndarray:
+    """Final check on the blended block: where the noise σ measured in `where` (flat parenchyma of the
+    in-painted part) still differs from `sigma`, scale the high-pass part down or add more of `fresh` (unit
+    texture at `sigma`), in proportion to the blend weight so the untouched scan around is left as it is.
+    Toning down is not exact for correlated noise (part of the removed residual comes back in the next
+    high-pass), hence a few rounds."""
+    for _ in range(rounds):
+        level = noise_level(block, spacing, where)
+        if level is None or sigma <= 0 or level == 0 or abs(level / sigma - 1.0) <= tolerance:
+            return block
+        q = level / sigma
+        if q < 1.0:
+            return (block + weight * np.sqrt(1.0 - q * q) * fresh).astype(np.float32)
+        block = tone_down(block, spacing, weight * (1.0 - 1.0 / q))
+    return block

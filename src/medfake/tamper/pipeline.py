@@ -2,8 +2,9 @@
 
 For each location (method `ctgan`): cut the isotropic cube around it (only the cube is resampled), equalize,
 cut the hole, generate, invert; the change (generated − input cube) is resampled onto the scan voxels and
-pasted with a 3D soft blend; injection keeps the brighter of tissue and nodule; fresh noise with this scan's
-parenchyma noise level and texture restores the noise the generator smoothed away. Locations are applied one
+pasted with a 3D soft blend; injection keeps the brighter of tissue and nodule; the noise level is matched
+to the untouched parenchyma around the location (this scan's noise texture; a generator noisier than that is
+toned down, a smoother one topped up with fresh noise). Locations are applied one
 after the other, so nearby edits compose; the noise model is measured once on the original scan.
 
 `copy-move` and `inpaint` dispatch to `medfake.tamper.classical` and get the same manifest treatment.
@@ -20,14 +21,18 @@ from scipy import ndimage
 
 from medfake.errors import MedfakeError
 from medfake.io.tables import ManifestRow
+from medfake.lungmask import IN_PLANE
 from medfake.scan import Scan
 from medfake.tamper.blend import blend, noise_gain, radial_weight
 from medfake.tamper.cube import IsoGrid, Region, from_iso, to_iso
 from medfake.tamper.model import ACTIONS, TamperModel
-from medfake.tamper.noise import NoiseModel, estimate_noise, region_noise_ratio
+from medfake.tamper.noise import (NoiseModel, estimate_noise, flat_parenchyma, match_noise, noise_level,
+                                  settle_noise)
 
 METHODS = ("ctgan", "copy-move", "inpaint")
 DEFAULT_REMOVE_DIAMETER_MM = 12.0
+NOISE_SLAB_MM = 40.0  # slices searched for noise patches around the locations when there is no lung mask
+DEFAULT_VIEWS = {"inject": 4, "remove": 1}  # an injector that sometimes paints a faint nodule gets 4 tries
 
 
 @dataclass
@@ -47,6 +52,7 @@ class Context:
     noise: NoiseModel | None
     rng: np.random.Generator
     blend_mm: tuple[float, float] = (9.0, 13.0)
+    views: int = 1
 
 
 def as_sites(scan: Scan, locations) -> list[Site]:
@@ -63,13 +69,15 @@ def as_sites(scan: Scan, locations) -> list[Site]:
 def tamper_scan(scan: Scan, locations, action: str, model: TamperModel | None = None, method: str = "ctgan",
                 rng: np.random.Generator | None = None, lung: np.ndarray | None = None,
                 donor: Scan | None = None, donor_zyx=None,
-                blend_mm: tuple[float, float] | None = None) -> tuple[Scan, list[ManifestRow]]:
+                blend_mm: tuple[float, float] | None = None, views: int | None = None) -> tuple[Scan, list[ManifestRow]]:
     """Return a tampered copy of `scan` and one manifest row per location (`output` left empty).
 
     `locations`: z,y,x voxel coordinates or `Site`s. `model` is required for `ctgan` and must have been
     trained for `action`. `lung` (bool mask) is computed when not given. `donor`/`donor_zyx` feed copy-move
     (default: the strongest nodule the CAD finds in `scan` itself). `blend_mm` = (full weight up to,
-    zero from) in mm, default `blend_radii(model)`."""
+    zero from) in mm, default `blend_radii(model)`. `views`: the generator fills the hole through this many
+    flips of the cube and the strongest result is kept (inject: most tissue in the hole's centre; remove:
+    least); default DEFAULT_VIEWS[action]."""
     if action not in ACTIONS:
         raise MedfakeError(f"action must be inject or remove, not '{action}'")
     if method not in METHODS:
@@ -85,11 +93,12 @@ def tamper_scan(scan: Scan, locations, action: str, model: TamperModel | None = 
         blend_mm = tuple(blend_mm) if blend_mm else blend_radii(model)
         if not 0 < blend_mm[0] < blend_mm[1] <= model.config.cube / 2 * model.config.iso_spacing:
             raise MedfakeError(f"blend radii {blend_mm} must increase and stay inside the cube")
-        context = Context(lung, _noise_model(scan, lung, model, sites, rng), rng, blend_mm)
+        views = DEFAULT_VIEWS[action] if views is None else int(views)
+        context = Context(lung, _noise_model(scan, lung, model, sites, rng), rng, blend_mm, views)
         for site in sites:
             voxels = ctgan_site(scan.with_voxels(voxels), site, action, model, context)
         params = {"cube": model.config.cube, "hole": model.config.hole, "iso_spacing_mm": model.config.iso_spacing,
-                  "blend_mm": list(blend_mm), "noise_sigma_hu": round(context.noise.sigma, 2)}
+                  "blend_mm": list(blend_mm), "noise_sigma_hu": round(context.noise.sigma, 2), "views": views}
         model_id = model.model_id
     else:
         voxels, params = _classical(scan, voxels, sites, action, method, rng, lung, donor, donor_zyx)
@@ -114,16 +123,25 @@ def ctgan_site(scan: Scan, site: Site, action: str, model: TamperModel, context:
     grid = IsoGrid(site.zyx, c.cube, c.iso_spacing)
     region = Region.of(scan, grid)
     cube_in = to_iso(scan, grid)
-    change = from_iso(model.inpaint(cube_in) - cube_in, grid, region)
+    generated = strongest_view(model.inpaint_views(cube_in, context.views), action, c.hole)
+    change = from_iso(generated - cube_in, grid, region)
     original = region.cut(scan.voxels, scan.pad_value)
     content = original + change
     if action == "inject":
         content = np.maximum(content, original)  # a vessel brighter than the nodule stays
     weight = radial_weight(region.distance_mm(), *context.blend_mm)
     noise = context.noise
-    ratio = region_noise_ratio(content, scan.spacing, noise.sigma, weight >= 0.99)
-    fresh = noise.sample(context.rng) * noise_gain(weight, ratio) if noise.shape == region.shape else None
+    flat = flat_parenchyma(original, scan.spacing)  # noise that was there, else around (a removed nodule)
+    sigma = (noise_level(original, scan.spacing, flat & (weight >= 0.99))
+             or noise_level(original, scan.spacing, flat) or noise.sigma)
+    content, ratio = match_noise(content, scan.spacing, sigma,
+                                 flat_parenchyma(content, scan.spacing) & (weight >= 0.99))
+    fresh = (noise.sample(context.rng, sigma) * noise_gain(weight, ratio)
+             if noise.shape == region.shape else None)
     block = blend(original, content, weight, fresh)
+    if fresh is not None:
+        block = settle_noise(block, scan.spacing, sigma, flat_parenchyma(block, scan.spacing) & (weight >= 0.99),
+                             weight, noise.sample(context.rng, sigma))
     out = np.asarray(scan.voxels, dtype=np.float32).copy()
     scan_sl, block_sl = region.slices(out.shape)
     touched = weight[block_sl] > 0
@@ -131,16 +149,36 @@ def ctgan_site(scan: Scan, site: Site, action: str, model: TamperModel, context:
     return out
 
 
+def strongest_view(views: np.ndarray, action: str, hole: int) -> np.ndarray:
+    """The view with the highest (inject) or lowest (remove) mean HU in the central quarter of the hole."""
+    c, r = views.shape[1] // 2, max(1, hole // 8)
+    centre = views[:, c - r: c + r, c - r: c + r, c - r: c + r].mean(axis=(1, 2, 3))
+    return views[int(np.argmax(centre) if action == "inject" else np.argmin(centre))]
+
+
 def _noise_model(scan: Scan, lung, model: TamperModel, sites: list[Site], rng) -> NoiseModel:
+    """This scan's noise texture from parenchyma patches: inside the lung mask when one was computed (auto
+    locations need it anyway), else lung-like voxels in the slab of slices around the locations (the full
+    lung segmentation would cost more than all the tampering)."""
     from medfake.lungmask import lung_parenchyma
 
     region = Region.of(scan, IsoGrid(sites[0].zyx, model.config.cube, model.config.iso_spacing))
-    try:
-        parenchyma = lung_parenchyma(scan, lung)
-    except MedfakeError:  # not a chest CT: fall back to lung-like voxels anywhere
-        hu = np.asarray(scan.voxels)
-        parenchyma = ndimage.binary_erosion((hu > -950) & (hu < -600))
+    parenchyma = lung_parenchyma(scan, lung) if lung is not None else _lung_like_near(scan, sites)
     return estimate_noise(scan, parenchyma, region.shape, rng, avoid_zyx=[s.zyx for s in sites])
+
+
+def _lung_like_near(scan: Scan, sites: list[Site], reach_mm: float = NOISE_SLAB_MM) -> np.ndarray:
+    """Voxels whose local mean (1 mm in-plane Gaussian; thresholding raw HU would clip the noise being
+    measured) lies between −975 and −600 HU, eroded away from air and tissue, in the slices within `reach_mm`
+    of any location; False elsewhere."""
+    reach = int(np.ceil(reach_mm / scan.spacing[0]))
+    z = [s.zyx[0] for s in sites]
+    lo, hi = max(min(z) - reach, 0), min(max(z) + reach + 1, scan.shape[0])
+    smooth = ndimage.gaussian_filter(np.asarray(scan.voxels[lo:hi], dtype=np.float32),
+                                     (0, 1.0 / scan.spacing[1], 1.0 / scan.spacing[2]))
+    mask = np.zeros(scan.shape, dtype=bool)
+    mask[lo:hi] = ndimage.binary_erosion((smooth > -975) & (smooth < -600), IN_PLANE, iterations=3)
+    return mask
 
 
 # --- classical methods (medfake.tamper.classical) ---------------------------------------------------

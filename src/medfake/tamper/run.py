@@ -130,8 +130,9 @@ def tamper_file(target: str | Path, outdir: str | Path, action: str, coords=(), 
                 table: str | Path | None = None, auto: int = 0, model_dir: str | Path | None = None,
                 fmt: str = "same", seed: int = 0, method: str = "ctgan", label: str | Path | None = None,
                 donor: str | Path | None = None, donor_coord: str | None = None, series: str | None = None,
-                model=None, blend_mm: tuple[float, float] | None = None) -> TamperResult:
+                model=None, blend_mm: tuple[float, float] | None = None, views: int | None = None) -> TamperResult:
     """Everything `medfake tamper` does. `model` (a loaded TamperModel) overrides `model_dir`."""
+    from medfake.lungmask import lung_mask
     from medfake.tamper.model import load_tamper_model
 
     if method not in METHODS:
@@ -147,14 +148,15 @@ def tamper_file(target: str | Path, outdir: str | Path, action: str, coords=(), 
     scan = load_scan(target, series=series)
     rng = np.random.default_rng(seed)
     sites = resolve_sites(scan, target, action, parsed, system, table, require=not auto)
-    lung = _lung_if_needed(scan, auto, method)
+    lung = lung_mask(scan) if auto else None  # user locations need no lung segmentation
     if auto:
         sites += auto_sites(scan, action, auto, rng, lung, label, [s.zyx for s in sites])
     donor_scan = load_scan(donor) if donor else None
     donor_zyx = None
     if donor_coord:
         donor_zyx = to_voxel(donor_scan or scan, parse_coordinate(donor_coord, "vox"), "vox")
-    tampered, rows = tamper_scan(scan, sites, action, model, method, rng, lung, donor_scan, donor_zyx, blend_mm)
+    tampered, rows = tamper_scan(scan, sites, action, model, method, rng, lung, donor_scan, donor_zyx, blend_mm,
+                                 views)
     outdir.mkdir(parents=True, exist_ok=True)
     dest = output_name(outdir, target, action)
     rows = [replace(r, parameters=json.dumps(dict(json.loads(r.parameters), seed=seed), sort_keys=True)) for r in rows]
@@ -168,16 +170,3 @@ def tamper_file(target: str | Path, outdir: str | Path, action: str, coords=(), 
             written.with_suffix(".raw").unlink(missing_ok=True)
         raise
     return TamperResult(written, rows, tampered)
-
-
-def _lung_if_needed(scan: Scan, auto: int, method: str):
-    """The lung mask is shared by auto locations, the detector and the noise model: compute it once."""
-    from medfake.lungmask import lung_mask
-
-    if auto or method == "ctgan":
-        try:
-            return lung_mask(scan)
-        except MedfakeError:
-            if auto:
-                raise
-    return None

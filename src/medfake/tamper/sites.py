@@ -3,7 +3,7 @@
 A site needs room: it lies inside the lung mask at least `room_mm` from the pleura (the mask border, and
 the scan border), `vessel_mm` from vessels/airway walls (lung voxels above -600 HU) and `avoid_mm` from
 existing nodules; chosen sites are `separation_mm` apart. The search runs on a grid of ~2 mm pixels.
-When too few places qualify, the vessel clearance is relaxed before giving up.
+When too few places qualify, the vessel clearance is relaxed before giving up (unless `relax=False`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ COARSE_MM = 2.0
 
 def pick_sites(scan: Scan, n: int, rng: np.random.Generator, lung: np.ndarray | None = None,
                avoid_zyx=(), room_mm: float = 15.0, vessel_mm: float = 4.0, avoid_mm: float = 30.0,
-               separation_mm: float = 34.0, allow_fewer: bool = False) -> list[tuple[int, int, int]]:
+               separation_mm: float = 34.0, allow_fewer: bool = False,
+               relax: bool = True) -> list[tuple[int, int, int]]:
     """`n` voxel sites (z,y,x) drawn at random among the places that satisfy the clearances (or as many as
-    fit with `allow_fewer`)."""
+    fit with `allow_fewer`). `relax=False` never relaxes the vessel clearance."""
     if n <= 0:
         return []
     if lung is None:
@@ -39,11 +40,12 @@ def pick_sites(scan: Scan, n: int, rng: np.random.Generator, lung: np.ndarray | 
     allowed = inside & (room >= room_mm)
     allowed &= _far_from(allowed.shape, step, avoid_zyx, coarse_spacing, avoid_mm)
     best: list = []
-    for clearance in (vessel_mm, vessel_mm / 2, 0.0):
+    clearances = (vessel_mm, vessel_mm / 2, 0.0) if relax else (vessel_mm,)
+    for clearance in clearances:
         candidates = allowed & (vessel_distance >= clearance)
         sites = _draw(candidates, n, rng, coarse_spacing, separation_mm)
         best = sites if len(sites) > len(best) else best
-        if len(sites) == n or (allow_fewer and clearance == 0.0):
+        if len(sites) == n or (allow_fewer and clearance == clearances[-1]):
             return [tuple(int(v) for v in s * step + np.array([0, step[1] // 2, step[2] // 2])) for s in best]
     raise MedfakeError(f"found room for only {len(best)} of {n} site(s) inside the lungs "
                        f"(need {room_mm:g} mm from the pleura, {avoid_mm:g} mm from nodules)", scan.meta.get("path"))
