@@ -168,16 +168,22 @@ def _noise_model(scan: Scan, lung, model: TamperModel, sites: list[Site], rng) -
 
 
 def _lung_like_near(scan: Scan, sites: list[Site], reach_mm: float = NOISE_SLAB_MM) -> np.ndarray:
-    """Voxels whose local mean (1 mm in-plane Gaussian; thresholding raw HU would clip the noise being
-    measured) lies between −975 and −600 HU, eroded away from air and tissue, in the slices within `reach_mm`
-    of any location; False elsewhere."""
+    """Voxels whose local mean (block-averaged to ~1.2 mm pixels, 1 mm Gaussian; thresholding raw HU would
+    clip the noise being measured) lies between −975 and −600 HU, eroded ~2 mm away from air and tissue, in
+    the slices within `reach_mm` of any location; False elsewhere."""
+    from medfake.lungmask import block_mean, coarse_factor, upsample
+
     reach = int(np.ceil(reach_mm / scan.spacing[0]))
     z = [s.zyx[0] for s in sites]
     lo, hi = max(min(z) - reach, 0), min(max(z) + reach + 1, scan.shape[0])
-    smooth = ndimage.gaussian_filter(np.asarray(scan.voxels[lo:hi], dtype=np.float32),
-                                     (0, 1.0 / scan.spacing[1], 1.0 / scan.spacing[2]))
+    factor = coarse_factor(scan.spacing)
+    pixel = min(scan.spacing[1:]) * factor
+    coarse = block_mean(np.asarray(scan.voxels[lo:hi], dtype=np.float32), factor)
+    smooth = ndimage.gaussian_filter(coarse, (0, 1.0 / pixel, 1.0 / pixel))
+    lung_like = ndimage.binary_erosion((smooth > -975) & (smooth < -600), IN_PLANE,
+                                       iterations=max(1, int(round(2.0 / pixel))))
     mask = np.zeros(scan.shape, dtype=bool)
-    mask[lo:hi] = ndimage.binary_erosion((smooth > -975) & (smooth < -600), IN_PLANE, iterations=3)
+    mask[lo:hi] = upsample(lung_like, factor, (hi - lo, *scan.shape[1:]))
     return mask
 
 
