@@ -73,7 +73,8 @@ def tamper_scan(scan: Scan, locations, action: str, model: TamperModel | None = 
     """Return a tampered copy of `scan` and one manifest row per location (`output` left empty).
 
     `locations`: z,y,x voxel coordinates or `Site`s. `model` is required for `ctgan` and must have been
-    trained for `action`. `lung` (bool mask) is computed when not given. `donor`/`donor_zyx` feed copy-move
+    trained for `action`. `lung` (bool mask), when given, is where ctgan samples this scan's noise texture
+    (without it: lung-like voxels near the locations); the classical methods compute it when they need it. `donor`/`donor_zyx` feed copy-move
     (default: the strongest nodule the CAD finds in `scan` itself). `blend_mm` = (full weight up to,
     zero from) in mm, default `blend_radii(model)`. `views`: the generator fills the hole through this many
     flips of the cube and the strongest result is kept (inject: most tissue in the hole's centre; remove:
