@@ -4,7 +4,7 @@
 
 On held-out synthetic scans and on lung1 (not in the remover's training data), injecting at up to
 --per-scan automatic sites that keep the full clearances of `--auto` (4 mm from vessels, 15 mm from the
-pleura; never relaxed, so a crowded scan gets fewer sites):
+pleura; never relaxed, so a crowded scan gets fewer sites; `--relax-sites` relaxes like --auto):
 - injection success: the CAD finds a nodule within 5 mm of the site after, and none before;
 - removal success: the CAD found the nodule before and finds none within 5 mm after; the mean HU in the old
   nodule (ball of its diameter; lung1: its label) is back near the scan's parenchyma mean;
@@ -32,6 +32,7 @@ import numpy as np
 
 BLEND = None  # (inner, outer) mm; None = the pipeline default
 VIEWS = None  # generator views per location; None = the pipeline default per action
+RELAX_SITES = False  # True: injection sites may sit next to vessels when too few places keep 4 mm (as --auto)
 SEAM_SHELL_MM = 1.5  # half-width of the shell around the blend's outer radius
 RESULTS = Path(__file__).resolve().parent / "results"
 PY = sys.executable
@@ -117,7 +118,7 @@ def evaluate_scan(name, scan, nodules, inj, rem, per_scan, rng, examples):
     found_before = detect_nodules(scan, lung)
     out = {"scan": name, "parenchyma_hu": round(parenchyma_hu, 1), "inject": [], "remove": []}
     avoid = [n[0] for n in nodules] + [f.center_zyx for f in found_before]
-    sites = pick_sites(scan, per_scan, rng, lung, avoid_zyx=avoid, avoid_mm=15.0, allow_fewer=True, relax=False)
+    sites = pick_sites(scan, per_scan, rng, lung, avoid_zyx=avoid, avoid_mm=15.0, allow_fewer=True, relax=RELAX_SITES)
     if not sites:
         injected, setup, times, sigma = scan, 0.0, [], float("nan")
     else:
@@ -245,10 +246,12 @@ def main() -> None:
     parser.add_argument("--skip-command", action="store_true", help="skip the 512x512x64 DICOM command timing")
     parser.add_argument("--blend", type=str, default=None, help="inner,outer blend radii in mm (default: pipeline's)")
     parser.add_argument("--views", type=int, default=None, help="views per location (default: pipeline's)")
+    parser.add_argument("--relax-sites", action="store_true",
+                        help="let sites come closer to vessels when too few keep the clearance (what --auto does)")
     parser.add_argument("--name", type=str, default="tamper_quality", help="result file stem")
     args = parser.parse_args()
-    global BLEND, VIEWS
-    VIEWS = args.views
+    global BLEND, VIEWS, RELAX_SITES
+    VIEWS, RELAX_SITES = args.views, args.relax_sites
     BLEND = tuple(float(v) for v in args.blend.split(",")) if args.blend else None
     import torch
 
@@ -286,6 +289,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     result["blend_mm"] = BLEND or "default (hole/2 - 1, hole/2 + 3)"
     result["views"] = VIEWS or "default (inject 4, remove 1)"
+    result["sites_relaxed"] = RELAX_SITES
     save_examples(examples, RESULTS / f"{args.name.replace('quality', 'examples')}.png")
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1, default=float))
     write_run_record(RESULTS, vars(args) | {"work": str(args.work)}, args.seed, name=f"{args.name}.run.json")
