@@ -94,7 +94,7 @@ def timed_sites(scan, sites, action, model, lung, rng):
     sites = as_sites(scan, sites)
     t = time.perf_counter()
     views = VIEWS or DEFAULT_VIEWS[action]
-    context = Context(lung, _noise_model(scan, lung, model, sites, rng), rng, BLEND or blend_radii(model), views)
+    context = Context(_noise_model(scan, lung, model, sites, rng), rng, BLEND or blend_radii(model), views)
     setup = time.perf_counter() - t
     voxels, per_site = np.asarray(scan.voxels, dtype=np.float32), []
     for site in sites:

@@ -125,7 +125,7 @@ def test_pasting_an_unchanged_cube_touches_nothing_outside_the_blend(lung1):
     region = Region.of(lung1, grid)
     rng = np.random.default_rng(0)
     noise = estimate_noise(lung1, lung_parenchyma(lung1, lung_mask(lung1)), region.shape, rng)
-    out = ctgan_site(lung1, Site(HEALTHY), "remove", model, Context(None, noise, rng, blend_radii(model)))
+    out = ctgan_site(lung1, Site(HEALTHY), "remove", model, Context(noise, rng, blend_radii(model)))
     diff = out - lung1.voxels
     weight = np.zeros(lung1.shape, bool)
     scan_sl, block_sl = region.slices(lung1.shape)
@@ -151,7 +151,7 @@ def test_in_painted_noise_matches_what_was_there(lung1, lung1_noise, fake):
     noise level the scan had at those voxels (flat parenchyma, same voxels before and after)."""
     model = fake(TrainConfig(action="remove"), None, None, "fake")
     rng = np.random.default_rng(0)
-    out = ctgan_site(lung1, Site(HEALTHY), "remove", model, Context(None, lung1_noise, rng, blend_radii(model)))
+    out = ctgan_site(lung1, Site(HEALTHY), "remove", model, Context(lung1_noise, rng, blend_radii(model)))
     region = Region.of(lung1, IsoGrid(HEALTHY, 32, 1.0))
     scan_sl, block_sl = region.slices(lung1.shape)
     before = np.asarray(lung1.voxels[scan_sl], dtype=np.float32)

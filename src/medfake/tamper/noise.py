@@ -141,10 +141,10 @@ def tone_down(block: np.ndarray, spacing, amount) -> np.ndarray:
 
 
 def settle_noise(block: np.ndarray, spacing, sigma: float, where: np.ndarray, weight: np.ndarray,
-                 fresh: np.ndarray, rounds: int = 3, tolerance: float = 0.02) -> np.ndarray:
+                 fresh, rounds: int = 3, tolerance: float = 0.02) -> np.ndarray:
     """Final check on the blended block: where the noise σ measured in `where` (flat parenchyma of the
-    in-painted part) still differs from `sigma`, scale the high-pass part down or add more of `fresh` (unit
-    texture at `sigma`), in proportion to the blend weight so the untouched scan around is left as it is.
+    in-painted part) still differs from `sigma`, scale the high-pass part down or add more of `fresh()` (a
+    noise block at `sigma`, drawn only when needed), in proportion to the blend weight so the untouched scan around is left as it is.
     Toning down is not exact for correlated noise (part of the removed residual comes back in the next
     high-pass), hence a few rounds."""
     for _ in range(rounds):
@@ -153,6 +153,6 @@ def settle_noise(block: np.ndarray, spacing, sigma: float, where: np.ndarray, we
             return block
         q = level / sigma
         if q < 1.0:
-            return (block + weight * np.sqrt(1.0 - q * q) * fresh).astype(np.float32)
+            return (block + weight * np.sqrt(1.0 - q * q) * fresh()).astype(np.float32)
         block = tone_down(block, spacing, weight * (1.0 - 1.0 / q))
     return block

@@ -46,9 +46,8 @@ class Site:
 
 @dataclass
 class Context:
-    """What every location of one scan shares: lung mask, parenchyma noise model, rng."""
+    """What every location of one scan shares: the parenchyma noise model, rng, blend radii, generator views."""
 
-    lung: np.ndarray | None
     noise: NoiseModel | None
     rng: np.random.Generator
     blend_mm: tuple[float, float] = (9.0, 13.0)
@@ -95,7 +94,7 @@ def tamper_scan(scan: Scan, locations, action: str, model: TamperModel | None = 
         if not 0 < blend_mm[0] < blend_mm[1] <= model.config.cube / 2 * model.config.iso_spacing:
             raise MedfakeError(f"blend radii {blend_mm} must increase and stay inside the cube")
         views = DEFAULT_VIEWS[action] if views is None else int(views)
-        context = Context(lung, _noise_model(scan, lung, model, sites, rng), rng, blend_mm, views)
+        context = Context(_noise_model(scan, lung, model, sites, rng), rng, blend_mm, views)
         for site in sites:
             voxels = ctgan_site(scan.with_voxels(voxels), site, action, model, context)
         params = {"cube": model.config.cube, "hole": model.config.hole, "iso_spacing_mm": model.config.iso_spacing,
@@ -142,7 +141,7 @@ def ctgan_site(scan: Scan, site: Site, action: str, model: TamperModel, context:
     block = blend(original, content, weight, fresh)
     if fresh is not None:
         block = settle_noise(block, scan.spacing, sigma, flat_parenchyma(block, scan.spacing) & (weight >= 0.99),
-                             weight, noise.sample(context.rng, sigma))
+                             weight, lambda: noise.sample(context.rng, sigma))
     out = np.asarray(scan.voxels, dtype=np.float32).copy()
     scan_sl, block_sl = region.slices(out.shape)
     touched = weight[block_sl] > 0
