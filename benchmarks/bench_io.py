@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from medfake.data.samples import sample_path
-from medfake.evaluate.figures import render_view
+from medfake.render import render_view
 from medfake.io import load_scan, save_scan
 from medfake.runinfo import write_run_record
 

@@ -106,7 +106,7 @@ def timed_sites(scan, sites, action, model, lung, rng):
 
 def evaluate_scan(name, scan, nodules, inj, rem, per_scan, rng, examples):
     """nodules: [(zyx, diameter_mm, mask or None)]"""
-    from medfake.evaluate.cad import detect_nodules, nodule_near
+    from medfake.cad import detect_nodules, nodule_near
     from medfake.lungmask import lung_mask, lung_parenchyma
     from medfake.tamper.sites import pick_sites
 
@@ -191,7 +191,7 @@ def command_timing(work: Path, inj_run: Path) -> dict:
 
 
 def save_examples(examples, path: Path) -> None:
-    from medfake.evaluate.figures import add_caption, orthogonal_views, save_png
+    from medfake.render import add_caption, orthogonal_views, save_png
     from medfake.scan import Scan
 
     rows = []
@@ -256,7 +256,7 @@ def main() -> None:
     import torch
 
     from medfake.data.samples import sample_path
-    from medfake.data.trainset import scan_paths, scan_key
+    from medfake.data.cohort import scan_paths, scan_key
     from medfake.io import load_scan
     from medfake.io.tables import read_luna16
     from medfake.runinfo import write_run_record

@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from medfake.cli import main
 from medfake.io import save_scan
-from medfake.evaluate.cad import detect_nodules, nodule_near
+from medfake.cad import detect_nodules, nodule_near
 from medfake.lungmask import lung_mask
 
 LABELLED = np.array([33, 359, 218])

@@ -13,7 +13,7 @@ import yaml
 from matplotlib import image as mpimg
 
 from medfake.cli import main
-from medfake.evaluate.bench import example_config_text, load_config
+from medfake.bench.config import example_config_text, load_config
 
 TINY = {
     "name": "tiny",

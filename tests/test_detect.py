@@ -13,7 +13,7 @@ from medfake.cli import main
 from medfake.detect.detectors import load_detector
 from medfake.detect.patches import patches_at, to_unit
 from medfake.detect.train import TrainConfig, train_detector
-from medfake.evaluate.roc import auc_score
+from medfake.stats import auc_score
 from medfake.io import save_scan
 from medfake.io.tables import ManifestRow, append_manifest
 

@@ -7,7 +7,7 @@ import pytest
 from matplotlib import image as mpimg
 
 from medfake.errors import MedfakeError
-from medfake.evaluate.figures import (MARKER_RGB, Window, orthogonal_views, overlay_heatmap, render_view,
+from medfake.render import (MARKER_RGB, Window, orthogonal_views, overlay_heatmap, render_view,
                                       save_png, window)
 from medfake.scan import Scan
 

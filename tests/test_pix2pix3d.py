@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from medfake.data.trainset import AugmentConfig, TrainsetConfig, build_trainset
+from medfake.tamper.trainset import AugmentConfig, TrainsetConfig, build_trainset
 from medfake.nn.pix2pix3d import PatchDiscriminator3D, UNetGenerator3D, trainable_parameters
 from medfake.tamper.model import PRESETS, TrainConfig, load_tamper_model
 from medfake.tamper.train import read_losses, train

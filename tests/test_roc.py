@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medfake.evaluate.roc import auc_score, delong_auc, delong_paired_test, roc_curve, structural_components
+from medfake.stats import auc_score, delong_auc, delong_paired_test, roc_curve, structural_components
 
 Z95 = 1.959963984540054
 

@@ -12,7 +12,7 @@ import torch
 
 from medfake.cli import main
 from medfake.data.samples import sample_path
-from medfake.data.trainset import AugmentConfig, TrainsetConfig, build_trainset
+from medfake.tamper.trainset import AugmentConfig, TrainsetConfig, build_trainset
 from medfake.io import load_scan, save_scan
 from medfake.io.tables import read_manifest
 from medfake.tamper.model import TrainConfig, load_tamper_model

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from medfake.data.samples import sample_path
-from medfake.data.trainset import AugmentConfig, TrainingSet, TrainsetConfig, build_trainset
+from medfake.tamper.trainset import AugmentConfig, TrainingSet, TrainsetConfig, build_trainset
 from medfake.errors import MedfakeError
 
 NODULE_ZYX = np.array([33, 359, 218])

@@ -94,7 +94,7 @@ def detect_cmd(
         top: int = typer.Option(5, "--top", help="Findings reported by screening."),
         overwrite: bool = typer.Option(False, "--overwrite")):
     """Score a scan for tampering: patches at given locations (BTD protocol) or a whole-scan screening."""
-    from medfake.data.trainset import location_voxel, locations_for
+    from medfake.data.cohort import location_voxel, locations_for
     from medfake.detect.report import detect_locations, detect_screen
     from medfake.io import load_scan
     from medfake.io.tables import read_locations

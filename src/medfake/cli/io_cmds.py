@@ -72,7 +72,7 @@ def view(path: Path = typer.Argument(..., help="Scan to show."),
          output: Path = typer.Option(..., "-o", "--output", help="PNG to write."),
          series: str = typer.Option(None, "--series", help="SeriesInstanceUID when the folder holds several.")):
     """Axial, coronal and sagittal slices through a point (default: the centre), with a marker, as PNG."""
-    from medfake.evaluate.figures import render_view, save_png, window
+    from medfake.render import render_view, save_png, window
     from medfake.io import load_scan
 
     chosen_window = window(window_name) if window_name not in (None, "auto") else window_name

@@ -12,9 +12,9 @@ out = Console()
 
 
 def _run(config_path: Path | None, run: Path, fast: bool, fresh: bool) -> None:
-    from medfake.evaluate.bench import load_config
-    from medfake.evaluate.bench_report import write_outputs
-    from medfake.evaluate.matrix import run_matrix
+    from medfake.bench.config import load_config
+    from medfake.bench.report import write_outputs
+    from medfake.bench.matrix import run_matrix
 
     config = load_config(config_path, fast=fast)
     out.rule(f"medfake {config.get('name', 'bench')}{' (fast)' if fast else ''} → {run}")
@@ -47,7 +47,7 @@ def bench(config: Path = typer.Argument(None, help="YAML config (see --example).
           fresh: bool = typer.Option(False, "--fresh", help="Start the run folder from scratch.")):
     """Run a benchmark matrix (scans × tamper methods × detectors) from a YAML config."""
     from medfake.errors import MedfakeError
-    from medfake.evaluate.bench import example_config_text
+    from medfake.bench.config import example_config_text
 
     if example:
         print(example_config_text(), end="")

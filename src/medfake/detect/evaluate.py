@@ -20,7 +20,7 @@ import numpy as np
 from medfake.detect.detectors import Detector
 from medfake.detect.patches import lung_mask_or_none, modality_key, patches_at, to_unit
 from medfake.errors import MedfakeError
-from medfake.evaluate.roc import delong_auc, plot_roc, roc_curve
+from medfake.stats import delong_auc, plot_roc, roc_curve
 from medfake.io.atomic import atomic_dir
 
 
@@ -56,7 +56,7 @@ def tampered_samples(manifest: Path, paired: bool = True) -> list[Sample]:
 
 def genuine_samples(spec, per_scan: int, seed: int, margin: int = 48) -> list[Sample]:
     """Random lung (CT) or foreground (MRI) locations in genuine scans, or the rows of a location table."""
-    from medfake.data.trainset import location_voxel, scan_paths
+    from medfake.data.cohort import location_voxel, scan_paths
     from medfake.io import load_scan
     from medfake.io.tables import read_locations
 

@@ -39,7 +39,7 @@ def _row_dict(r: LocationScore) -> dict:
 
 def detect_locations(scan: Scan, detector: Detector, centres_zyx, out: Path, overwrite: bool = False) -> list[LocationScore]:
     """Score patches at the given locations (BTD protocol) and write scores.csv, findings.json, patches.png."""
-    from medfake.detect.figures import save_patch_grid
+    from medfake.render import save_patch_grid
 
     check_modality(scan, detector)
     rows, patches, maps = score_locations(scan, detector, centres_zyx)
@@ -76,7 +76,7 @@ def detect_screen(scan: Scan, detector: Detector, out: Path, overwrite: bool = F
 
 def write_overlays(scan: Scan, result: Screening, folder: Path) -> None:
     """One axial overlay per finding (up to 3) and a maximum-intensity projection of the map."""
-    from medfake.evaluate.figures import add_caption, draw_cross, overlay_heatmap, resolve_window, save_png
+    from medfake.render import add_caption, draw_cross, overlay_heatmap, resolve_window, save_png
 
     grey = resolve_window(scan, None).apply
     hi = max(float(result.anomaly.max()), 1.0)

@@ -90,7 +90,7 @@ class EMA:
 
 def load_volumes(scans, det: DetectorConfig, config: TrainConfig, exclude=None, progress=None) -> list[Volume]:
     """Genuine training volumes; every scan must have the run's modality; excluded locations stay unseen."""
-    from medfake.data.trainset import location_voxel, locations_for, scan_paths
+    from medfake.data.cohort import location_voxel, locations_for, scan_paths
     from medfake.io import load_scan
     from medfake.io.tables import read_locations
 
@@ -264,7 +264,7 @@ def train_detector(scans, out, config: TrainConfig, exclude=None, tampered=None,
 
 
 def write_figures(out: Path, trainer: Trainer) -> None:
-    from medfake.detect.figures import save_loss_curve, save_patch_grid
+    from medfake.render import save_loss_curve, save_patch_grid
 
     losses = np.asarray(trainer.losses)
     (out / "loss.csv").write_text("step,loss\n" + "".join(f"{i + 1},{v:.6g}\n" for i, v in enumerate(losses)))

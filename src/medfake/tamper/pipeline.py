@@ -206,7 +206,7 @@ def _classical(scan, voxels, sites, action, method, rng, lung, donor, donor_zyx)
             voxels = classical.copy_move_inject(current, site.zyx, donor, tuple(donor_zyx), rng)
         else:
             if not site.diameter_mm and found is None:
-                from medfake.evaluate.cad import detect_nodules
+                from medfake.cad import detect_nodules
 
                 found = detect_nodules(scan, lung)
             diameter = site.diameter_mm or _diameter_near(scan, site.zyx, found) or DEFAULT_REMOVE_DIAMETER_MM
@@ -217,7 +217,7 @@ def _classical(scan, voxels, sites, action, method, rng, lung, donor, donor_zyx)
 
 
 def _strongest_nodule(scan: Scan, lung) -> tuple[int, int, int]:
-    from medfake.evaluate.cad import detect_nodules
+    from medfake.cad import detect_nodules
 
     found = detect_nodules(scan, lung, max_count=1)
     if not found:
@@ -227,7 +227,7 @@ def _strongest_nodule(scan: Scan, lung) -> tuple[int, int, int]:
 
 
 def _diameter_near(scan: Scan, zyx, found) -> float | None:
-    from medfake.evaluate.cad import nodule_near
+    from medfake.cad import nodule_near
 
     hit = nodule_near(found, scan, zyx, radius_mm=10.0)
     return hit.diameter_mm if hit else None

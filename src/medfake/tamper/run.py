@@ -56,7 +56,7 @@ def resolve_sites(scan: Scan, target: Path, action: str, coords=(), system: str 
                   require: bool = True) -> list[Site]:
     """User coordinates ('z,y,x' text or numbers; x,y,z mm with system world) and table rows naming this
     scan (automatic locations: `auto_sites`)."""
-    from medfake.data.trainset import locations_for
+    from medfake.data.cohort import locations_for
 
     sites = [Site(to_voxel(scan, parse_coordinate(c, system) if isinstance(c, str) else c, system))
              for c in coords]
@@ -73,7 +73,7 @@ def resolve_sites(scan: Scan, target: Path, action: str, coords=(), system: str 
 def auto_sites(scan: Scan, action: str, n: int, rng, lung, label, taken) -> list[Site]:
     """Injection: free lung parenchyma away from vessels, pleura and nodules (labelled or detected).
     Removal: the labelled nodules (largest first) or else the detector's strongest candidates."""
-    from medfake.evaluate.cad import detect_nodules
+    from medfake.cad import detect_nodules
 
     labelled = _label_nodules(scan, label) if label else []
     if action == "remove":
@@ -99,7 +99,7 @@ def _label_nodules(scan: Scan, label) -> list[tuple[tuple[int, int, int], float]
 
 
 def output_name(outdir: Path, target: Path, action: str) -> Path:
-    from medfake.data.trainset import scan_key
+    from medfake.data.cohort import scan_key
 
     base = f"{scan_key(target)}_{action}"
     taken = {p.name.split(".")[0] for p in outdir.iterdir()} if outdir.exists() else set()

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medfake.data.trainset import TrainingSet
+from medfake.tamper.trainset import TrainingSet
 from medfake.errors import MedfakeError
 from medfake.runinfo import git_commit, seed_everything, write_run_record
 from medfake.tamper.model import TrainConfig, build_discriminator, build_generator, hole_slices, mask_hole, save_model_folder

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medfake.evaluate.report import Section, write_report
+from medfake.report import Section, write_report
 from medfake.io.tables import read_manifest
 
 CROP_MM = 60.0
@@ -77,7 +77,7 @@ def crop(scan, zyx):
 def location_figure(row, detector, cache: dict) -> np.ndarray:
     """Before | after | difference (orthogonal views, lung window) and the detector's heat map on the axial patch."""
     from medfake.detect.patches import patches_at, to_unit
-    from medfake.evaluate.figures import add_caption, hstack, orthogonal_views, overlay_heatmap, window
+    from medfake.render import add_caption, hstack, orthogonal_views, overlay_heatmap, window
     from medfake.io import load_scan
 
     for path in (row.scan, row.output):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from medfake.errors import MedfakeError
-from medfake.evaluate.bench import Cells, prepare_run
+from medfake.bench.config import Cells, prepare_run
 from medfake.io.tables import ManifestRow, append_manifest, read_manifest
 
 
@@ -48,7 +48,7 @@ def real_test_scans(config: dict) -> list[dict]:
 
 
 def synthetic_test_scans(test_dir: str) -> list[dict]:
-    from medfake.data.trainset import scan_paths
+    from medfake.data.cohort import scan_paths
 
     table = str(Path(test_dir) / "annotations.csv")
     return [{"name": p.name.split(".")[0], "path": str(p), "label": None, "table": table}
@@ -56,7 +56,7 @@ def synthetic_test_scans(test_dir: str) -> list[dict]:
 
 
 def train_tamper_models(cells: Cells, config: dict, train_dir: str) -> dict:
-    from medfake.data.trainset import AugmentConfig, TrainsetConfig, build_trainset
+    from medfake.tamper.trainset import AugmentConfig, TrainsetConfig, build_trainset
     from medfake.tamper.model import TrainConfig
     from medfake.tamper.train import train
 
@@ -211,7 +211,7 @@ def screen_rank(findings, scan, zyx, radius_mm: float = 15.0) -> int | None:
 
 def cad_verdicts(cells: Cells, manifest: str) -> list[dict]:
     """The independent judge, before and after each tampering: is there a nodule within 5 mm?"""
-    from medfake.evaluate.cad import detect_nodules, nodule_near
+    from medfake.cad import detect_nodules, nodule_near
     from medfake.io import load_scan
 
     def run(folder: Path):

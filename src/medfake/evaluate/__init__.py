@@ -1,1 +1,0 @@
-"""Evaluation: metrics, the CAD judge, figures, benchmarks and reports."""
