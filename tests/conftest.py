@@ -33,7 +33,7 @@ def lung1_slab(lung1):
     """8 full slices of lung1 around the nodule (z 29..36) with the matching origin: a small real CT."""
     voxels = np.ascontiguousarray(lung1.voxels[29:37])
     return lung1.with_voxels(voxels, origin=tuple(lung1.voxel_to_world((29, 0, 0))),
-                             meta={"format": "nrrd", "path": None})
+                             meta={"format": "nrrd"})
 
 
 @pytest.fixture(scope="session")

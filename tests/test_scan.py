@@ -116,3 +116,43 @@ def test_with_voxels_copies_metadata_and_accepts_new_metadata(lung1):
     assert "extra" not in lung1.meta and changed.spacing == lung1.spacing
     replaced = lung1.with_voxels(np.zeros((2, 3, 4), np.int16), meta={"format": "npz"})
     assert replaced.meta == {"format": "npz"}
+
+
+def test_crop_carries_its_geometry_on_lung1():
+    """A crop's voxels sit at the same world positions as in the scan, also past the border (SimpleITK agrees)."""
+    import SimpleITK as sitk
+
+    from medfake.data.samples import sample_path
+    from medfake.io import load_scan
+
+    scan = load_scan(sample_path("lung1"))
+    image = sitk.ReadImage(str(sample_path("lung1")))
+    crop = scan.crop((33, 359, 218), (16, 40, 40))
+    assert crop.shape == (16, 40, 40) and crop.path == scan.path
+    for zyx in [(0, 0, 0), (7, 13, 29), (15, 39, 39)]:
+        inside = np.asarray(zyx) + scan.offset_of(crop)
+        assert np.allclose(crop.voxel_to_world(zyx), image.TransformIndexToPhysicalPoint(tuple(int(v) for v in inside[::-1])))
+        assert crop.voxels[zyx] == scan.voxels[tuple(inside)]
+    edge = scan.crop((0, 0, 0), (4, 6, 6))  # half outside: padded with air, origin before the scan's
+    assert np.all(edge.voxels[:2] == -1000) and np.array_equal(edge.voxels[2:, 3:, 3:], scan.voxels[:2, :3, :3])
+    assert np.allclose(edge.voxel_to_world((2, 3, 3)), scan.origin)
+
+
+def test_paste_puts_a_crop_back_where_it_lies():
+    scan = Scan(np.arange(6 * 7 * 8, dtype=np.int16).reshape(6, 7, 8), (2.0, 0.7, 0.7), origin=(-3.0, 5.0, 11.0))
+    crop = scan.crop((3, 3, 4), (3, 3, 3))
+    changed = scan.paste(crop.with_voxels(np.zeros((3, 3, 3), np.int16)))
+    assert np.count_nonzero(changed.voxels != scan.voxels) == 27 and np.all(changed.voxels[2:5, 2:5, 3:6] == 0)
+    half = scan.paste(crop.with_voxels(np.zeros((3, 3, 3), np.int16)), weight=np.full((3, 3, 3), 0.5))
+    assert np.array_equal(half.voxels[2:5, 2:5, 3:6], np.rint(scan.voxels[2:5, 2:5, 3:6] * 0.5).astype(np.int16))
+    outside = scan.crop((0, 0, 0), (3, 3, 3))  # partly outside: only the shared part is written
+    assert np.count_nonzero(scan.paste(outside.with_voxels(np.full((3, 3, 3), -5, np.int16))).voxels == -5) == 8
+
+
+def test_label_grid_is_checked_on_full_geometry():
+    scan = Scan(np.zeros((4, 5, 6)), (1.0, 1.0, 1.0))
+    assert scan.same_grid(scan.with_voxels(np.ones((4, 5, 6), np.uint8)))
+    with pytest.raises(MedfakeError, match="origin"):
+        scan.require_same_grid(scan.with_voxels(np.ones((4, 5, 6)), origin=(0.0, 0.0, 3.0)))
+    with pytest.raises(MedfakeError, match="spacing"):
+        scan.require_same_grid(scan.with_voxels(np.ones((4, 5, 6)), spacing=(1.0, 1.0, 1.1)))

@@ -37,7 +37,7 @@ def lung_labels(scan: Scan, threshold: float = AIR_THRESHOLD_HU, closing_mm: flo
     """uint8 (z,y,x): 1 = right lung, 2 = left lung (patient sides; lungs that touch are split at their
     junction). A single air region that cannot be split is labelled 1."""
     if scan.modality not in ("CT", "", None):
-        raise MedfakeError(f"lung mask needs a CT scan, got modality {scan.modality}", scan.meta.get("path"))
+        raise MedfakeError(f"lung mask needs a CT scan, got modality {scan.modality}", scan.path)
     hu = np.asarray(scan.voxels, dtype=np.float32)
     factor = coarse_factor(scan.spacing)
     coarse = block_mean(hu, factor)
@@ -47,7 +47,7 @@ def lung_labels(scan: Scan, threshold: float = AIR_THRESHOLD_HU, closing_mm: flo
     candidates = inner & ~ndimage.binary_dilation(airway, IN_PLANE, iterations=2)
     lungs = lung_components(candidates, spacing)
     if lungs.max() == 0:
-        raise MedfakeError("no lung found (no large air region inside the body)", scan.meta.get("path"))
+        raise MedfakeError("no lung found (no large air region inside the body)", scan.path)
     filled = fill_lungs(lungs, spacing, closing_mm)
     mask = refine_border(filled > 0, hu < threshold, factor)
     return order_by_side(fine_labels(mask, filled, factor), scan)
@@ -70,7 +70,7 @@ def split_lungs(mask: np.ndarray, scan: Scan) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(sizes)[::-1][:2] + 1
     parts = [labels == k for k in order]
     if len(parts) < 2:
-        raise MedfakeError("lung mask has a single component; cannot tell right from left", scan.meta.get("path"))
+        raise MedfakeError("lung mask has a single component; cannot tell right from left", scan.path)
     x_of = [scan.voxel_to_world(centroid(p))[0] for p in parts]
     return (parts[0], parts[1]) if x_of[0] < x_of[1] else (parts[1], parts[0])
 
@@ -302,6 +302,6 @@ def save_lung_mask(path, output, series: str | None = None, overwrite: bool = Fa
     scan = load_scan(path, series=series)
     mask = lung_mask(scan)
     mask_scan = scan.with_voxels(mask.astype(np.uint8), modality="SEG",
-                                 meta={"format": fmt, "path": scan.meta.get("path")})
+                                 meta={"format": fmt})
     written = save_scan(mask_scan, output, format=fmt, overwrite=overwrite)
     return written, float(mask.sum() * np.prod(scan.spacing) / 1000.0)

@@ -190,7 +190,7 @@ def render_view(scan: Scan, zyx: Sequence[float], window: str | Window | None = 
     point = scan.require_inside(zyx, "view point")
     win = resolve_window(scan, window)
     x, y, z = scan.voxel_to_world(point) + 0.0  # no '-0.0' in captions
-    name = Path(str(scan.meta.get("path", "scan"))).name
+    name = Path(str((scan.path or "scan"))).name
     unit = " HU" if scan.modality == "CT" else ""
     text = (f"{name}  z,y,x={tuple(int(v) for v in point)}  x,y,z=({x:.1f}, {y:.1f}, {z:.1f}) mm  "
             f"value={float(scan.voxels[tuple(point)]):g}{unit}  {win}" +

@@ -29,15 +29,16 @@ class Scan:
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0)  # x, y, z (mm) of voxel (0,0,0)
     direction: np.ndarray = field(default_factory=lambda: np.eye(3))
     modality: str = "CT"
-    meta: dict[str, Any] = field(default_factory=dict)  # source format, path, headers for writing back
+    meta: dict[str, Any] = field(default_factory=dict)  # source format, headers for writing back
+    path: str | None = None  # the file or DICOM folder it was read from (never written to)
 
     def __post_init__(self):
         if self.voxels.ndim != 3:
-            raise MedfakeError(f"expected a 3-D volume, got shape {self.voxels.shape}", self.meta.get("path"))
+            raise MedfakeError(f"expected a 3-D volume, got shape {self.voxels.shape}", self.path)
         self.spacing = tuple(float(s) for s in self.spacing)
         self.origin = tuple(float(o) for o in self.origin)
         self.direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
-        path = self.meta.get("path")
+        path = self.path
         if len(self.spacing) != 3 or len(self.origin) != 3:
             raise MedfakeError(f"spacing and origin need 3 values, got {self.spacing} and {self.origin}", path)
         if not all(np.isfinite(self.spacing)) or any(s <= 0 for s in self.spacing):
@@ -94,11 +95,49 @@ class Scan:
             raise MedfakeError(
                 f"{label} z,y,x=({', '.join(f'{v:.1f}' for v in np.asarray(zyx, float))}) is outside the scan "
                 f"of shape {tuple(int(n) for n in self.shape)}",
-                self.meta.get("path"),
+                self.path,
             )
         return nearest_index(zyx)
 
-    # --- cuboids --------------------------------------------------------------------------------
+    def same_grid(self, other: "Scan", tolerance_mm: float = 1e-3) -> bool:
+        """True when `other` has this scan's full geometry: shape, spacing, origin and direction."""
+        return (self.shape == other.shape
+                and np.allclose(self.spacing, other.spacing, atol=tolerance_mm)
+                and np.allclose(self.origin, other.origin, atol=tolerance_mm)
+                and np.allclose(self.direction, other.direction, atol=1e-6))
+
+    def require_same_grid(self, other: "Scan", what: str = "label volume") -> None:
+        if not self.same_grid(other):
+            raise MedfakeError(
+                f"{what} does not lie on the scan's grid (shape {other.shape} vs {self.shape}, spacing "
+                f"{_fmt(other.spacing)} vs {_fmt(self.spacing)}, origin {_fmt(other.origin)} vs {_fmt(self.origin)})",
+                other.path)
+
+    # --- cuboids (TorchIO's way: a crop is a Scan whose origin moved) ---------------------------
+    def crop_box(self, start_zyx: Sequence[int], stop_zyx: Sequence[int], pad: float | None = None) -> "Scan":
+        """The voxels in [start, stop) as a Scan placed where they lie in the patient; outside is `pad`."""
+        start = np.asarray(start_zyx, dtype=int)
+        voxels = cut_box(self.voxels, start, np.asarray(stop_zyx, dtype=int), self.pad_value if pad is None else pad)
+        origin = tuple(self.voxel_to_world(start.astype(float)))
+        return replace(self, voxels=voxels, origin=origin, meta=dict(self.meta))
+
+    def crop(self, center_zyx: Sequence[int], shape_zyx: Sequence[int], pad: float | None = None) -> "Scan":
+        """The cuboid of `shape` centred on `center` (see `cube_bounds`), carrying its geometry."""
+        start, stop = cube_bounds(center_zyx, shape_zyx)
+        return self.crop_box(start, stop, pad)
+
+    def offset_of(self, crop: "Scan") -> np.ndarray:
+        """Voxel index in this scan of the crop's first voxel (the crop must share spacing and direction)."""
+        if not (np.allclose(crop.spacing, self.spacing) and np.allclose(crop.direction, self.direction)):
+            raise MedfakeError("the crop does not share this scan's spacing and direction", crop.path)
+        return nearest_index(self.world_to_continuous(crop.origin))
+
+    def paste(self, crop: "Scan", weight: np.ndarray | None = None) -> "Scan":
+        """A copy with `crop` put back where it lies (parts outside are dropped); with `weight` (0..1, the
+        crop's shape) each voxel becomes weight·crop + (1 − weight)·this."""
+        start = self.offset_of(crop)
+        return self.with_voxels(paste_box(self.voxels, crop.voxels, start, weight))
+
     def cut_cube(self, center_zyx: Sequence[int], shape_zyx: Sequence[int], pad: float | None = None) -> np.ndarray:
         return cut_cube(self.voxels, center_zyx, shape_zyx, self.pad_value if pad is None else pad)
 
@@ -118,37 +157,53 @@ def cube_bounds(center_zyx: Sequence[int], shape_zyx: Sequence[int]) -> tuple[np
     return start, start + shape
 
 
-def _overlap(start, stop, vol_shape):
+def overlap(start, stop, vol_shape) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+    """The one clip under every crop and paste: for the box [start, stop) against a volume of `vol_shape`,
+    (slices into the volume, slices into the box) of the part they share, or None when they share nothing."""
+    start, stop = np.asarray(start, dtype=int), np.asarray(stop, dtype=int)
     lo = np.maximum(start, 0)
-    hi = np.minimum(stop, vol_shape)
+    hi = np.minimum(stop, np.asarray(vol_shape, dtype=int))
     if np.any(hi <= lo):
         return None
-    src = tuple(slice(a, b) for a, b in zip(lo, hi))
-    dst = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start))
+    src = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    dst = tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(lo, hi, start))
     return src, dst
 
 
-def cut_cube(volume: np.ndarray, center_zyx, shape_zyx, pad: float) -> np.ndarray:
-    """Copy of a cuboid around `center`; voxels outside the volume are `pad`."""
-    start, stop = cube_bounds(center_zyx, shape_zyx)
+def cut_box(volume: np.ndarray, start, stop, pad: float) -> np.ndarray:
+    """Copy of volume[start:stop] (any number of axes); voxels outside the volume are `pad`."""
+    start, stop = np.asarray(start, dtype=int), np.asarray(stop, dtype=int)
     out = np.full(tuple(stop - start), pad, dtype=volume.dtype)
-    ov = _overlap(start, stop, np.asarray(volume.shape))
+    ov = overlap(start, stop, volume.shape)
     if ov is not None:
         src, dst = ov
         out[dst] = volume[src]
     return out
 
 
+def cut_cube(volume: np.ndarray, center_zyx, shape_zyx, pad: float) -> np.ndarray:
+    """Copy of a cuboid around `center`; voxels outside the volume are `pad`."""
+    start, stop = cube_bounds(center_zyx, shape_zyx)
+    return cut_box(volume, start, stop, pad)
+
+
 def paste_cube(volume: np.ndarray, cube: np.ndarray, center_zyx, weight: np.ndarray | None = None) -> np.ndarray:
     """Copy of `volume` with `cube` pasted around `center` (parts outside the volume are dropped).
 
     With `weight` (same shape as cube, 0..1) the result is weight*cube + (1-weight)*volume."""
+    start, _ = cube_bounds(center_zyx, cube.shape)
+    return paste_box(volume, cube, start, weight)
+
+
+def paste_box(volume: np.ndarray, box: np.ndarray, start, weight: np.ndarray | None = None) -> np.ndarray:
+    """Copy of `volume` with `box` written from index `start` on (clipped; integer volumes are rounded)."""
     out = volume.copy()
-    start, stop = cube_bounds(center_zyx, cube.shape)
-    ov = _overlap(start, stop, np.asarray(volume.shape))
+    start = np.asarray(start, dtype=int)
+    ov = overlap(start, start + np.asarray(box.shape), volume.shape)
     if ov is None:
         return out
     src, dst = ov
+    cube = box
     patch = cube[dst]
     if weight is not None:
         w = weight[dst]
@@ -158,3 +213,7 @@ def paste_cube(volume: np.ndarray, cube: np.ndarray, center_zyx, weight: np.ndar
         patch = np.clip(np.rint(patch), info.min, info.max)
     out[src] = patch.astype(out.dtype)
     return out
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"

@@ -77,7 +77,7 @@ def lung_mask_or_none(scan: Scan) -> np.ndarray | None:
         return None
     from medfake.lungmask import lung_mask
 
-    path = scan.meta.get("path")
+    path = scan.path
     key = (str(path), Path(path).stat().st_mtime_ns, scan.shape) if path and Path(path).exists() else None
     if key in _MASKS:
         return _MASKS[key].copy()
@@ -153,5 +153,5 @@ def training_volume(scan: Scan, name: str, size: int, window=CT_WINDOW, in_lung:
     step = CENTRE_STEP
     centres = np.argwhere(allowed[:, ::step, ::step]) * np.array([1, step, step])
     if len(centres) == 0:
-        raise MedfakeError("no genuine patch centre left in this scan (all excluded or no lung)", scan.meta.get("path"))
+        raise MedfakeError("no genuine patch centre left in this scan (all excluded or no lung)", scan.path)
     return Volume(name, to_unit(scan, window), centres.astype(np.int32))

@@ -22,7 +22,7 @@ def check_modality(scan: Scan, detector: Detector) -> None:
 
     if modality_key(scan) != detector.config.modality:
         raise MedfakeError(f"{detector.config.modality.upper()} detector cannot score a {scan.modality} scan "
-                           f"(modality mismatch)", scan.meta.get("path"))
+                           f"(modality mismatch)", scan.path)
 
 
 def write_scores(rows: list[LocationScore], scan_name: str, method: str, path: Path) -> None:
@@ -43,7 +43,7 @@ def detect_locations(scan: Scan, detector: Detector, centres_zyx, out: Path, ove
 
     check_modality(scan, detector)
     rows, patches, maps = score_locations(scan, detector, centres_zyx)
-    name = Path(scan.meta.get("path", "scan")).name
+    name = Path((scan.path or "scan")).name
     with atomic_dir(out, overwrite) as tmp:
         write_scores(rows, name, detector.method, tmp / "scores.csv")
         (tmp / "findings.json").write_text(json.dumps(
@@ -60,7 +60,7 @@ def detect_screen(scan: Scan, detector: Detector, out: Path, overwrite: bool = F
     """Screen the whole scan; write scores.csv (findings), findings.json, anomaly_map.npz and overlay PNGs."""
     check_modality(scan, detector)
     result = screen_scan(scan, detector, progress=progress, **options)
-    name = Path(scan.meta.get("path", "scan")).name
+    name = Path((scan.path or "scan")).name
     with atomic_dir(out, overwrite) as tmp:
         write_scores(result.findings, name, detector.method, tmp / "scores.csv")
         (tmp / "findings.json").write_text(json.dumps(

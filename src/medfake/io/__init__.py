@@ -127,9 +127,9 @@ def save_scan(
 
 def refuse_input_overlap(scan: Scan, dest: Path) -> None:
     """Never write onto, into or around the input (an --overwrite of a parent would delete it)."""
-    if not scan.meta.get("path"):
+    if not scan.path:
         return
-    source, target = Path(scan.meta["path"]).resolve(), dest.resolve()
+    source, target = Path(scan.path).resolve(), dest.resolve()
     if target == source or source in target.parents or target in source.parents:
         raise MedfakeError(f"refusing to write onto, into or around the input {source}", dest)
 

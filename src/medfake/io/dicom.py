@@ -214,7 +214,6 @@ def build_scan(images: list[Image2D], source: Path, extra_meta: dict) -> Scan:
     volume = fill_gaps(values, geometry.slots, pad_value(modality, values))
     meta = {
         "format": "dicom",
-        "path": str(source),
         "series_uid": str(ordered[0].header.get("SeriesInstanceUID", "")),
         "files": [str(im.path) for im in ordered],
         "dicom": [im.header for im in ordered],
@@ -223,7 +222,7 @@ def build_scan(images: list[Image2D], source: Path, extra_meta: dict) -> Scan:
         "warnings": geometry.warnings + extra_meta.pop("warnings", []),
         **extra_meta,
     }
-    return Scan(volume, geometry.spacing, geometry.origin, geometry.direction, modality, meta)
+    return Scan(volume, geometry.spacing, geometry.origin, geometry.direction, modality, meta, str(source))
 
 
 def fill_gaps(values: np.ndarray, slots: list[int | None], pad: float) -> np.ndarray:
@@ -299,7 +298,7 @@ def load_folder(folder: Path, wanted: str | None) -> Scan:
             raise MedfakeError(f"series {chosen.uid} mixes {len(multi)} multi-frame files with other files; "
                                f"load one file directly", folder)
         scan = load_multiframe(multi[0][0], read_dataset(multi[0][0], False, True))
-        scan.meta["path"] = str(folder)  # the input is the folder: never write into it
+        scan.path = str(folder)  # the input is the folder: never write into it
         return scan
     images, warnings_ = unique_instances(chosen.files)
     for image in images:

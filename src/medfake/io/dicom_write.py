@@ -276,10 +276,10 @@ def build_slice(scan: Scan, index: int, template: Dataset | None, matched: bool,
 def check_writable(scan: Scan) -> None:
     """DICOM stores integers and an orthonormal in-plane frame (the slice axis is implied by positions)."""
     if np.issubdtype(scan.voxels.dtype, np.floating) and not np.all(np.isfinite(scan.voxels)):
-        raise MedfakeError("the scan has NaN or infinite voxels, which DICOM cannot store", scan.meta.get("path"))
+        raise MedfakeError("the scan has NaN or infinite voxels, which DICOM cannot store", scan.path)
     if not np.allclose(scan.direction.T @ scan.direction, np.eye(3), atol=1e-4):
         raise MedfakeError("the direction matrix is not orthonormal (sheared), which DICOM cannot store; "
-                           "save as NRRD instead", scan.meta.get("path"))
+                           "save as NRRD instead", scan.path)
 
 
 def save_dicom_series(scan: Scan, folder: str | Path, derivation: str | None = None) -> list[Path]:

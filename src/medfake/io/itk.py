@@ -23,11 +23,12 @@ def itk_format(path: Path) -> str | None:
     return None
 
 
-def scan_from_image(image: sitk.Image, modality: str = "CT", meta: dict | None = None) -> Scan:
+def scan_from_image(image: sitk.Image, modality: str = "CT", meta: dict | None = None,
+                    path: str | None = None) -> Scan:
     if image.GetDimension() != 3:
-        raise MedfakeError(f"expected a 3-D image, got {image.GetDimension()}-D", (meta or {}).get("path"))
+        raise MedfakeError(f"expected a 3-D image, got {image.GetDimension()}-D", path)
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise MedfakeError("multi-component (vector/colour) images are not supported", (meta or {}).get("path"))
+        raise MedfakeError("multi-component (vector/colour) images are not supported", path)
     voxels = sitk.GetArrayFromImage(image)
     return Scan(
         voxels=voxels,
@@ -36,6 +37,7 @@ def scan_from_image(image: sitk.Image, modality: str = "CT", meta: dict | None =
         direction=np.asarray(image.GetDirection()).reshape(3, 3),
         modality=modality,
         meta=dict(meta or {}),
+        path=path,
     )
 
 
@@ -54,8 +56,8 @@ def load_itk(path: Path, modality: str | None = None) -> Scan:
         first = str(exc).strip().splitlines()
         detail = next((line for line in first if "ERROR" in line or "rror" in line), "unreadable image")
         raise MedfakeError(f"cannot read as {itk_format(path)}: {detail.strip()[:160]}", path) from None
-    meta = {"format": itk_format(path), "path": str(path)}
-    scan = scan_from_image(image, modality or guess_modality(image), meta)
+    meta = {"format": itk_format(path)}
+    scan = scan_from_image(image, modality or guess_modality(image), meta, str(path))
     bad = int(np.count_nonzero(~np.isfinite(scan.voxels))) if np.issubdtype(scan.voxels.dtype, np.floating) else 0
     if meta["format"] == "nifti":
         bad = max(bad, nifti_nonfinite_count(path))

@@ -25,7 +25,8 @@ def load_npz(path: Path) -> Scan:
                 origin=tuple(data["origin"]),
                 direction=data["direction"],
                 modality=str(data["modality"]),
-                meta={"format": "npz", "path": str(path)},
+                meta={"format": "npz"},
+                path=str(path),
             )
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise MedfakeError(f"not a readable NPZ file ({exc.__class__.__name__})", path) from None

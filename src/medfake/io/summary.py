@@ -11,7 +11,7 @@ def describe_scan(scan: Scan) -> dict:
     """Format, modality, shape z,y,x, spacing z,y,x, origin x,y,z, direction, value range, series, gaps."""
     voxels = scan.voxels
     return {
-        "path": scan.meta.get("path"),
+        "path": scan.path,
         "format": scan.meta.get("format", "memory"),
         "modality": scan.modality,
         "shape": [int(n) for n in scan.shape],

@@ -61,7 +61,7 @@ def as_sites(scan: Scan, locations) -> list[Site]:
         zyx = tuple(int(v) for v in scan.require_inside(site.zyx, "location"))
         sites.append(Site(zyx, site.chosen_by, site.diameter_mm))
     if not sites:
-        raise MedfakeError("no location to tamper", scan.meta.get("path"))
+        raise MedfakeError("no location to tamper", scan.path)
     return sites
 
 
@@ -198,7 +198,7 @@ def _classical(scan, voxels, sites, action, method, rng, lung, donor, donor_zyx)
         donor = scan if donor is None else donor
         if donor_zyx is None:
             donor_zyx = _strongest_nodule(donor, lung if donor is scan else None)
-        params = {"donor": str(donor.meta.get("path", "")), "donor_zyx": [int(v) for v in donor_zyx]}
+        params = {"donor": str((donor.path or "")), "donor_zyx": [int(v) for v in donor_zyx]}
     found = None  # the detector's candidates on the original scan, run at most once for all sites
     for site in sites:
         current = scan.with_voxels(voxels)
@@ -222,7 +222,7 @@ def _strongest_nodule(scan: Scan, lung) -> tuple[int, int, int]:
     found = detect_nodules(scan, lung, max_count=1)
     if not found:
         raise MedfakeError("copy-move needs a donor nodule and the detector found none (give --donor-coord)",
-                           scan.meta.get("path"))
+                           scan.path)
     return found[0].center_zyx
 
 
@@ -246,7 +246,7 @@ def manifest_row(scan: Scan, site: Site, action: str, method: str, model_id: str
                  output: str = "") -> ManifestRow:
     x, y, z = scan.voxel_to_world(site.zyx)
     extra = dict(params, **({"diameter_mm": round(site.diameter_mm, 2)} if site.diameter_mm else {}))
-    return ManifestRow(scan=str(scan.meta.get("path", "")), output=output, world_x=round(float(x), 3),
+    return ManifestRow(scan=str((scan.path or "")), output=output, world_x=round(float(x), 3),
                        world_y=round(float(y), 3), world_z=round(float(z), 3), voxel_z=int(site.zyx[0]),
                        voxel_y=int(site.zyx[1]), voxel_x=int(site.zyx[2]), action=action, method=method,
                        model_id=model_id, parameters=json.dumps(extra, sort_keys=True),

@@ -80,7 +80,7 @@ def auto_sites(scan: Scan, action: str, n: int, rng, lung, label, taken) -> list
         pool = labelled or [(n_.center_zyx, n_.diameter_mm) for n_ in detect_nodules(scan, lung)]
         pool = [p for p in pool if tuple(p[0]) not in set(map(tuple, taken))]
         if len(pool) < n:
-            raise MedfakeError(f"asked to remove {n} nodule(s) but found {len(pool)}", scan.meta.get("path"))
+            raise MedfakeError(f"asked to remove {n} nodule(s) but found {len(pool)}", scan.path)
         return [Site(tuple(int(v) for v in zyx), "auto", float(d)) for zyx, d in pool[:n]]
     from medfake.tamper.sites import pick_sites
 

@@ -48,7 +48,7 @@ def pick_sites(scan: Scan, n: int, rng: np.random.Generator, lung: np.ndarray | 
         if len(sites) == n or (allow_fewer and clearance == clearances[-1]):
             return [tuple(int(v) for v in s * step + np.array([0, step[1] // 2, step[2] // 2])) for s in best]
     raise MedfakeError(f"found room for only {len(best)} of {n} site(s) inside the lungs "
-                       f"(need {room_mm:g} mm from the pleura, {avoid_mm:g} mm from nodules)", scan.meta.get("path"))
+                       f"(need {room_mm:g} mm from the pleura, {avoid_mm:g} mm from nodules)", scan.path)
 
 
 def _distance_inside(inside: np.ndarray, spacing) -> np.ndarray:
