@@ -188,8 +188,6 @@ def save_loss_curves(table: Path, path: Path, title: str) -> Path | None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from medfake.io.atomic import atomic_file
-
     if not table.exists():
         return None
     rows = read_losses(table.parent)
@@ -213,8 +211,9 @@ def save_loss_curves(table: Path, path: Path, title: str) -> Path | None:
         ax.set(title=name, xlabel="step")
     figure.suptitle(title)
     figure.tight_layout()
-    with atomic_file(path, overwrite=True) as tmp:
-        figure.savefig(tmp, format="png")
+    tmp = path.with_name(f".{path.name}.partial")  # not io.atomic: keeps the loop free of the scan readers
+    figure.savefig(tmp, format="png")
+    os.replace(tmp, path)
     return path
 
 
