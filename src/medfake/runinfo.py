@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+DIRTY_WARNING = "uncommitted changes in the tree: these figures are not reproducible from the recorded commit"
 PACKAGES = ("medfake", "torch", "numpy", "scipy", "scikit-image", "SimpleITK", "pydicom", "monai", "accelerate")
 
 
@@ -48,19 +49,28 @@ def seed_everything(seed: int) -> None:
 
 
 def run_record(config: dict, seed: int | None = None) -> dict:
-    return {
+    commit = git_commit()
+    record = {
         "config": config,
         "seed": seed,
         "versions": package_versions(),
-        "git_commit": git_commit(),
+        "git_commit": commit,
         "command": " ".join(sys.argv),
         "platform": platform.platform(),
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if commit.endswith("+dirty"):
+        record["warning"] = DIRTY_WARNING
+    return record
 
 
 def write_run_record(folder: str | Path, config: dict, seed: int | None = None, name: str = "run.json") -> Path:
+    """The record beside an output. Benchmark figures (a `benchmarks/results` folder) from a tree with
+    uncommitted changes are marked in the record and announced on stderr: HEAD would not reproduce them."""
     path = Path(folder) / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(run_record(config, seed), indent=2, default=str))
+    record = run_record(config, seed)
+    path.write_text(json.dumps(record, indent=2, default=str))
+    if "warning" in record and path.parent.name == "results" and path.parent.parent.name == "benchmarks":
+        print(f"WARNING: {path}: {DIRTY_WARNING}", file=sys.stderr)
     return path

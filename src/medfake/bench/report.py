@@ -67,11 +67,8 @@ def markdown(summary: dict) -> str:
 
 def crop(scan, zyx):
     """A small scan around `zyx` (about CROP_MM wide) so the tampered place fills the picture."""
-    from medfake.scan import cut_cube
-
     shape = [max(3, int(round(CROP_MM / s))) | 1 for s in scan.spacing]  # odd: the point is the centre voxel
-    cube = cut_cube(scan.voxels, zyx, shape, scan.pad_value)
-    return scan.with_voxels(cube, meta={}), tuple(s // 2 for s in shape)
+    return scan.crop(zyx, shape), tuple(s // 2 for s in shape)
 
 
 def location_figure(row, detector, cache: dict) -> np.ndarray:
