@@ -113,3 +113,11 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray, str]], path, title:
     figure.tight_layout()
     with atomic_file(path, overwrite=True) as tmp:
         figure.savefig(tmp, format="png")
+
+
+def robust_sigma(values) -> float:
+    """σ of a normal sample from its median absolute deviation (1.4826·MAD): blind to a few outliers."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0:
+        return float("nan")
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
