@@ -24,17 +24,21 @@ def parenchyma_with_nodules(seed: int = 0):
     noise inside 10 mm was replaced by a smoothed, level-matched version (what a careless in-painter leaves)."""
     rng = np.random.default_rng(seed)
     spacing = (2.0, 0.7, 0.7)
-    noise = ndimage.gaussian_filter(rng.standard_normal((40, 420, 420)), (0.6, 0.8, 0.8))
+    noise = ndimage.gaussian_filter(rng.standard_normal((24, 330, 330)), (0.6, 0.8, 0.8))
     voxels = -850.0 + 25.0 * noise / noise.std()
-    centres = [(20, 60 + 100 * (i // 4), 60 + 100 * (i % 4)) for i in range(12)]
-    zz, yy, xx = np.meshgrid(*(np.arange(n) * s for n, s in zip(voxels.shape, spacing)), indexing="ij")
+    smooth = ndimage.gaussian_filter(voxels, (0, 1.5, 1.5))
+    centres = [(12, 45 + 80 * (i // 4), 45 + 80 * (i % 4)) for i in range(12)]
+    zz, yy, xx = np.meshgrid(*(np.arange(-20, 21) * s for s in spacing), indexing="ij")
+    r = np.sqrt(zz ** 2 + yy ** 2 + xx ** 2)
     for i, (z, y, x) in enumerate(centres):
-        r = np.sqrt((zz - z * 2.0) ** 2 + (yy - y * 0.7) ** 2 + (xx - x * 0.7) ** 2)
+        box = np.s_[max(z - 20, 0): z + 21, y - 20: y + 21, x - 20: x + 21]
+        local = r[20 - (z - box[0].start):][: voxels[box].shape[0]]
         if i % 2:  # tampered: smoother texture, same level
-            near = r <= 10.0
-            smooth = ndimage.gaussian_filter(voxels, (0, 1.5, 1.5))
-            voxels[near] = -850.0 + (smooth[near] + 850.0) * (voxels[near] + 850.0).std() / (smooth[near] + 850.0).std() * 0.6
-        voxels[r <= 5.0] = 30.0
+            near = local <= 10.0
+            part = voxels[box]
+            calm = smooth[box][near] + 850.0
+            part[near] = -850.0 + 0.6 * calm * (part[near] + 850.0).std() / calm.std()
+        voxels[box][local <= 5.0] = 30.0
     scan = Scan(voxels.astype(np.float32), spacing)
     labels = np.array([i % 2 for i in range(12)])
     return scan, centres, labels
