@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).parents[1] / "src" / "medfake"
 LAYERS: list[set[str]] = [
     {"medfake", "errors", "scan", "runinfo", "configs"},
     {"io"},
-    {"stats", "render", "report", "lungmask", "cad", "training", "nn"},
+    {"stats", "render", "report", "lungmask", "cad", "judges", "training", "nn"},
     {"data"},
     {"tamper", "detect"},
     {"protect", "attack"},
