@@ -25,7 +25,9 @@ from medfake.data.synth import write_cohort
 from medfake.detect.detectors import load_detector
 from medfake.detect.evaluate import evaluate, genuine_samples
 from medfake.detect.screen import screen_scan
-from medfake.detect.train import TrainConfig, train_detector
+from medfake.detect.config import METHODS, DetectorTrainConfig
+from medfake.detect.detectors import detector_class
+from medfake.detect.train import train_detector
 from medfake.io import load_scan, save_scan
 from medfake.io.tables import ManifestRow, append_manifest, read_luna16
 from medfake.lungmask import lung_mask
@@ -114,12 +116,13 @@ def main(args) -> dict:
         if args.patch_size:
             common["patch_size"] = args.patch_size
         runs = {}
-        for method in ("btd", "dae", "noise", "supervised"):
-            steps = args.steps if method != "supervised" else max(50, args.steps // 4)
-            config = TrainConfig(method=method, **{**common, "steps": steps})
+        for method in METHODS:
+            on_fakes = detector_class(method).trains_on_tampered
+            steps = max(50, args.steps // 4) if on_fakes else args.steps
+            config = DetectorTrainConfig(method=method, **{**common, "steps": steps})
             runs[method] = train_detector([tmp / "train"], tmp / f"run_{method}", config,
                                           exclude=tmp / "train/annotations.csv",
-                                          tampered=train_fakes if method == "supervised" else None, show_progress=False)
+                                          tampered=train_fakes if on_fakes else None, show_progress=False)
         detectors = {m: load_detector(r) for m, r in runs.items()}
         from medfake.detect.evaluate import tampered_samples
 

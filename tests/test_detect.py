@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from medfake.cli import main
+from medfake.detect.config import DetectorTrainConfig
 from medfake.detect.detectors import load_detector
 from medfake.detect.patches import patches_at, to_unit
-from medfake.detect.train import TrainConfig, train_detector
-from medfake.stats import auc_score
+from medfake.detect.train import train_detector
 from medfake.io import save_scan
 from medfake.io.tables import ManifestRow, append_manifest
+from medfake.stats import auc_score
+from medfake.training import read_losses
 
 NODULE = (33, 359, 218)
 TINY = dict(method="btd", preset="tiny", patch_size=32, batch_size=16, lr=2e-3, samples=2, sample_steps=2)
@@ -29,7 +31,7 @@ def lung1_file(lung1, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_run(lung1_file, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "btd"
-    train_detector([lung1_file], run, TrainConfig(**TINY, steps=50, save_every=25), show_progress=False)
+    train_detector([lung1_file], run, DetectorTrainConfig(**TINY, steps=50, save_every=25), show_progress=False)
     return run
 
 
@@ -44,26 +46,32 @@ def genuine_centres(lung1):
 
 
 def test_training_lowers_the_loss_and_writes_a_btd_checkpoint(tiny_run):
+    # a weights-only load: the loop's own key (RNG states) and our resume state hold no pickled objects
     checkpoint = torch.load(tiny_run / "checkpoints/model-latest.pt", weights_only=True)
     assert set(checkpoint) >= {"step", "model", "opt", "ema", "scaler", "version"} and checkpoint["step"] == 50
+    assert checkpoint["version"] == "1.8.3" and checkpoint["medfake_loop"]["step"] == 50
     assert len([k for k in checkpoint["model"] if not k.startswith("model.")]) == 13
     assert any(k.startswith("ema_model.model.") for k in checkpoint["ema"]) and checkpoint["ema"]["initted"]
-    losses = np.asarray(checkpoint["medfake"]["losses"])
-    assert losses[-10:].mean() < 0.6 * losses[:5].mean()
-    assert {"config.json", "run.json", "loss.png", "samples.png", "loss.csv"} <= {p.name for p in tiny_run.iterdir()}
+    losses = np.asarray([float(r["loss"]) for r in read_losses(tiny_run)])
+    assert len(losses) == 50 and losses[-10:].mean() < 0.6 * losses[:5].mean()
+    assert {"config.json", "run.json", "losses.png", "samples.png", "losses.csv"} <= {p.name for p in tiny_run.iterdir()}
+    assert json.loads((tiny_run / "config.json").read_text())["train"]["steps"] == 50
 
 
 def test_resume_continues_exactly(lung1_file, tmp_path):
     config = dict(TINY, save_every=100, seed=3, in_lung=False, samples=0)
-    straight = train_detector([lung1_file], tmp_path / "a", TrainConfig(**config, steps=3), show_progress=False)
+    straight = train_detector([lung1_file], tmp_path / "a", DetectorTrainConfig(**config, steps=4), show_progress=False)
     split = tmp_path / "b"
-    train_detector([lung1_file], split, TrainConfig(**config, steps=2), show_progress=False)
-    train_detector([lung1_file], split, TrainConfig(**config, steps=3), resume=True, show_progress=False)
+    train_detector([lung1_file], split, DetectorTrainConfig(**config, steps=2), show_progress=False)
+    train_detector([lung1_file], split, DetectorTrainConfig(**config, steps=4), resume=True, show_progress=False)
     a = torch.load(straight / "checkpoints/model-latest.pt", weights_only=True)
     b = torch.load(split / "checkpoints/model-latest.pt", weights_only=True)
-    assert a["medfake"]["losses"] == b["medfake"]["losses"]
-    for key, value in a["model"].items():
-        torch.testing.assert_close(value, b["model"][key], rtol=0, atol=0)
+    assert read_losses(straight) == read_losses(split) and len(read_losses(split)) == 4
+    for part in ("model", "ema"):
+        for key, value in a[part].items():
+            torch.testing.assert_close(value, b[part][key], rtol=0, atol=0)
+    assert a["medfake"]["sampler_rng"] == b["medfake"]["sampler_rng"]
+    torch.testing.assert_close(a["medfake"]["generator"], b["medfake"]["generator"], rtol=0, atol=0)
 
 
 def test_scores_are_deterministic_and_separate_a_pasted_blob(tiny_run, lung1, genuine_centres):

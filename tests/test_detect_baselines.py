@@ -9,13 +9,13 @@ import pytest
 from scipy import ndimage
 
 from medfake.cli import main
-from medfake.detect.btd import ScoreOptions
-from medfake.detect.detectors import load_detector
+from medfake.detect.config import METHODS, DetectorTrainConfig, ScoreOptions
+from medfake.detect.detectors import DETECTORS, NetDetector, load_detector
 from medfake.detect.patches import patches_at, to_unit
-from medfake.detect.train import TrainConfig, train_detector
-from medfake.stats import auc_score
+from medfake.detect.train import train_detector
 from medfake.io import save_scan
 from medfake.io.tables import ManifestRow, append_manifest
+from medfake.stats import auc_score
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def lung1_file(lung1, tmp_path_factory):
 
 
 def test_noise_statistics_flag_smoothed_regions(lung1, lung1_file, tmp_path):
-    run = train_detector([lung1_file], tmp_path / "noise", TrainConfig(method="noise", noise_patches=150),
+    run = train_detector([lung1_file], tmp_path / "noise", DetectorTrainConfig(method="noise", noise_patches=150),
                          show_progress=False)
     detector = load_detector(run)
     assert detector.method == "noise" and detector.config.window == (-1200.0, 800.0)
@@ -61,3 +61,19 @@ def test_dae_and_supervised_train_and_detect_through_the_cli(lung1, lung1_file, 
         if method == "supervised":
             assert all(0 < s < 1 for s in scores)
     assert load_detector(tmp_path / "dae").config.patch_size == 32
+
+
+def test_registry_names_every_method_once():
+    # config.METHODS (torch-free, for the CLI) must list exactly the registry's detectors
+    assert tuple(DETECTORS) == METHODS
+    assert [m for m, kind in DETECTORS.items() if kind.trains_on_tampered] == ["supervised"]
+    assert [m for m, kind in DETECTORS.items() if not issubclass(kind, NetDetector)] == ["noise"]
+
+
+def test_robust_sigma_is_the_normal_sigma_and_ignores_outliers():
+    from medfake.stats import robust_sigma
+
+    values = np.random.default_rng(2).normal(5.0, 3.0, 20_000)
+    assert abs(robust_sigma(values) - 3.0) < 0.1
+    values[:2000] = 1e6  # 10% wild outliers move the MAD only a little
+    assert abs(robust_sigma(values) - 3.0) < 0.5 and np.std(values) > 1e5

@@ -203,27 +203,6 @@ def _save_figure(figure, path: Path) -> Path:
     return path
 
 
-def save_loss_curve(losses: np.ndarray, path: Path, title: str) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(5, 3), dpi=100)
-    FigureCanvasAgg(figure)
-    ax = figure.add_subplot()
-    steps = np.arange(1, len(losses) + 1)
-    ax.plot(steps, losses, color="0.75", lw=0.8, label="per step")
-    if len(losses) >= 10:
-        width = max(5, len(losses) // 50)
-        smooth = np.convolve(losses, np.ones(width) / width, mode="valid")
-        ax.plot(steps[width - 1:], smooth, color="C0", lw=1.5, label=f"mean of {width}")
-    ax.set(xlabel="step", ylabel="loss", title=title)
-    if len(losses) and np.all(losses > 0):
-        ax.set_yscale("log")
-    ax.legend(fontsize=7)
-    figure.tight_layout()
-    return _save_figure(figure, path)
-
-
 def save_patch_grid(rows: list[np.ndarray], labels: list[str], path: Path) -> Path:
     """One row per (N, 1, P, P) array of [0, 1] patches, labelled on the left."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -124,14 +124,15 @@ def merge_manifests(cells: Cells, split: str) -> str:
 
 
 def train_detectors(cells: Cells, config: dict, train_dir: str, train_manifest: str) -> dict:
-    from medfake.detect.train import TrainConfig, train_detector
+    from medfake.detect.config import DetectorTrainConfig
+    from medfake.detect.train import train_detector
 
     runs = {}
     for method, options in config["detectors"].items():
         def fit(folder: Path, method=method, options=dict(options or {})):
-            cfg = TrainConfig(method=method, modality="ct", seed=config["seed"], samples=4 if method == "btd" else 0,
-                              **options)
-            tampered = Path(train_manifest) if method == "supervised" else None
+            cfg = DetectorTrainConfig(method=method, modality="ct", seed=config["seed"],
+                                      samples=4 if method == "btd" else 0, **options)
+            tampered = Path(train_manifest) if train_manifest else None  # used by detectors that train on fakes
             train_detector([Path(train_dir)], folder / "run", cfg, tampered=tampered)
             return str(folder / "run")
 
@@ -236,6 +237,8 @@ def cad_verdicts(cells: Cells, manifest: str) -> list[dict]:
 
 def run_matrix(config: dict, run: Path, fresh: bool = False, log=print) -> dict:
     """Run (or resume) the whole matrix; returns everything the report needs."""
+    from medfake.detect.detectors import detector_class
+
     prepare_run(run, config, fresh)
     cells = Cells(run / "cells", log=log)
     cohort = build_cohort(cells, config)
@@ -243,7 +246,7 @@ def run_matrix(config: dict, run: Path, fresh: bool = False, log=print) -> dict:
     test_scans = synthetic_test_scans(cohort["test"]) + real_test_scans(config)
     train_scans = synthetic_test_scans(cohort["train"])
     train_manifest = tamper_all(cells, config, train_scans[:SUPERVISED_TRAIN_SCANS], models, "train") \
-        if "supervised" in config["detectors"] else None
+        if any(detector_class(method).trains_on_tampered for method in config["detectors"]) else None
     detectors = train_detectors(cells, config, cohort["train"], train_manifest)
     manifest = tamper_all(cells, config, test_scans, models, "test")
     evaluation = evaluate_detectors(cells, config, manifest, detectors, test_scans)

@@ -172,7 +172,7 @@ def build_sections(matrix: dict, summary: dict, max_locations: int = 12) -> list
         if snapshots:
             training.image(snapshots[-1], f"{action} cGAN: condition / generated / original ({snapshots[-1].stem})")
     for method, folder in matrix["detectors"].items():
-        for name in ("loss.png", "samples.png"):
+        for name in ("losses.png", "samples.png"):
             if (Path(folder) / name).exists():
                 training.image(Path(folder) / name, f"{method} detector: {name[:-4]}")
 

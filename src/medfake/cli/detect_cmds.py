@@ -1,4 +1,7 @@
-"""`medfake train detector`, `medfake detect`, `medfake evaluate`."""
+"""`medfake train detector`, `medfake detect`, `medfake evaluate`.
+
+Option defaults come from the torch-free config dataclasses; the detector modules (torch, and MONAI for two
+detectors) are imported inside the commands so that `medfake --help` and other commands start fast."""
 
 from __future__ import annotations
 
@@ -7,9 +10,12 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from medfake.detect.config import METHODS, MODALITIES, PRECISIONS, DetectorTrainConfig, ScoreOptions, ScreenOptions
 from medfake.errors import MedfakeError
 
 out = Console()
+TRAIN, SCORE, SCREEN = DetectorTrainConfig(), ScoreOptions(), ScreenOptions()  # the defaults shown and used
+EVALUATION_BATCH = 32  # patches per forward pass when evaluating (many patches per scan)
 
 SCANS_HELP = "A folder of genuine scans, a .txt list of paths, or a scan; repeatable."
 MODEL_HELP = "Detector: a `medfake train detector` run folder or a checkpoint (ours, or BTD's CT_model.pt/MRI_model.pt)."
@@ -23,12 +29,9 @@ def _parse_zyx(text: str) -> tuple[int, int, int]:
     return z, y, x
 
 
-def _score_options(t, clamp, region, centre, reduce, topk, precision, batch_size):
-    from medfake.detect.btd import ScoreOptions
-
+def _score_options(**options) -> ScoreOptions:
     try:
-        return ScoreOptions(t=t, clamp=clamp, region=region, centre=centre, reduce=reduce, topk=topk,
-                            precision=precision, batch_size=batch_size)
+        return ScoreOptions(**options)
     except ValueError as exc:
         raise MedfakeError(str(exc)) from None
 
@@ -45,27 +48,28 @@ def _load(model: Path, method: str | None, modality: str | None, options, weight
 def train_detector_cmd(
         scans: list[Path] = typer.Option(..., "--scans", help=SCANS_HELP),
         run: Path = typer.Option(..., "-o", "--output", help="Run folder (config, checkpoints, PNGs)."),
-        modality: str = typer.Option("ct", "--modality", help="ct | mri"),
-        method: str = typer.Option("btd", "--method", help="btd | dae | noise | supervised"),
-        preset: str = typer.Option("cpu-small", "--preset", help="U-Net width for btd: btd (the paper's) | cpu-small | tiny"),
+        modality: str = typer.Option(TRAIN.modality, "--modality", help=" | ".join(MODALITIES)),
+        method: str = typer.Option(TRAIN.method, "--method", help=" | ".join(METHODS)),
+        preset: str = typer.Option(TRAIN.preset, "--preset", help="U-Net width for btd: btd (the paper's) | cpu-small | tiny"),
         exclude: Path = typer.Option(None, "--exclude", help="Locations (CT-GAN/LUNA16/manifest table) never used for training."),
         tampered: Path = typer.Option(None, "--tampered", help="Tamper manifest: positives for --method supervised."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run's checkpoint exactly."),
-        steps: int = typer.Option(2000, "--steps"),
-        batch_size: int = typer.Option(16, "--batch-size"),
-        lr: float = typer.Option(2e-4, "--lr", help="Adam learning rate (BTD: 8e-6 over 700k steps)."),
-        patch_size: int = typer.Option(None, "--patch-size", help="Default 96 (CT), 128 (MRI), 64 (supervised)."),
-        anywhere: bool = typer.Option(False, "--anywhere", help="CT: sample patch centres anywhere, not only in the lungs."),
-        save_every: int = typer.Option(500, "--save-every"),
-        samples: int = typer.Option(8, "--samples", help="Sample images in samples.png (0: none)."),
-        seed: int = typer.Option(0, "--seed")):
+        steps: int = typer.Option(TRAIN.steps, "--steps"),
+        batch_size: int = typer.Option(TRAIN.batch_size, "--batch-size"),
+        lr: float = typer.Option(TRAIN.lr, "--lr", help="Adam learning rate (BTD: 8e-6 over 700k steps)."),
+        patch_size: int = typer.Option(TRAIN.patch_size, "--patch-size", help="Default 96 (CT), 128 (MRI), 64 (supervised)."),
+        anywhere: bool = typer.Option(not TRAIN.in_lung, "--anywhere", help="CT: sample patch centres anywhere, not only in the lungs."),
+        save_every: int = typer.Option(TRAIN.save_every, "--save-every", help="Checkpoint and samples.png interval (steps)."),
+        max_minutes: float = typer.Option(TRAIN.max_minutes, "--max-minutes", help="Stop (and save) after this wall time."),
+        samples: int = typer.Option(TRAIN.samples, "--samples", help="Sample images in samples.png (0: none)."),
+        seed: int = typer.Option(TRAIN.seed, "--seed")):
     """Train a detector on genuine patches only (the supervised baseline also on tampered ones)."""
     from medfake.detect.detectors import CHECKPOINT
-    from medfake.detect.train import TrainConfig, train_detector
+    from medfake.detect.train import train_detector
 
-    config = TrainConfig(method=method, modality=modality.lower(), preset=preset, steps=steps, batch_size=batch_size,
-                         lr=lr, seed=seed, save_every=save_every, in_lung=not anywhere, samples=samples,
-                         patch_size=patch_size)
+    config = DetectorTrainConfig(method=method, modality=modality.lower(), preset=preset, steps=steps,
+                                 batch_size=batch_size, lr=lr, seed=seed, save_every=save_every,
+                                 max_minutes=max_minutes, in_lung=not anywhere, samples=samples, patch_size=patch_size)
     folder = train_detector(scans, run, config, exclude=exclude, tampered=tampered, resume=resume)
     out.print(f"{folder}: {method} detector ({modality}); checkpoint {folder / CHECKPOINT}")
 
@@ -78,20 +82,20 @@ def detect_cmd(
         table: Path = typer.Option(None, "--coords", help="Location table (CT-GAN/LUNA16/manifest)."),
         system: str = typer.Option("world", "--system", help="CT-GAN table coordinates: world | vox."),
         screen: bool = typer.Option(False, "--screen", help="Screen the whole scan (lung mask) instead of locations."),
-        method: str = typer.Option(None, "--method", help="btd | dae | noise | supervised (checked against the model)."),
+        method: str = typer.Option(None, "--method", help=" | ".join(METHODS) + " (checked against the model)."),
         model_modality: str = typer.Option(None, "--model-modality", help="ct | mri, for checkpoints that do not say."),
         weights: str = typer.Option("model", "--weights", help="model (online, as BTD) | ema"),
-        t: int = typer.Option(0, "--t", help="Diffusion step of the reverse step (BTD: 0)."),
-        clamp: bool = typer.Option(True, "--clamp/--no-clamp", help="Clamp the x0 prediction to [-1, 1] (as p_sample)."),
-        region: str = typer.Option("whole", "--region", help="whole | centre"),
-        centre: int = typer.Option(32, "--centre", help="Side of the centre region (pixels)."),
-        reduce: str = typer.Option("mean", "--reduce", help="mean | topk"),
-        topk: float = typer.Option(0.05, "--topk", help="Fraction of pixels for --reduce topk."),
-        precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16"),
-        batch_size: int = typer.Option(8, "--batch-size", help="Patches per forward pass (CPU: 4-8; GPU: more)."),
-        stride: int = typer.Option(None, "--stride", help="Screening tile stride (default: half a patch)."),
-        slice_step: int = typer.Option(1, "--slice-step", help="Screen every n-th slice."),
-        top: int = typer.Option(5, "--top", help="Findings reported by screening."),
+        t: int = typer.Option(SCORE.t, "--t", help="Diffusion step of the reverse step (BTD: 0)."),
+        clamp: bool = typer.Option(SCORE.clamp, "--clamp/--no-clamp", help="Clamp the x0 prediction to [-1, 1] (as p_sample)."),
+        region: str = typer.Option(SCORE.region, "--region", help="whole | centre"),
+        centre: int = typer.Option(SCORE.centre, "--centre", help="Side of the centre region (pixels)."),
+        reduce: str = typer.Option(SCORE.reduce, "--reduce", help="mean | topk"),
+        topk: float = typer.Option(SCORE.topk, "--topk", help="Fraction of pixels for --reduce topk."),
+        precision: str = typer.Option(SCORE.precision, "--precision", help=" | ".join(PRECISIONS)),
+        batch_size: int = typer.Option(SCORE.batch_size, "--batch-size", help="Patches per forward pass (CPU: 4-8; GPU: more)."),
+        stride: int = typer.Option(SCREEN.stride, "--stride", help="Screening tile stride (default: half a patch)."),
+        slice_step: int = typer.Option(SCREEN.slice_step, "--slice-step", help="Screen every n-th slice."),
+        top: int = typer.Option(SCREEN.top, "--top", help="Findings reported by screening."),
         overwrite: bool = typer.Option(False, "--overwrite")):
     """Score a scan for tampering: patches at given locations (BTD protocol) or a whole-scan screening."""
     from medfake.data.cohort import location_voxel, locations_for
@@ -100,7 +104,8 @@ def detect_cmd(
     from medfake.io.tables import read_locations
     from medfake.training import progress_bar
 
-    options = _score_options(t, clamp, region, centre, reduce, topk, precision, batch_size)
+    options = _score_options(t=t, clamp=clamp, region=region, centre=centre, reduce=reduce, topk=topk,
+                             precision=precision, batch_size=batch_size)
     scan = load_scan(scan_path)
     detector = _load(model, method, model_modality, options, weights)
     if screen:
@@ -129,7 +134,7 @@ def evaluate_cmd(
         output: Path = typer.Option(..., "-o", "--output", help="New output folder."),
         per_scan: int = typer.Option(20, "--per-scan", help="Random genuine locations per genuine scan."),
         paired: bool = typer.Option(True, "--paired/--no-paired", help="Also score the untouched source at each tampered location."),
-        precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16"),
+        precision: str = typer.Option(SCORE.precision, "--precision", help=" | ".join(PRECISIONS)),
         seed: int = typer.Option(0, "--seed"),
         overwrite: bool = typer.Option(False, "--overwrite")):
     """ROC AUC with DeLong 95% CIs per subset (action × tamper method × modality), ROC PNGs, JSON, Markdown."""
@@ -138,7 +143,7 @@ def evaluate_cmd(
 
     if method and len(method) != len(models):
         raise MedfakeError("give one --method per --model (or none)")
-    options = _score_options(0, True, "whole", 32, "mean", 0.05, precision, 32)
+    options = _score_options(precision=precision, batch_size=EVALUATION_BATCH)
     detectors = {}
     for i, model in enumerate(models):
         det = _load(model, method[i] if method else None, None, options, "model")

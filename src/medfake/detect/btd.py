@@ -9,35 +9,16 @@ The score is mean((x − x₋₁)²) over the patch (or its centre, or the top-k
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
+from medfake.detect.config import PRECISIONS, ScoreOptions
 from medfake.nn.ddpm import GaussianDiffusion
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class ScoreOptions:
-    t: int = 0
-    clamp: bool = True
-    region: str = "whole"  # whole | centre
-    centre: int = 32  # side of the centre region in pixels
-    reduce: str = "mean"  # mean | topk
-    topk: float = 0.05  # fraction of pixels averaged by `topk`
-    precision: str = "fp32"  # fp32 | bf16 | fp16
-    batch_size: int = 8  # on 2 CPU cores 4-8 patches per batch keep activations in cache (benchmarks/detect_throughput.py)
-
-    def __post_init__(self):
-        if self.region not in ("whole", "centre"):
-            raise ValueError(f"region must be whole or centre, not {self.region}")
-        if self.reduce not in ("mean", "topk"):
-            raise ValueError(f"reduce must be mean or topk, not {self.reduce}")
-        if self.precision not in DTYPES:
-            raise ValueError(f"precision must be one of {', '.join(DTYPES)}, not {self.precision}")
+DTYPES = dict(zip(PRECISIONS, (torch.float32, torch.bfloat16, torch.float16)))
+__all__ = ["BTDScorer", "ScoreOptions", "batched", "reduce_maps", "reference_scores"]
 
 
 def batched(patches01: np.ndarray, batch_size: int, fn: Callable[[torch.Tensor], torch.Tensor],

@@ -1,12 +1,13 @@
-"""The detectors behind `medfake detect --method`: one interface, four methods.
+"""The detectors behind `medfake detect --method`, and the registry that names them.
 
 - `btd`: Back-in-Time Diffusion residual (unsupervised, our runs or BTD's published checkpoints);
 - `dae`: denoising-autoencoder reconstruction error (unsupervised);
-- `noise`: noise-residual statistics (unsupervised);
+- `noise`: noise-residual statistics (unsupervised, fitted rather than trained);
 - `supervised`: a CNN trained on tampered examples (upper bound; needs tampered training data).
 
 Every detector turns [0, 1] patches (N, 1, P, P), cut with its own intensity `window`, into per-pixel
-anomaly maps and per-patch scores (higher = more suspicious).
+anomaly maps and per-patch scores (higher = more suspicious). Each class is one registry entry (`DETECTORS`):
+it knows how to build its network, its training objective (or its fit, for statistics) and how to score.
 """
 
 from __future__ import annotations
@@ -14,18 +15,23 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from medfake.detect.btd import BTDScorer, ScoreOptions, batched, reduce_maps
-from medfake.detect.noise import NOISE_WINDOW, NoiseModel
+from medfake.detect.noise import NOISE_WINDOW, NoiseStatistics, fit_noise_statistics
 from medfake.detect.patches import CT_WINDOW, PATCH_SIZE
 from medfake.errors import MedfakeError
+from medfake.nn import autoencoder
+from medfake.nn.ddpm import build_diffusion
+from medfake.training import load_checkpoint
 
-METHODS = ("btd", "dae", "noise", "supervised")
 CONFIG = "config.json"
-CHECKPOINT = "checkpoints/model-latest.pt"
+CHECKPOINT = "checkpoints/model-latest.pt"  # BTD's Trainer layout: {'step','model','opt','ema','scaler','version'}
 
 
 @dataclass
@@ -39,9 +45,9 @@ class DetectorConfig:
 
     @classmethod
     def default(cls, method: str, modality: str, preset: str = "cpu-small") -> "DetectorConfig":
-        size = 64 if method == "supervised" else PATCH_SIZE[modality]
-        window = NOISE_WINDOW if method == "noise" and modality == "ct" else CT_WINDOW
-        return cls(method, modality, size, window, preset)
+        kind = detector_class(method)
+        window = kind.ct_window if modality == "ct" else CT_WINDOW
+        return cls(method, modality, kind.patch_size or PATCH_SIZE[modality], window, preset)
 
     def as_dict(self) -> dict:
         return {"method": self.method, "modality": self.modality, "patch_size": self.patch_size,
@@ -56,51 +62,124 @@ class DetectorConfig:
 class Detector:
     """Base: subclasses implement `anomaly_maps`; scores reduce the maps (region, mean/top-k)."""
 
+    method: ClassVar[str]
+    patch_size: ClassVar[int | None] = None  # None: the modality's (96² CT, 128² MRI, as BTD)
+    ct_window: ClassVar[tuple[float, float]] = CT_WINDOW
+    trains_on_tampered: ClassVar[bool] = False
+
     def __init__(self, config: DetectorConfig, options: ScoreOptions | None = None, source: str = ""):
         self.config = config
         self.options = options or ScoreOptions()
         self.source = source
 
-    @property
-    def method(self) -> str:
-        return self.config.method
+    @classmethod
+    def from_state(cls, config: DetectorConfig, state: dict, options=None, source="", device=None) -> "Detector":
+        raise NotImplementedError
 
     def anomaly_maps(self, patches01: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def scores_from_maps(self, maps: np.ndarray) -> np.ndarray:
+        return reduce_maps(maps, self.options)
+
     def scores(self, patches01: np.ndarray) -> np.ndarray:
-        return reduce_maps(self.anomaly_maps(patches01), self.options)
+        return self.scores_from_maps(self.anomaly_maps(patches01))
 
 
-class BTDDetector(Detector):
-    def __init__(self, config, diffusion, options=None, source="", device=None):
+class NetDetector(Detector):
+    """A detector around one torch network (in eval mode), trained by `medfake.training.fit` on `loss`."""
+
+    def __init__(self, config, net, options=None, source="", device=None):
         super().__init__(config, options, source)
+        self.net = net.eval()
+
+    @classmethod
+    def build(cls, config: DetectorConfig) -> nn.Module:
+        raise NotImplementedError
+
+    @classmethod
+    def from_state(cls, config, state, options=None, source="", device=None):
+        net = cls.build(config)
+        try:
+            net.load_state_dict(state["model"], strict=True)
+        except (RuntimeError, KeyError) as exc:
+            raise MedfakeError(f"checkpoint weights do not fit a {config.method} detector "
+                               f"({' '.join(str(exc).split())[:160]})", source) from None
+        return cls(config, net, options, source, device)
+
+    @staticmethod
+    def loss(net, patches: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        """The training objective on a batch of [0, 1] patches (labels: 1 tampered, for supervised methods)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def picture(net, real: np.ndarray, seed: int, sample_steps: int) -> tuple[np.ndarray, str] | None:
+        """What samples.png shows beside the training patches (None: nothing)."""
+        return None
+
+
+class BTDDetector(NetDetector):
+    method = "btd"
+
+    def __init__(self, config, diffusion, options=None, source="", device=None):
+        super().__init__(config, diffusion, options, source)
         self.diffusion = diffusion
         self.scorer = BTDScorer(diffusion, self.options, device)
+
+    @classmethod
+    def build(cls, config):
+        unet = {**config.unet, "dim_mults": tuple(config.unet["dim_mults"])} if "dim_mults" in config.unet else config.unet
+        return build_diffusion(config.preset, config.patch_size, channels=1, **unet)
 
     def anomaly_maps(self, patches01):
         return self.scorer.anomaly_maps(patches01)
 
+    @staticmethod
+    def loss(net, patches, labels, generator):
+        return net(patches, generator=generator)
 
-class NetDetector(Detector):
-    """A detector around one torch network, always in eval mode."""
+    @staticmethod
+    def picture(net, real, seed, sample_steps):
+        net.sampling_timesteps = sample_steps
+        generated = net.ddim_sample(len(real), generator=torch.Generator().manual_seed(seed)).cpu().numpy()
+        return generated, f"EMA samples ({sample_steps} DDIM steps)"
 
-    def __init__(self, config, net, options=None, source=""):
-        super().__init__(config, options, source)
-        self.net = net.eval()
 
-
-class TorchMapDetector(NetDetector):
+class DAEDetector(NetDetector):
     """Denoising autoencoder: anomaly = squared reconstruction error of the clean patch."""
+
+    method = "dae"
+
+    @classmethod
+    def build(cls, config):
+        return autoencoder.denoising_autoencoder()
 
     @torch.inference_mode()
     def anomaly_maps(self, patches01):
         return batched(patches01, self.options.batch_size, lambda x: ((self.net(x) - x) ** 2).mean(dim=1),
                        (0,) + patches01.shape[2:])
 
+    @staticmethod
+    def loss(net, patches, labels, generator):
+        noise = torch.randn(patches.shape, generator=generator, dtype=patches.dtype, device=patches.device)
+        return F.mse_loss(net(patches + 0.02 * noise), patches)
+
+    @staticmethod
+    @torch.inference_mode()
+    def picture(net, real, seed, sample_steps):
+        return net(torch.from_numpy(real)).numpy(), "EMA reconstructions"
+
 
 class ClassifierDetector(NetDetector):
     """Supervised CNN: the patch's tamper probability, broadcast over the patch as its 'map'."""
+
+    method = "supervised"
+    patch_size = 64
+    trains_on_tampered = True
+
+    @classmethod
+    def build(cls, config):
+        return autoencoder.patch_classifier(config.patch_size)
 
     @torch.inference_mode()
     def probabilities(self, patches01):
@@ -110,52 +189,52 @@ class ClassifierDetector(NetDetector):
         p = self.probabilities(patches01)
         return np.broadcast_to(p[:, None, None], (len(p),) + patches01.shape[2:]).astype(np.float32)
 
+    def scores_from_maps(self, maps):
+        return maps[:, 0, 0]  # the probability itself: region and reduction do not apply
+
     def scores(self, patches01):
         return self.probabilities(patches01)
 
+    @staticmethod
+    def loss(net, patches, labels, generator):
+        return F.binary_cross_entropy_with_logits(net(patches)[:, 0], labels.to(patches.device))
+
 
 class NoiseDetector(Detector):
-    def __init__(self, config, model: NoiseModel, options=None, source=""):
+    """Noise-residual statistics: fitted on genuine patches (no training loop, no network)."""
+
+    method = "noise"
+    ct_window = NOISE_WINDOW
+
+    def __init__(self, config, statistics: NoiseStatistics, options=None, source=""):
         super().__init__(config, options, source)
-        self.model = model
+        self.statistics = statistics
+
+    @classmethod
+    def from_state(cls, config, state, options=None, source="", device=None):
+        return cls(config, NoiseStatistics.from_state(state["noise_model"]), options, source)
+
+    @staticmethod
+    def fit(patches01: np.ndarray, seed: int) -> dict:
+        """The checkpoint entry (`noise_model`) fitted on genuine patches."""
+        return fit_noise_statistics(patches01, seed=seed).state()
 
     def anomaly_maps(self, patches01):
-        return self.model.anomaly_maps(patches01)
+        return self.statistics.anomaly_maps(patches01)
 
 
-# --- building and loading ----------------------------------------------------------------------------------
-
-def build_network(config: DetectorConfig):
-    """A fresh network for a config (the noise detector has none)."""
-    from medfake.nn import autoencoder
-    from medfake.nn.ddpm import build_diffusion
-
-    if config.method == "btd":
-        unet = {**config.unet, "dim_mults": tuple(config.unet["dim_mults"])} if "dim_mults" in config.unet else config.unet
-        return build_diffusion(config.preset, config.patch_size, channels=1, **unet)
-    if config.method == "dae":
-        return autoencoder.denoising_autoencoder()
-    if config.method == "supervised":
-        return autoencoder.patch_classifier(config.patch_size)
-    return None
+# the registry; config.METHODS lists the same names without importing torch (a test keeps them equal)
+DETECTORS: dict[str, type[Detector]] = {kind.method: kind for kind in
+                                        (BTDDetector, DAEDetector, NoiseDetector, ClassifierDetector)}
 
 
-def make_detector(config: DetectorConfig, state: dict, options=None, source="", device=None) -> Detector:
-    """A detector from a config and its weights (`model` state dict, or the noise statistics)."""
-    if config.method == "noise":
-        return NoiseDetector(config, NoiseModel.from_state(state["noise_model"]), options, source)
-    net = build_network(config)
-    try:
-        net.load_state_dict(state["model"], strict=True)
-    except (RuntimeError, KeyError) as exc:
-        raise MedfakeError(f"checkpoint weights do not fit a {config.method} detector "
-                           f"({' '.join(str(exc).split())[:160]})", source) from None
-    if config.method == "btd":
-        return BTDDetector(config, net, options, source, device)
-    if config.method == "dae":
-        return TorchMapDetector(config, net, options, source)
-    return ClassifierDetector(config, net, options, source)
+def detector_class(method: str) -> type[Detector]:
+    if method not in DETECTORS:
+        raise MedfakeError(f"unknown detector method '{method}' (choose from {', '.join(DETECTORS)})")
+    return DETECTORS[method]
 
+
+# --- loading -------------------------------------------------------------------------------------------------
 
 def unet_arguments_from_state(state: dict, path) -> dict:
     """Width, multipliers and attention kinds of a 1.8.3 U-Net, read off its state dict."""
@@ -173,7 +252,8 @@ def unet_arguments_from_state(state: dict, path) -> dict:
             "attn_heads": max(1, hidden // 32), "attn_dim_head": min(hidden, 32)}
 
 
-def guess_modality(path: Path) -> str | None:
+def modality_from_filename(path: Path) -> str | None:
+    """BTD publishes CT_model.pt and MRI_model.pt: the file name is all a foreign checkpoint says."""
     name = path.name.lower()
     return "mri" if "mri" in name or "mr_" in name else "ct" if "ct" in name else None
 
@@ -183,9 +263,8 @@ def load_detector(path, modality: str | None = None, options: ScoreOptions | Non
     """A detector from a training RUN folder or a checkpoint file (ours, or BTD's CT_model.pt/MRI_model.pt).
 
     `modality` is needed only for foreign checkpoints that do not record it (BTD's: CT 96², MRI 128²);
-    `weights` = model (the online weights, as BTD) or ema."""
-    from medfake.training import load_checkpoint
-
+    `weights` = model (the online weights, as BTD) or ema. Keys a detector does not use (our resume state,
+    the training loop's) are ignored."""
     path = Path(path)
     if path.is_dir():
         config_path, ckpt_path = path / CONFIG, path / CHECKPOINT
@@ -200,17 +279,18 @@ def load_detector(path, modality: str | None = None, options: ScoreOptions | Non
         if "medfake_config" in checkpoint:
             config = DetectorConfig.from_dict(checkpoint["medfake_config"])
         else:
-            modality = modality or guess_modality(path)
+            modality = modality or modality_from_filename(path)
             if modality is None:
                 raise MedfakeError("checkpoint does not record its modality: pass --model-modality ct|mri", path)
             config = DetectorConfig.default("btd", modality)
             config.unet = unet_arguments_from_state(checkpoint["model"], path)
     if modality is not None and modality != config.modality:
         raise MedfakeError(f"this is a {config.modality.upper()} detector, but {modality.upper()} was requested", path)
+    kind = detector_class(config.method)
     state = dict(checkpoint)
-    if weights == "ema" and config.method != "noise":
+    if weights == "ema" and issubclass(kind, NetDetector):
         ema = checkpoint.get("ema") or {}
         state["model"] = {k[len("ema_model."):]: v for k, v in ema.items() if k.startswith("ema_model.")}
         if not state["model"]:
             raise MedfakeError("checkpoint has no EMA weights", path)
-    return make_detector(config, state, options, str(path), device)
+    return kind.from_state(config, state, options, str(path), device)

@@ -17,11 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from medfake.data.cohort import location_voxel, scan_paths
 from medfake.detect.detectors import Detector
 from medfake.detect.patches import lung_mask_or_none, modality_key, patches_at, to_unit
 from medfake.errors import MedfakeError
-from medfake.stats import delong_auc, plot_roc, roc_curve
+from medfake.io import load_scan
 from medfake.io.atomic import atomic_dir
+from medfake.io.tables import read_locations, read_manifest
+from medfake.stats import delong_auc, plot_roc, roc_curve
 
 
 @dataclass
@@ -40,8 +43,6 @@ def _resolve(base: Path, name: str) -> Path:
 
 
 def tampered_samples(manifest: Path, paired: bool = True) -> list[Sample]:
-    from medfake.io.tables import read_manifest
-
     out = []
     for row in read_manifest(manifest):
         zyx = (row.voxel_z, row.voxel_y, row.voxel_x)
@@ -56,10 +57,6 @@ def tampered_samples(manifest: Path, paired: bool = True) -> list[Sample]:
 
 def genuine_samples(spec, per_scan: int, seed: int, margin: int = 48) -> list[Sample]:
     """Random lung (CT) or foreground (MRI) locations in genuine scans, or the rows of a location table."""
-    from medfake.data.cohort import location_voxel, scan_paths
-    from medfake.io import load_scan
-    from medfake.io.tables import read_locations
-
     spec = Path(spec)
     if spec.is_file() and spec.suffix.lower() in (".csv", ".tsv"):
         out = []
@@ -86,8 +83,6 @@ def genuine_samples(spec, per_scan: int, seed: int, margin: int = 48) -> list[Sa
 
 def score_samples(samples: list[Sample], detectors: dict[str, Detector], progress=None) -> dict[str, np.ndarray]:
     """Scores per detector, scan by scan (each scan loaded once); sets each sample's modality."""
-    from medfake.io import load_scan
-
     by_scan = defaultdict(list)
     for i, s in enumerate(samples):
         by_scan[s.scan].append(i)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from medfake.stats import robust_sigma
+
 NOISE_WINDOW = (-1200.0, 800.0)  # keep lung parenchyma unclipped: its noise is the evidence
 INTENSITY_BINS = 12
 GRADIENT_BINS = 6
@@ -30,7 +32,9 @@ def local_features(patches01: np.ndarray, window: int = 7, sigma: float = 1.0) -
 
 
 @dataclass
-class NoiseModel:
+class NoiseStatistics:
+    """Per context bin, the typical log noise energy of genuine patches and its robust spread."""
+
     gradient_edges: np.ndarray  # (GRADIENT_BINS - 1,) quantile edges
     mean: np.ndarray  # (INTENSITY_BINS, GRADIENT_BINS)
     spread: np.ndarray  # same shape
@@ -49,11 +53,11 @@ class NoiseModel:
         return {"gradient_edges": self.gradient_edges.tolist(), "mean": self.mean.tolist(), "spread": self.spread.tolist()}
 
     @classmethod
-    def from_state(cls, state: dict) -> "NoiseModel":
+    def from_state(cls, state: dict) -> "NoiseStatistics":
         return cls(*(np.asarray(state[k], dtype=np.float64) for k in ("gradient_edges", "mean", "spread")))
 
 
-def fit_noise_model(patches01: np.ndarray, pixels_per_patch: int = 2000, seed: int = 0) -> NoiseModel:
+def fit_noise_statistics(patches01: np.ndarray, pixels_per_patch: int = 2000, seed: int = 0) -> NoiseStatistics:
     """Per-bin mean and robust spread (1.4826·MAD) of the log noise energy over genuine patches; empty
     bins fall back to the pooled statistics of their intensity row, then to the global ones."""
     rng = np.random.default_rng(seed)
@@ -63,7 +67,7 @@ def fit_noise_model(patches01: np.ndarray, pixels_per_patch: int = 2000, seed: i
     take = lambda a: np.take_along_axis(a.reshape(len(a), -1), pick, axis=1).ravel()  # noqa: E731
     e, m, g = take(log_energy), take(mean), take(gradient)
     edges = np.quantile(g, np.linspace(0, 1, GRADIENT_BINS + 1)[1:-1])
-    model = NoiseModel(edges, np.zeros((INTENSITY_BINS, GRADIENT_BINS)), np.ones((INTENSITY_BINS, GRADIENT_BINS)))
+    model = NoiseStatistics(edges, np.zeros((INTENSITY_BINS, GRADIENT_BINS)), np.ones((INTENSITY_BINS, GRADIENT_BINS)))
     i, j = model.bins(m, g)
     global_stats = _robust(e)
     for a in range(INTENSITY_BINS):
@@ -77,4 +81,4 @@ def fit_noise_model(patches01: np.ndarray, pixels_per_patch: int = 2000, seed: i
 
 def _robust(values: np.ndarray) -> tuple[float, float]:
     median = float(np.median(values))
-    return median, max(1.4826 * float(np.median(np.abs(values - median))), 1e-3)
+    return median, max(robust_sigma(values, median), 1e-3)

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from medfake.errors import MedfakeError
-from medfake.scan import Scan
+from medfake.lungmask import lung_mask
+from medfake.scan import Scan, cut_cube, overlap
 
 CT_WINDOW = (-700.0, 2000.0)
 PATCH_SIZE = {"ct": 96, "mri": 128}
@@ -40,23 +41,17 @@ def btd_crop(plane: np.ndarray, y: int, x: int, size: int) -> np.ndarray:
     """BTD's patch: rows [max(0, y−P/2), min(H, y+P/2)), columns likewise, zero-padded at the bottom/right
     only. Near the top/left border the content is therefore shifted, as in the reference notebook."""
     half = size // 2
-    rows = slice(max(0, y - half), min(plane.shape[0], y + half))
-    cols = slice(max(0, x - half), min(plane.shape[1], x + half))
     out = np.zeros((size, size), dtype=np.float32)
-    piece = plane[rows, cols]
-    out[: piece.shape[0], : piece.shape[1]] = piece
+    shared = overlap((y - half, x - half), (y + half, x + half), plane.shape)
+    if shared is not None:
+        piece = plane[shared[0]]
+        out[: piece.shape[0], : piece.shape[1]] = piece
     return out
 
 
 def centred_crop(plane: np.ndarray, y: int, x: int, size: int, pad: float = 0.0) -> np.ndarray:
     """A size×size crop whose centre pixel is (y, x) (start = c − size//2), `pad` outside the image."""
-    out = np.full((size, size), pad, dtype=np.float32)
-    y0, x0 = y - size // 2, x - size // 2
-    ys, xs = max(0, y0), max(0, x0)
-    ye, xe = min(plane.shape[0], y0 + size), min(plane.shape[1], x0 + size)
-    if ye > ys and xe > xs:
-        out[ys - y0: ye - y0, xs - x0: xe - x0] = plane[ys:ye, xs:xe]
-    return out
+    return cut_cube(plane, (y, x), (size, size), pad).astype(np.float32, copy=False)
 
 
 def patches_at(unit: np.ndarray, centres_zyx, size: int, protocol: str = "btd") -> np.ndarray:
@@ -75,8 +70,6 @@ def lung_mask_or_none(scan: Scan) -> np.ndarray | None:
     """The lung mask of a CT (None for MRI, or when no lung is found: e.g. a phantom or a partial scan)."""
     if modality_key(scan) != "ct":
         return None
-    from medfake.lungmask import lung_mask
-
     path = scan.path
     key = (str(path), Path(path).stat().st_mtime_ns, scan.shape) if path and Path(path).exists() else None
     if key in _MASKS:

@@ -9,17 +9,17 @@ from pathlib import Path
 import numpy as np
 
 from medfake.detect.detectors import Detector
+from medfake.detect.patches import modality_key
 from medfake.detect.screen import LocationScore, Screening, score_locations, screen_scan
 from medfake.errors import MedfakeError
 from medfake.io.atomic import atomic_dir
+from medfake.render import add_caption, draw_cross, overlay_heatmap, resolve_window, save_patch_grid, save_png
 from medfake.scan import Scan
 
 SCORE_COLUMNS = ("scan", "method", "voxel_z", "voxel_y", "voxel_x", "world_x", "world_y", "world_z", "score")
 
 
 def check_modality(scan: Scan, detector: Detector) -> None:
-    from medfake.detect.patches import modality_key
-
     if modality_key(scan) != detector.config.modality:
         raise MedfakeError(f"{detector.config.modality.upper()} detector cannot score a {scan.modality} scan "
                            f"(modality mismatch)", scan.path)
@@ -39,8 +39,6 @@ def _row_dict(r: LocationScore) -> dict:
 
 def detect_locations(scan: Scan, detector: Detector, centres_zyx, out: Path, overwrite: bool = False) -> list[LocationScore]:
     """Score patches at the given locations (BTD protocol) and write scores.csv, findings.json, patches.png."""
-    from medfake.render import save_patch_grid
-
     check_modality(scan, detector)
     rows, patches, maps = score_locations(scan, detector, centres_zyx)
     name = Path((scan.path or "scan")).name
@@ -76,8 +74,6 @@ def detect_screen(scan: Scan, detector: Detector, out: Path, overwrite: bool = F
 
 def write_overlays(scan: Scan, result: Screening, folder: Path) -> None:
     """One axial overlay per finding (up to 3) and a maximum-intensity projection of the map."""
-    from medfake.render import add_caption, draw_cross, overlay_heatmap, resolve_window, save_png
-
     grey = resolve_window(scan, None).apply
     hi = max(float(result.anomaly.max()), 1.0)
 

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from medfake.detect.config import ScreenOptions
 from medfake.detect.detectors import Detector
 from medfake.detect.patches import centred_crop, lung_mask_or_none, patches_at, to_unit
 from medfake.scan import Scan
+from medfake.stats import robust_sigma
 
 
 @dataclass
@@ -30,10 +32,7 @@ def score_locations(scan: Scan, detector: Detector, centres_zyx, protocol: str =
     centres = [tuple(int(v) for v in scan.require_inside(c, "detection location")) for c in centres_zyx]
     patches = patches_at(to_unit(scan, detector.config.window), centres, detector.config.patch_size, protocol)
     maps = detector.anomaly_maps(patches)
-    from medfake.detect.btd import reduce_maps
-
-    # the supervised 'map' is its patch probability broadcast over the patch: read it back, don't rerun the CNN
-    scores = maps[:, 0, 0] if detector.method == "supervised" else reduce_maps(maps, detector.options)
+    scores = detector.scores_from_maps(maps)
     rows = [LocationScore(c, tuple(float(v) for v in scan.voxel_to_world(c)), float(s)) for c, s in zip(centres, scores)]
     return rows, patches, maps
 
@@ -62,14 +61,15 @@ def tile_origins(lo: int, hi: int, size: int, stride: int, limit: int) -> list[i
     return [min(max(0, s), max(0, limit - size)) for s in starts]
 
 
-def screen_scan(scan: Scan, detector: Detector, stride: int | None = None, slice_step: int = 1,
-                smooth_mm: float = 8.0, top: int = 5, separation_mm: float = 20.0, batch_tiles: int = 64,
-                progress=None) -> Screening:
+def screen_scan(scan: Scan, detector: Detector, progress=None, **options) -> Screening:
+    """`options`: the fields of `ScreenOptions` (tile stride, slice step, smoothing, findings, batch size)."""
+    opts = ScreenOptions(**options)
     unit = to_unit(scan, detector.config.window)
     region = screening_region(scan, unit)
     size = detector.config.patch_size
-    stride = stride or size // 2
-    slices = [int(z) for z in np.flatnonzero(region.any(axis=(1, 2)))][::max(1, slice_step)]
+    stride = opts.stride or size // 2
+    batch_tiles = opts.batch_tiles
+    slices = [int(z) for z in np.flatnonzero(region.any(axis=(1, 2)))][::max(1, opts.slice_step)]
     total = np.zeros((len(slices),) + unit.shape[1:], np.float32)
     count = np.zeros_like(total)
     tiles = []
@@ -91,12 +91,12 @@ def screen_scan(scan: Scan, detector: Detector, stride: int | None = None, slice
         if task is not None:
             progress.advance(task, len(chunk))
     per_slice = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
-    anomaly = standardise(smooth_slices(per_slice, scan.spacing, smooth_mm), region[slices])
+    anomaly = standardise(smooth_slices(per_slice, scan.spacing, opts.smooth_mm), region[slices])
     volume = np.zeros(unit.shape, np.float32)
     if slices:
         nearest = np.abs(np.arange(unit.shape[0])[:, None] - np.asarray(slices)[None]).argmin(axis=1)
         volume = anomaly[nearest] * region
-    findings = peaks(volume, region, scan, top, separation_mm)
+    findings = peaks(volume, region, scan, opts.top, opts.separation_mm)
     return Screening(volume, region, findings, findings[0].score if findings else 0.0, len(tiles), slices)
 
 
@@ -110,7 +110,7 @@ def standardise(maps: np.ndarray, region: np.ndarray) -> np.ndarray:
     if values.size == 0:
         return np.zeros_like(maps)
     median = float(np.median(values))
-    spread = max(1.4826 * float(np.median(np.abs(values - median))), 1e-12)
+    spread = max(robust_sigma(values, median), 1e-12)
     return ((maps - median) / spread).astype(np.float32)
 
 

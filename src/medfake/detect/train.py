@@ -1,57 +1,36 @@
 """`medfake train detector`: fit a detector on genuine axial-slice patches (the supervised one also on tampered).
 
-RUN folder: config.json (detector config), train.json (training config), run.json (versions, seed, commit),
-checkpoints/model-latest.pt in BTD's trainer layout {'step','model','opt','ema','scaler','version'} plus our
-'medfake' resume state and 'medfake_config', loss.csv, loss.png, samples.png.
+Network detectors train in the one training loop (`medfake.training.fit`) as a `DetectorTraining` model; the
+noise statistics are fitted in one pass. RUN folder: config.json (the detector config, read back by
+`load_detector`, with the training config under "train"), run.json (versions, seed, commit), losses.csv and
+losses.png, samples.png, and checkpoints/model-latest.pt in BTD's trainer layout
+{'step','model','opt','ema','scaler','version'} plus 'medfake_config', our resume state 'medfake' and the
+loop's 'medfake_loop' (keys a scorer ignores).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from medfake.detect.detectors import CHECKPOINT, CONFIG, METHODS, DetectorConfig, build_network
-from medfake.detect.noise import fit_noise_model
-from medfake.detect.patches import (PatchSampler, Volume, centred_crop, modality_key, to_unit,
-                                    training_volume)
+from medfake.data.cohort import location_voxel, locations_for, scan_paths
+from medfake.detect.config import DetectorTrainConfig
+from medfake.detect.detectors import CHECKPOINT, CONFIG, DetectorConfig, NetDetector, detector_class
+from medfake.detect.patches import PatchSampler, Volume, centred_crop, modality_key, to_unit, training_volume
 from medfake.errors import MedfakeError
+from medfake.io import load_scan
 from medfake.io.atomic import check_destination
+from medfake.io.tables import read_locations, read_manifest
+from medfake.render import save_patch_grid
+from medfake.runinfo import write_run_record
+from medfake.training import LoopConfig, fit, progress_bar, save_checkpoint
 
 VERSION = "1.8.3"  # the denoising-diffusion-pytorch layout our checkpoints follow
-
-
-@dataclass
-class TrainConfig:
-    method: str = "btd"
-    modality: str = "ct"
-    preset: str = "cpu-small"
-    steps: int = 2000
-    batch_size: int = 16
-    lr: float = 2e-4  # BTD used 8e-6 for 700k steps; short CPU runs need a larger step
-    seed: int = 0
-    save_every: int = 500
-    ema_decay: float = 0.995
-    ema_every: int = 10
-    ema_start: int = 100  # ema-pytorch's update_after_step: copy the weights until then
-    grad_clip: float = 1.0
-    in_lung: bool = True
-    exclude_radius_mm: float = 20.0
-    samples: int = 8
-    sample_steps: int = 50
-    noise_patches: int = 400  # patches used to fit the noise statistics
-    patch_size: int | None = None  # default: 96 CT, 128 MRI (64 for the supervised classifier)
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise MedfakeError(f"unknown detector method '{self.method}' (choose from {', '.join(METHODS)})")
-        if self.modality not in ("ct", "mri"):
-            raise MedfakeError(f"modality must be ct or mri, not '{self.modality}'")
 
 
 class EMA:
@@ -88,12 +67,8 @@ class EMA:
 
 # --- data ------------------------------------------------------------------------------------------------
 
-def load_volumes(scans, det: DetectorConfig, config: TrainConfig, exclude=None, progress=None) -> list[Volume]:
+def load_volumes(scans, det: DetectorConfig, config: DetectorTrainConfig, exclude=None, progress=None) -> list[Volume]:
     """Genuine training volumes; every scan must have the run's modality; excluded locations stay unseen."""
-    from medfake.data.cohort import location_voxel, locations_for, scan_paths
-    from medfake.io import load_scan
-    from medfake.io.tables import read_locations
-
     table = read_locations(exclude) if exclude else []
     volumes = []
     paths = scan_paths(scans)
@@ -113,9 +88,6 @@ def load_volumes(scans, det: DetectorConfig, config: TrainConfig, exclude=None, 
 
 def tampered_patches(manifest, det: DetectorConfig) -> np.ndarray:
     """Patches centred on every tampered location of a tamper manifest (the supervised detector's positives)."""
-    from medfake.io import load_scan
-    from medfake.io.tables import read_manifest
-
     manifest = Path(manifest)
     rows = read_manifest(manifest)
     if not rows:
@@ -131,25 +103,33 @@ def tampered_patches(manifest, det: DetectorConfig) -> np.ndarray:
 
 # --- training --------------------------------------------------------------------------------------------
 
-class Trainer:
-    def __init__(self, out: Path, det: DetectorConfig, config: TrainConfig, volumes: list[Volume],
-                 positives: np.ndarray | None = None):
-        from medfake.training import make_accelerator
+class DetectorTraining:
+    """A network detector as a model of the training loop: batches of genuine patches (half tampered ones for a
+    supervised detector), the registry's objective, gradient clipping and an EMA of the weights."""
 
-        self.out, self.det, self.config = out, det, config
-        torch.manual_seed(config.seed)
-        self.sampler = PatchSampler(volumes, det.patch_size, rng=np.random.default_rng(config.seed))
-        self.positives = positives
-        self.accelerator = make_accelerator()
-        self.model = build_network(det)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=(0.9, 0.99))
-        self.model, self.opt = self.accelerator.prepare(self.model, self.opt)
-        self.ema = EMA(self.accelerator.unwrap_model(self.model), config.ema_decay, config.ema_every, config.ema_start)
-        self.step, self.losses = 0, []
+    checkpoint_name = CHECKPOINT
+
+    def __init__(self, det: DetectorConfig, config: DetectorTrainConfig, volumes: list[Volume],
+                 positives: np.ndarray | None = None):
+        self.det, self.config, self.volumes, self.positives = det, config, volumes, positives
+        self.kind: type[NetDetector] = detector_class(det.method)
+        self.name = det.method
+        self.step = 0
+
+    def setup(self, accelerator) -> None:
+        self.accelerator = accelerator
+        rank = accelerator.process_index
+        net = self.kind.build(self.det)  # initial weights from the global RNG the loop seeded
+        self.generator = training_generator(accelerator.device, self.config.seed, rank)
+        self.sampler = PatchSampler(self.volumes, self.det.patch_size, rng=np.random.default_rng(self.config.seed + rank))
+        opt = torch.optim.Adam(net.parameters(), lr=self.config.lr, betas=(0.9, 0.99))
+        self.net, self.opt = accelerator.prepare(net, opt)
+        self.ema = EMA(accelerator.unwrap_model(self.net), self.config.ema_decay, self.config.ema_every,
+                       self.config.ema_start)
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         n = self.config.batch_size
-        if self.det.method != "supervised":
+        if self.positives is None:
             return torch.from_numpy(self.sampler.batch(n)), None
         genuine = self.sampler.batch(n - n // 2)
         pick = self.sampler.rng.integers(len(self.positives), size=n // 2)
@@ -159,126 +139,111 @@ class Trainer:
         labels = np.r_[np.zeros(len(genuine)), np.ones(len(fakes))].astype(np.float32)
         return torch.from_numpy(np.concatenate([genuine, fakes])), torch.from_numpy(labels)
 
-    def loss(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        x = x.to(self.accelerator.device)
-        if self.det.method == "btd":
-            return self.model(x)
-        if self.det.method == "dae":
-            noisy = x + 0.02 * torch.randn_like(x)
-            return F.mse_loss(self.model(noisy), x)
-        return F.binary_cross_entropy_with_logits(self.model(x)[:, 0], labels.to(x.device))
-
-    def train_step(self) -> float:
-        self.model.train()
-        loss = self.loss(*self.batch())
+    def train_step(self, step: int) -> dict[str, float]:
+        self.net.train()
+        patches, labels = self.batch()
+        loss = self.kind.loss(self.net, patches.to(self.accelerator.device), labels, self.generator)
         self.opt.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
-        self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.accelerator.clip_grad_norm_(self.net.parameters(), self.config.grad_clip)
         self.opt.step()
         self.ema.update()
-        self.step += 1
-        return float(loss.detach())
+        self.step = step + 1
+        return {"loss": float(loss.detach())}
 
-    # checkpoints in BTD's Trainer layout + our resume state
     def state(self) -> dict:
-        model = self.accelerator.unwrap_model(self.model)
+        """BTD's Trainer checkpoint (so 1.8.3 tools read it) plus our config and resume state."""
         scaler = getattr(self.accelerator, "scaler", None)
-        return {"step": self.step, "model": model.state_dict(), "opt": self.opt.state_dict(),
-                "ema": self.ema.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
-                "version": VERSION, "medfake_config": self.det.as_dict(),
-                "medfake": {"train": asdict(self.config), "losses": self.losses, "torch_rng": torch.get_rng_state(),
+        return {"step": self.step, "model": self.accelerator.unwrap_model(self.net).state_dict(),
+                "opt": self.opt.state_dict(), "ema": self.ema.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None, "version": VERSION,
+                "medfake_config": self.det.as_dict(),
+                "medfake": {"train": asdict(self.config), "generator": self.generator.get_state(),
                             "sampler_rng": self.sampler.rng.bit_generator.state}}
 
-    def save(self) -> Path:
-        from medfake.training import save_checkpoint
-
-        return save_checkpoint(self.out / CHECKPOINT, self.state())
-
-    def resume(self) -> None:
-        from medfake.training import load_checkpoint
-
-        state = load_checkpoint(self.out / CHECKPOINT, trusted=False)
-        self.accelerator.unwrap_model(self.model).load_state_dict(state["model"])
+    def load_state(self, state: dict) -> None:
+        self.accelerator.unwrap_model(self.net).load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.ema.load_state_dict(state["ema"])
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None and state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
-        self.losses = list(state["medfake"]["losses"])
-        torch.set_rng_state(state["medfake"]["torch_rng"])
+        self.generator.set_state(state["medfake"]["generator"])
         self.sampler.rng.bit_generator.state = state["medfake"]["sampler_rng"]
 
+    def snapshot(self, folder: Path, step: int) -> None:
+        """samples.png: training patches (always the same ones, drawn apart from the training stream) and what
+        the EMA model makes of them (BTD: DDIM samples; DAE: reconstructions)."""
+        n = self.config.samples
+        if n <= 0:
+            return
+        real = PatchSampler(self.volumes, self.det.patch_size, rng=np.random.default_rng(self.config.seed)).batch(n)
+        picture = self.kind.picture(self.ema.model, real, self.config.seed, self.config.sample_steps)
+        if picture is not None:
+            images, title = picture
+            save_patch_grid([real, images], ["training patches", title], folder / "samples.png")
 
-def fit_noise_detector(out: Path, det: DetectorConfig, config: TrainConfig, volumes: list[Volume]) -> Path:
-    from medfake.training import save_checkpoint
 
+def training_generator(device: torch.device, seed: int, rank: int) -> torch.Generator:
+    """The model's own generator of training noise (diffusion steps and noise, DAE corruption), so the loop's
+    re-seeding after `setup` does not touch it. Runs made before the one training loop existed drew this noise
+    from the global stream right after the initial weights: on the CPU it continues that stream, on a GPU it
+    starts where `torch.manual_seed(seed)` put the device's stream, so those runs replay bit for bit. Every
+    further process draws its own noise."""
+    generator = torch.Generator(device=device)
+    if rank > 0:
+        generator.manual_seed(seed + rank)
+    elif device.type == "cpu":
+        generator.set_state(torch.get_rng_state())
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def fit_statistics(out: Path, det: DetectorConfig, config: DetectorTrainConfig, volumes: list[Volume]) -> Path:
+    """The noise detector: statistics of genuine patches in one pass (no training loop)."""
     sampler = PatchSampler(volumes, det.patch_size, flips=False, rng=np.random.default_rng(config.seed))
-    model = fit_noise_model(sampler.batch(config.noise_patches), seed=config.seed)
-    return save_checkpoint(out / CHECKPOINT, {"step": 0, "noise_model": model.state(), "version": VERSION,
+    fitted = detector_class(det.method).fit(sampler.batch(config.noise_patches), config.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG).write_text(json.dumps(run_config(det, config), indent=2))
+    write_run_record(out, run_config(det, config), config.seed)
+    return save_checkpoint(out / CHECKPOINT, {"step": 0, "noise_model": fitted, "version": VERSION,
                                               "medfake_config": det.as_dict()})
 
 
-def prepare_run(out: Path, det: DetectorConfig, config: TrainConfig, resume: bool) -> None:
-    from medfake.runinfo import write_run_record
+def run_config(det: DetectorConfig, config: DetectorTrainConfig) -> dict:
+    return {**det.as_dict(), "train": asdict(config)}
 
-    if resume:
-        if not (out / CHECKPOINT).exists():
-            raise MedfakeError(f"nothing to resume ({CHECKPOINT} missing)", out)
-        saved = DetectorConfig.from_dict(json.loads((out / CONFIG).read_text()))
-        if saved.as_dict() != det.as_dict():
-            raise MedfakeError("run was started with a different detector configuration", out / CONFIG)
+
+def check_run_folder(out: Path, det: DetectorConfig, resume: bool) -> None:
+    """Before any data is loaded: a new run needs an empty folder, a resumed one the same detector."""
+    if not resume:
+        check_destination(out, overwrite=False)
         return
-    check_destination(out, overwrite=False)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG).write_text(json.dumps(det.as_dict(), indent=2))
-    (out / "train.json").write_text(json.dumps(asdict(config), indent=2))
-    write_run_record(out, {"detector": det.as_dict(), "train": asdict(config)}, config.seed)
+    if not (out / CHECKPOINT).exists():
+        raise MedfakeError(f"nothing to resume ({CHECKPOINT} missing)", out)
+    saved = DetectorConfig.from_dict(json.loads((out / CONFIG).read_text()))
+    if saved.as_dict() != det.as_dict():
+        raise MedfakeError("run was started with a different detector configuration", out / CONFIG)
 
 
-def train_detector(scans, out, config: TrainConfig, exclude=None, tampered=None, resume: bool = False,
+def train_detector(scans, out, config: DetectorTrainConfig, exclude=None, tampered=None, resume: bool = False,
                    show_progress: bool = True) -> Path:
     """Train (or resume) a detector run; returns the RUN folder."""
-    from medfake.training import progress_bar
-
     out = Path(out)
+    kind = detector_class(config.method)
     det = DetectorConfig.default(config.method, config.modality, config.preset)
     det.patch_size = config.patch_size or det.patch_size
-    if config.method == "supervised" and tampered is None:
-        raise MedfakeError("the supervised detector needs tampered examples (--tampered MANIFEST)")
-    prepare_run(out, det, config, resume)
-    with progress_bar(transient=not show_progress) as progress:
+    if kind.trains_on_tampered and tampered is None:
+        raise MedfakeError(f"the {config.method} detector needs tampered examples (--tampered MANIFEST)")
+    check_run_folder(out, det, resume)
+    with progress_bar(transient=True, disable=not show_progress) as progress:
         volumes = load_volumes(scans, det, config, exclude, progress)
-        if config.method == "noise":
-            fit_noise_detector(out, det, config, volumes)
-            return out
-        trainer = Trainer(out, det, config, volumes, tampered_patches(tampered, det) if tampered else None)
-        if resume:
-            trainer.resume()
-        task = progress.add_task(f"training {config.method}", total=config.steps, completed=trainer.step, status="")
-        while trainer.step < config.steps:
-            trainer.losses.append(trainer.train_step())
-            progress.update(task, advance=1, status=f"loss {np.mean(trainer.losses[-20:]):.4f}")
-            if trainer.step % config.save_every == 0:
-                trainer.save()
-        trainer.save()
-    write_figures(out, trainer)
-    return out
-
-
-def write_figures(out: Path, trainer: Trainer) -> None:
-    from medfake.render import save_loss_curve, save_patch_grid
-
-    losses = np.asarray(trainer.losses)
-    (out / "loss.csv").write_text("step,loss\n" + "".join(f"{i + 1},{v:.6g}\n" for i, v in enumerate(losses)))
-    save_loss_curve(losses, out / "loss.png", f"{trainer.det.method} training loss")
-    n = trainer.config.samples
-    if n <= 0:
-        return
-    real = trainer.sampler.batch(n)
-    if trainer.det.method == "btd":
-        trainer.ema.model.sampling_timesteps = trainer.config.sample_steps
-        generated = trainer.ema.model.ddim_sample(n, generator=torch.Generator().manual_seed(trainer.config.seed)).cpu().numpy()
-        save_patch_grid([real, generated], ["training patches", f"EMA samples ({trainer.config.sample_steps} DDIM steps)"],
-                        out / "samples.png")
-    elif trainer.det.method == "dae":
-        with torch.inference_mode():
-            recon = trainer.ema.model(torch.from_numpy(real)).numpy()
-        save_patch_grid([real, recon], ["training patches", "EMA reconstructions"], out / "samples.png")
+    if not issubclass(kind, NetDetector):
+        fit_statistics(out, det, config, volumes)
+        return out
+    positives = tampered_patches(tampered, det) if kind.trains_on_tampered else None
+    loop = LoopConfig(steps=config.steps, seed=config.seed, checkpoint_every=config.save_every,
+                      snapshot_every=config.save_every, max_minutes=config.max_minutes, show_progress=show_progress)
+    return fit(DetectorTraining(det, config, volumes, positives), out, loop, run_config(det, config), resume=resume)

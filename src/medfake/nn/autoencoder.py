@@ -1,4 +1,7 @@
-"""Baseline detector networks, built from MONAI: a denoising autoencoder and a small patch classifier."""
+"""Baseline detector networks, built from MONAI: a denoising autoencoder and a small patch classifier.
+
+MONAI is imported inside the builders: importing it costs seconds, and only these two detectors need it
+(scoring with BTD, or any command that merely imports the detectors, should not wait for it)."""
 
 from __future__ import annotations
 
