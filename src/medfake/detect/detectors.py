@@ -141,7 +141,8 @@ class BTDDetector(NetDetector):
     @staticmethod
     def picture(net, real, seed, sample_steps):
         net.sampling_timesteps = sample_steps
-        generated = net.ddim_sample(len(real), generator=torch.Generator().manual_seed(seed)).cpu().numpy()
+        generator = torch.Generator(device=net.device).manual_seed(seed)
+        generated = net.ddim_sample(len(real), generator=generator).float().cpu().numpy()
         return generated, f"EMA samples ({sample_steps} DDIM steps)"
 
 
@@ -167,7 +168,8 @@ class DAEDetector(NetDetector):
     @staticmethod
     @torch.inference_mode()
     def picture(net, real, seed, sample_steps):
-        return net(torch.from_numpy(real)).numpy(), "EMA reconstructions"
+        device = next(net.parameters()).device
+        return net(torch.from_numpy(real).to(device)).float().cpu().numpy(), "EMA reconstructions"
 
 
 class ClassifierDetector(NetDetector):
