@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import yaml
 
+from medfake.detect.config import METHODS
 from medfake.errors import MedfakeError
 from medfake.runinfo import write_run_record
 
@@ -56,7 +57,7 @@ def load_config(path: str | Path | None, fast: bool = False) -> dict:
 
 
 KNOWN_KEYS = {"name", "seed", "cohort", "tamper_models", "detectors", "attacks", "screen", "fast", "report"}
-DETECTOR_METHODS = ("btd", "dae", "noise", "supervised")
+DETECTOR_METHODS = METHODS  # the detector registry's names
 ATTACK_METHODS = ("ctgan", "copy-move", "inpaint")
 
 

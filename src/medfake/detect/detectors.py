@@ -284,7 +284,7 @@ def load_detector(path, modality: str | None = None, options: ScoreOptions | Non
             modality = modality or modality_from_filename(path)
             if modality is None:
                 raise MedfakeError("checkpoint does not record its modality: pass --model-modality ct|mri", path)
-            config = DetectorConfig.default("btd", modality)
+            config = DetectorConfig.default(BTDDetector.method, modality)
             config.unet = unet_arguments_from_state(checkpoint["model"], path)
     if modality is not None and modality != config.modality:
         raise MedfakeError(f"this is a {config.modality.upper()} detector, but {modality.upper()} was requested", path)
