@@ -1,4 +1,4 @@
-"""Robust spread; ROC curves, AUC and DeLong confidence intervals (DeLong, DeLong & Clarke-Pearson, Biometrics 1988).
+"""ROC curves, AUC and DeLong confidence intervals (DeLong, DeLong & Clarke-Pearson, Biometrics 1988).
 
 AUC = P(score of a positive > score of a negative) + ½·P(tie). DeLong's structural components are
 V10(xᵢ) = mean_j ψ(xᵢ, yⱼ) for each positive and V01(yⱼ) = mean_i ψ(xᵢ, yⱼ) for each negative, with
@@ -11,17 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
-
-
-MAD_TO_SIGMA = 1.4826  # σ of a normal distribution per unit of median absolute deviation
-
-
-def robust_sigma(values, centre: float | None = None) -> float:
-    """1.4826·MAD: the standard deviation of normal data, unmoved by a minority of outliers (about the median,
-    or about `centre` when given)."""
-    values = np.asarray(values)
-    centre = float(np.median(values)) if centre is None else centre
-    return MAD_TO_SIGMA * float(np.median(np.abs(values - centre)))
 
 
 @dataclass
@@ -126,9 +115,15 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray, str]], path, title:
         figure.savefig(tmp, format="png")
 
 
+MAD_TO_SIGMA = 1.4826  # σ of a normal distribution per unit of median absolute deviation
+
+
 def robust_sigma(values) -> float:
-    """σ of a normal sample from its median absolute deviation (1.4826·MAD): blind to a few outliers."""
-    values = np.asarray(values, dtype=np.float64).ravel()
+    """σ of a normal sample from its median absolute deviation (1.4826·MAD): blind to a few outliers.
+
+    The deviations are taken in the values' own precision (float32 maps stay float32), as the detectors did
+    before this helper existed, so their results did not move by a bit."""
+    values = np.asarray(values).ravel()
     if values.size == 0:
         return float("nan")
-    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+    return MAD_TO_SIGMA * float(np.median(np.abs(values - np.median(values))))

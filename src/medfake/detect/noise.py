@@ -81,4 +81,4 @@ def fit_noise_statistics(patches01: np.ndarray, pixels_per_patch: int = 2000, se
 
 def _robust(values: np.ndarray) -> tuple[float, float]:
     median = float(np.median(values))
-    return median, max(robust_sigma(values, median), 1e-3)
+    return median, max(robust_sigma(values), 1e-3)

@@ -110,7 +110,7 @@ def standardise(maps: np.ndarray, region: np.ndarray) -> np.ndarray:
     if values.size == 0:
         return np.zeros_like(maps)
     median = float(np.median(values))
-    spread = max(robust_sigma(values, median), 1e-12)
+    spread = max(robust_sigma(values), 1e-12)
     return ((maps - median) / spread).astype(np.float32)
 
 
