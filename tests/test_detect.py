@@ -135,10 +135,18 @@ def test_detect_and_evaluate_cli_end_to_end(tiny_run, lung1, lung1_file, tmp_pat
           "--per-scan", "8", "-o", str(tmp_path / "eval")])
     results = json.loads((tmp_path / "eval/results.json").read_text())
     inject = results["subsets"]["inject-copy-move-ct"]["btd"]
-    assert inject["n_tampered"] == 2 and inject["n_genuine"] == 8 + 3  # random + paired untouched locations
+    assert inject["n_tampered"] == 2 and inject["n_genuine"] == 1  # headline: the one genuine nodule (before removal)
     assert 0 <= inject["ci95"][0] <= inject["auc"] <= inject["ci95"][1] <= 1
-    assert "remove-inpaint-ct" in results["subsets"] and (tmp_path / "eval/roc_inject-all-ct.png").exists()
-    assert "| inject-copy-move-ct | 2 | 11 |" in (tmp_path / "eval/results.md").read_text()
+    remove = results["rows"]["remove-inpaint-ct"]
+    assert remove["kind"] == "headline" and remove["n_genuine"] == 8 + 2  # genuine lung sites + the sites before injection
+    assert results["rows"]["remove-vs-before-inpaint-ct"]["n_genuine"] == 1
+    assert (tmp_path / "eval/roc_inject-all-ct.png").exists()
+    assert "| inject-copy-move-ct | headline | 2 | 1 |" in (tmp_path / "eval/results.md").read_text()
+    genuine_lung = [r for r in csv.DictReader(open(tmp_path / "eval/scores.csv")) if r["origin"] in ("matched", "random")]
+    assert len(genuine_lung) == 8 and sum(r["origin"] == "matched" for r in genuine_lung) == 1
+    spacing = np.asarray(lung1.spacing)  # no genuine lung site near the real nodule
+    assert all(np.linalg.norm((np.array([int(r[f"voxel_{a}"]) for a in "zyx"]) - NODULE) * spacing) > 20
+               for r in genuine_lung)
 
 
 def test_bad_checkpoints_and_modalities_are_one_line_errors(tiny_run, lung1_file, tmp_path, capsys):

@@ -127,18 +127,21 @@ def detect_cmd(
 
 
 def evaluate_cmd(
-        genuine: Path = typer.Option(..., "--genuine", help="Genuine scans (folder/list: random lung locations) or a location table."),
+        genuine: Path = typer.Option(..., "--genuine", help="Genuine scans (folder/list: nodule-free lung sites, matched to the removals) or a table of genuine nodules."),
+        nodules: Path = typer.Option(None, "--nodules", help="Location table of genuine nodules (LUNA16/CT-GAN/manifest columns): the injections' headline negatives."),
         tampered: Path = typer.Option(..., "--tampered", help="Tamper manifest (medfake tamper's manifest.csv)."),
         models: list[Path] = typer.Option(..., "--model", "-m", help=MODEL_HELP + " Repeatable."),
         method: list[str] = typer.Option(None, "--method", help="Expected method of each --model, in order (checked)."),
         output: Path = typer.Option(..., "-o", "--output", help="New output folder."),
-        per_scan: int = typer.Option(20, "--per-scan", help="Random genuine locations per genuine scan."),
+        per_scan: int = typer.Option(20, "--per-scan", help="Genuine lung sites per genuine scan."),
         paired: bool = typer.Option(True, "--paired/--no-paired", help="Also score the untouched source at each tampered location."),
         precision: str = typer.Option(SCORE.precision, "--precision", help=" | ".join(PRECISIONS)),
         seed: int = typer.Option(0, "--seed"),
         overwrite: bool = typer.Option(False, "--overwrite")):
-    """ROC AUC with DeLong 95% CIs per subset (action × tamper method × modality), ROC PNGs, JSON, Markdown."""
-    from medfake.detect.evaluate import evaluate, genuine_samples, tampered_samples
+    """ROC AUC with DeLong 95% CIs per row (action × tamper method × modality): headline rows compare like with
+    like (injected vs genuine nodules, removals vs genuine lung), secondary rows each site with itself before;
+    a content-only baseline in every row. ROC PNGs, JSON, Markdown."""
+    from medfake.detect.evaluate import evaluate, evaluation_samples
     from medfake.training import progress_bar
 
     if method and len(method) != len(models):
@@ -149,12 +152,13 @@ def evaluate_cmd(
         det = _load(model, method[i] if method else None, None, options, "model")
         name = det.method if det.method not in detectors else f"{det.method}{i + 1}"
         detectors[name] = det
-    samples = tampered_samples(tampered, paired) + genuine_samples(genuine, per_scan, seed)
+    samples = evaluation_samples(tampered, genuine, per_scan, seed, paired, nodules)
     with progress_bar() as bar:
         results = evaluate(samples, detectors, output, overwrite, progress=bar)
-    for subset, entry in results["subsets"].items():
-        out.print(subset + ": " + ", ".join(f"{n} {v['auc']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"
-                                            for n, v in entry.items()))
+    for row, meta in results["rows"].items():
+        entry = {**results["subsets"].get(row, {}), "content baseline": meta["content_baseline"]}
+        out.print(f"{row} ({meta['kind']}" + (", content differs" if meta["content_differs"] else "") + "): "
+                  + ", ".join(f"{n} {v['auc']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]" for n, v in entry.items()))
     out.print(f"{output}: results.md, results.json, scores.csv, roc_*.png")
 
 
