@@ -79,6 +79,8 @@ def test_scores_are_deterministic_and_separate_a_pasted_blob(tiny_run, lung1, ge
     unit = to_unit(lung1)
     genuine = patches_at(unit, genuine_centres, 32)
     assert np.array_equal(detector.scores(genuine), detector.scores(genuine))
+    # the checkpoint file alone (loop and resume keys ignored) is the same detector
+    assert np.array_equal(load_detector(tiny_run / "checkpoints/model-latest.pt").scores(genuine), detector.scores(genuine))
     hu = lung1.voxels.astype(np.float32)
     rng = np.random.default_rng(5)
     for z, y, x in genuine_centres:  # a disc of noisy soft tissue pasted with a hard edge

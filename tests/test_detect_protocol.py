@@ -92,8 +92,10 @@ def test_a_nodule_detector_is_at_chance_when_injected_and_genuine_nodules_look_a
     headline, secondary = results["rows"]["inject-paste-ct"], results["rows"]["inject-vs-before-paste-ct"]
     assert headline["kind"] == "headline" and headline["n_tampered"] == headline["n_genuine"] == 6
     assert abs(headline["content_baseline"]["auc"] - 0.5) < 0.1 and not headline["content_differs"]
+    assert headline["content_baseline"]["pd_at_1pct_far"] == 0.0  # at 1% false alarms it finds no injection
     # the same detector against the same sites before injection: content alone separates them perfectly
     assert secondary["content_baseline"]["auc"] == 1.0 and secondary["content_differs"]
+    assert secondary["content_baseline"]["pd_at_1pct_far"] == 1.0
     table = (tmp_path / "eval/results.md").read_text()
     assert "| inject-paste-ct | headline | 6 | 6 |" in table and "(content differs)" in table
     header = (tmp_path / "eval/scores.csv").read_text().splitlines()[0]

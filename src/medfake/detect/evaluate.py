@@ -32,6 +32,7 @@ from medfake.stats import delong_auc, plot_roc, roc_curve
 __all__ = ["CONTENT_BASELINE", "Sample", "evaluate", "evaluation_samples", "genuine_samples", "rows",
            "score_samples", "tampered_samples"]
 CONTENT_BASELINE = "content-baseline"  # dense-tissue fraction at the site: knows content, nothing of tampering
+PD_FAR = 0.01  # probability of detection reported at this false-alarm rate (M3Dsynth's metric)
 
 
 def evaluation_samples(manifest: Path, genuine=None, per_scan: int = 20, seed: int = 0, paired: bool = True,
@@ -109,8 +110,8 @@ def evaluate(samples: list[Sample], detectors: dict[str, Detector], out: Path, o
                 if len(np.unique(labels[valid])) < 2:
                     continue
                 auc = delong_auc(labels[valid], scores[name][valid])
-                entry[name] = auc.as_dict()
                 fpr, tpr, _ = roc_curve(labels[valid], scores[name][valid])
+                entry[name] = {**auc.as_dict(), "pd_at_1pct_far": float(tpr[fpr <= PD_FAR].max())}
                 curves[name] = (fpr, tpr, f"{name}: {auc.auc:.3f} [{auc.low:.3f}, {auc.high:.3f}]")
             baseline = entry.pop(CONTENT_BASELINE)
             results["rows"][row] = {"kind": kind, "n_tampered": baseline["n_tampered"],
@@ -135,7 +136,9 @@ def write_sample_scores(samples, scores, path: Path) -> None:
 
 
 def _auc_cell(auc: dict | None) -> str:
-    return f"{auc['auc']:.3f} [{auc['ci95'][0]:.3f}, {auc['ci95'][1]:.3f}]" if auc else "–"
+    if not auc:
+        return "–"
+    return f"{auc['auc']:.3f} [{auc['ci95'][0]:.3f}, {auc['ci95'][1]:.3f}], Pd {auc['pd_at_1pct_far']:.2f}"
 
 
 def markdown_table(results: dict) -> str:
@@ -155,4 +158,5 @@ def markdown_table(results: dict) -> str:
         "\n\nHeadline rows pair tampered sites only with genuine sites of the content they claim (injected vs genuine "
         "nodules; removals vs nodule-free genuine lung); secondary rows compare each site with itself before "
         "tampering. Content baseline: the dense-tissue fraction at the site (near 0.5 when the row's classes hold "
-        "the same content). AUC: DeLong 95% confidence intervals (normal approximation, clipped to [0, 1]).\n")
+        "the same content). AUC: DeLong 95% confidence intervals (normal approximation, clipped to [0, 1]); Pd: the "
+        f"fraction of tampered sites detected at a false-alarm rate ≤ {PD_FAR:.0%} on the row's genuine sites.\n")
