@@ -16,6 +16,7 @@ from scipy import ndimage
 from medfake.detect.config import ScreenOptions
 from medfake.detect.detectors import Detector
 from medfake.detect.patches import centred_crop, lung_mask_or_none, patches_at, to_unit
+from medfake.errors import MedfakeError
 from medfake.scan import Scan
 from medfake.stats import robust_sigma
 
@@ -63,7 +64,10 @@ def tile_origins(lo: int, hi: int, size: int, stride: int, limit: int) -> list[i
 
 def screen_scan(scan: Scan, detector: Detector, progress=None, **options) -> Screening:
     """`options`: the fields of `ScreenOptions` (tile stride, slice step, smoothing, findings, batch size)."""
-    opts = ScreenOptions(**options)
+    try:
+        opts = ScreenOptions(**options)
+    except TypeError as exc:
+        raise MedfakeError(f"bad screening options ({exc})") from None
     unit = to_unit(scan, detector.config.window)
     region = screening_region(scan, unit)
     size = detector.config.patch_size
