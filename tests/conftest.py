@@ -43,3 +43,33 @@ def lung1_dicom(lung1_slab, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("lung1_dicom") / "series"
     return save_scan(lung1_slab, folder, format="dicom")
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright's own download is unreachable here (see Makefile system-deps)
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """pytest-playwright launches Debian's Chromium headless; in CI a missing browser fails, never skips."""
+    import os
+    from pathlib import Path
+
+    if not Path(CHROMIUM).exists():
+        message = f"{CHROMIUM} is missing: `make system-deps` installs it"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "headless": True,
+            "args": ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--no-first-run"]}
+
+
+@pytest.fixture(scope="session")
+def browser_context_args(browser_context_args):
+    return {**browser_context_args, "viewport": {"width": 1700, "height": 1000}}
+
+
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory):
+    """Where browser tests save their screenshots (pytest's temporary folder)."""
+    return tmp_path_factory.mktemp("screenshots")

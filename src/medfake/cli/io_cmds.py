@@ -9,8 +9,10 @@ import typer
 from rich.console import Console
 
 from medfake.errors import MedfakeError
+from medfake.viewer.server import ServeConfig
 
 out = Console()
+SERVE = ServeConfig()
 FORMAT_HELP = "dicom | mhd | nrrd | nifti | npz (default: from OUT's suffix, else the input's format)"
 
 
@@ -69,9 +71,28 @@ def view(path: Path = typer.Argument(..., help="Scan to show."),
          world: str = typer.Option(None, "-w", "--world", help="Point as world x,y,z mm."),
          window_name: str = typer.Option(None, "--window", help="lung | mediastinum | bone | brain | auto | W,L "
                                                                  "(default: lung for CT, auto otherwise)."),
-         output: Path = typer.Option(..., "-o", "--output", help="PNG to write."),
-         series: str = typer.Option(None, "--series", help="SeriesInstanceUID when the folder holds several.")):
-    """Axial, coronal and sagittal slices through a point (default: the centre), with a marker, as PNG."""
+         output: Path = typer.Option(None, "-o", "--output", help="PNG to write (without --serve)."),
+         series: str = typer.Option(None, "--series", help="SeriesInstanceUID when the folder holds several."),
+         serve: bool = typer.Option(False, "--serve", help="Open a local web viewer instead of writing a PNG."),
+         compare: Path = typer.Option(None, "--compare", help="--serve: a tampered copy to show beside the scan."),
+         heatmap: Path = typer.Option(None, "--heatmap", help="--serve: an anomaly map (same grid) to overlay."),
+         manifest: Path = typer.Option(None, "--manifest", help="--serve: a manifest.csv whose locations to mark."),
+         model: list[Path] = typer.Option(None, "--model", help="--serve: tamper RUN(s): click to inject/remove."),
+         detector: Path = typer.Option(None, "--detector", help="--serve: detector RUN: click to score a place."),
+         out_dir: Path = typer.Option(Path("viewer-out"), "--out-dir", help="--serve: folder for saved series + manifest."),
+         host: str = typer.Option(SERVE.host, "--host", help="--serve: address to listen on."),
+         port: int = typer.Option(SERVE.port, "--port", help="--serve: port (0: any free port)."),
+         allow_remote: bool = typer.Option(False, "--allow-remote", help="--serve: allow a non-loopback --host."),
+         seed: int = typer.Option(0, "--seed", help="--serve: seed of the tamper edits.")):
+    """Axial, coronal and sagittal slices through a point (default: the centre), with a marker, as PNG; with
+    --serve, a local web viewer (scroll, window, compare, overlay, click to tamper or score)."""
+    if serve:
+        from medfake.cli.viewer_cmds import serve_view
+
+        return serve_view(path, compare, heatmap, manifest, model or [], detector, out_dir, host, port, allow_remote,
+                          series, seed)
+    if output is None:
+        raise MedfakeError("give -o OUT.png (or --serve for the web viewer)")
     from medfake.render import render_view, save_png, window
     from medfake.io import load_scan
 

@@ -1,0 +1,220 @@
+"""`medfake view --serve` in real headless Chromium: lung1 (8 slices as a DICOM series) loads and draws the
+right grey values, the wheel changes the slice, a preset changes the pixels, a click injects with a tiny model
+only near the click, undo restores, save writes a derived DICOM series and its manifest; no token → 403; a
+path-traversal request gets nothing."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from medfake.data.samples import sample_path
+from medfake.io import load_scan
+from medfake.io.tables import read_manifest
+from medfake.viewer.app import build_viewer, create_viewer_app
+from medfake.viewer.server import BackgroundServer, new_token
+
+LUNG = (1500, -600)
+BONE = (1800, 400)
+CLICK = (4, 350, 370)  # lung1 z=33 (slice 4 of the DICOM slab), left lung parenchyma
+
+
+@pytest.fixture(scope="module")
+def injector(tmp_path_factory):
+    """A tiny injector: 6 steps on lung1's nodule (enough to paint something; quality is not the point)."""
+    from medfake.tamper.model import TrainConfig
+    from medfake.tamper.train import train
+    from medfake.tamper.trainset import AugmentConfig, TrainsetConfig, build_trainset
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("injector")
+    data = build_trainset("inject", [sample_path("lung1")], root / "set", seed=3,
+                          coords=sample_path("lung1").parent / "annotations.csv",
+                          config=TrainsetConfig("inject", augment=AugmentConfig(rotation_step_deg=180)))
+    config = TrainConfig.resolve("inject", "cpu-small", g_filters=(4, 8, 16, 32, 32), d_filters=(4, 8, 16, 32),
+                                 batch_size=2, steps=6, val_every=6, snapshot_every=6, checkpoint_every=6)
+    run = train(data, root / "run", config, show_progress=False)
+    torch.set_num_threads(before)
+    return run
+
+
+@pytest.fixture(scope="module")
+def served(lung1_dicom, injector, tmp_path_factory):
+    out = tmp_path_factory.mktemp("viewer-out")
+    volumes, editor, scorer, notes = build_viewer(lung1_dicom, models=[injector], outdir=out)
+    token = new_token()
+    with BackgroundServer(create_viewer_app(volumes, token, editor, scorer, notes), token) as server:
+        server.out, server.volumes = out, volumes
+        yield server
+
+
+def grey(hu, window):
+    """The page's windowing: Math.round((hu - low) * (255 / width)) in doubles, clipped to 0..255."""
+    width, level = window
+    return np.clip(np.floor((np.asarray(hu, np.float64) - (level - width / 2)) * (255 / width) + 0.5), 0, 255).astype(int)
+
+
+PIXEL_JS = """([name, row, col]) => {
+  const c = document.getElementById('canvas-' + name), L = layout(S.plane);
+  const x = Math.floor((col + 0.5) * c.width / L.cols), y = Math.floor((row + 0.5) * c.height / L.rows);
+  return c.getContext('2d').getImageData(x, y, 1, 1).data[0];
+}"""
+
+CANVAS_JS = """(name) => {
+  const c = document.getElementById('canvas-' + name);
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let text = '';
+  for (let i = 0; i < d.length; i += 4) text += String.fromCharCode(d[i]);
+  return {width: c.width, height: c.height, grey: btoa(text)};
+}"""
+
+
+def pixel(page, name, row, col):
+    return page.evaluate(PIXEL_JS, [name, row, col])
+
+
+def canvas(page, name, rows, cols):
+    data = page.evaluate(CANVAS_JS, name)
+    grey_bytes = base64.b64decode(data["grey"])
+    image = np.frombuffer(grey_bytes, np.uint8).astype(np.int32).reshape(data["height"], data["width"])
+    return image, data["height"] / rows, data["width"] / cols
+
+
+def open_viewer(page, server):
+    page.goto(server.url)
+    page.wait_for_function("+document.body.dataset.renders >= 1")
+
+
+def test_the_page_draws_lung1_windowed_scrolls_with_the_wheel_and_presets_change_pixels(page, served, screenshots):
+    voxels = served.volumes.before
+    open_viewer(page, served)
+    z = int(page.evaluate("document.body.dataset.slice"))
+    assert z == voxels.shape[0] // 2
+    points = [(359, 218), (350, 370), (100, 256), (256, 256)]  # nodule, lung, body wall, mediastinum
+    drawn = [pixel(page, "before", r, c) for r, c in points]
+    assert drawn == list(grey([voxels[z, r, c] for r, c in points], LUNG))
+    assert len(set(drawn)) >= 3
+    page.screenshot(path=screenshots / "viewer_lung1.png")
+
+    page.mouse.move(*centre_of(page, "before"))
+    page.mouse.wheel(0, 120)
+    page.wait_for_function(f"document.body.dataset.slice === '{z + 1}'")
+    page.wait_for_function(f"+document.body.dataset.renders >= 2")
+    assert [pixel(page, "before", r, c) for r, c in points] == list(grey([voxels[z + 1, r, c] for r, c in points], LUNG))
+
+    page.click("button[data-preset=bone]")
+    page.wait_for_function(f"document.body.dataset.window === '{BONE[0]},{BONE[1]}'")
+    bone = [pixel(page, "before", r, c) for r, c in points]
+    assert bone == list(grey([voxels[z + 1, r, c] for r, c in points], BONE))
+    assert bone != list(grey([voxels[z + 1, r, c] for r, c in points], LUNG))
+
+
+def centre_of(page, name):
+    box = page.locator(f"#canvas-{name}").bounding_box()
+    return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+
+def click_voxel(page, name, row, col, rows, cols):
+    box = page.locator(f"#canvas-{name}").bounding_box()
+    page.mouse.click(box["x"] + (col + 0.5) * box["width"] / cols, box["y"] + (row + 0.5) * box["height"] / rows)
+
+
+def hide_overlays(page):
+    """No crosshair (mouse off the canvases) and no markers, so the canvases show image pixels only."""
+    page.mouse.move(1, 1)
+    page.uncheck("#show-truth")
+
+
+def changed_rows_cols(page, name, reference, rows, cols):
+    image, sy, sx = canvas(page, name, rows, cols)
+    ys, xs = np.nonzero(image != reference)
+    return ys / sy, xs / sx
+
+
+def test_click_inject_changes_only_near_the_click_undo_restores_and_save_writes_derived_dicom(page, served, screenshots):
+    before = served.volumes.before
+    z, row, col = CLICK
+    assert before[z, row, col] < -700  # lung parenchyma
+    rows, cols = before.shape[1:]
+    open_viewer(page, served)
+    page.fill("#slider", str(z))
+    page.dispatch_event("#slider", "input")
+    page.wait_for_function(f"document.body.dataset.slice === '{z}'")
+    flat_diff = int(grey(0, (400, 0)))
+    first = page.evaluate("+document.body.dataset.renders")
+    page.check("input[value=inject]")
+    click_voxel(page, "before", row, col, rows, cols)
+    page.wait_for_function("document.body.dataset.edits === '1'", timeout=60_000)
+    page.wait_for_function(f"+document.body.dataset.renders > {first}")
+    hide_overlays(page)
+
+    changed_z = np.nonzero((served.volumes.after != before).any(axis=(1, 2)))[0]
+    assert z in changed_z
+    ys, xs = changed_rows_cols(page, "diff", flat_diff, rows, cols)
+    assert len(ys) > 50  # the injection shows in the difference image...
+    spacing = served.volumes.scan.spacing[1]
+    assert np.hypot(ys - row, xs - col).max() * spacing < 20.0  # ...and only within 20 mm of the click
+    before_canvas = canvas(page, "before", rows, cols)[0]
+    ys, xs = changed_rows_cols(page, "after", before_canvas, rows, cols)
+    assert len(ys) > 20 and np.hypot(ys - row, xs - col).max() * spacing < 20.0
+    page.screenshot(path=screenshots / "viewer_injected.png")
+
+    page.click("#undo")
+    page.wait_for_function("document.body.dataset.edits === '0'")
+    page.wait_for_function(f"document.getElementById('message').textContent.startsWith('undone')")
+    page.wait_for_timeout(200)
+    assert np.array_equal(served.volumes.after, before)
+    assert len(changed_rows_cols(page, "diff", flat_diff, rows, cols)[0]) == 0
+
+    click_voxel(page, "before", row, col, rows, cols)
+    page.wait_for_function("document.body.dataset.edits === '1'", timeout=60_000)
+    page.click("#save")
+    page.wait_for_function("document.body.dataset.saved")
+    saved = served.out / page.evaluate("document.body.dataset.saved")
+    manifest = read_manifest(served.out / "manifest.csv")
+    assert [(m.action, m.output) for m in manifest] == [("inject", str(saved))]
+    assert manifest[0].voxel_z == z  # the mouse lands on whole CSS pixels: within a voxel of the aim in-plane
+    assert abs(manifest[0].voxel_y - row) <= 1 and abs(manifest[0].voxel_x - col) <= 1
+    assert json.loads(manifest[0].parameters)["seed"] == 0
+    written = load_scan(saved)
+    assert np.array_equal(written.voxels, served.volumes.after)
+    header = pydicom.dcmread(sorted(saved.iterdir())[0], stop_before_pixels=True)
+    assert "DERIVED" in header.ImageType and "medfake tamper: inject" in header.DerivationDescription
+
+
+def raw_get(server, path: str, token: bool = True) -> tuple[int, bytes]:
+    """GET `path` exactly as written (no client-side normalisation of '..' or %2f)."""
+    host, port = server.base.split("//")[1].rstrip("/").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    if token:
+        path += ("&" if "?" in path else "?") + f"token={server.token}"
+    connection.request("GET", path)
+    response = connection.getresponse()
+    return response.status, response.read()
+
+
+def test_every_request_needs_the_token(served):
+    for path in ("/", "/static/viewer.js", "/api/info", "/api/slice/before/axial/0", "/nothing"):
+        assert raw_get(served, path, token=False)[0] == 403
+        assert raw_get(served, path + "?token=wrong" + served.token[:-1], token=False)[0] == 403
+    status, body = raw_get(served, "/api/slice/before/axial/0")
+    assert status == 200 and len(body) == 2 * 512 * 512
+
+
+def test_path_traversal_gets_nothing(served):
+    secret = served.out.parent / "secret.txt"
+    secret.write_text("root:x:0:0 secret")
+    relative = "/".join([".."] * 12) + str(secret)
+    for path in (f"/static/{relative}", "/static/..%2f..%2f..%2f..%2f..%2fetc%2fpasswd",
+                 "/static/%2e%2e/%2e%2e/%2e%2e/etc/passwd", f"/static/{secret}", "/api/slice/..%2f..%2fetc%2fpasswd/axial/0",
+                 f"/api/slice/{relative}/axial/0", "/static/../viewer/app.py", "/../../../../etc/passwd"):
+        status, body = raw_get(served, path)
+        assert status in (400, 404), path
+        assert b"root:" not in body and b"secret" not in body and b"import" not in body
