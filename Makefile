@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEMO_ARGS ?= --fast
 
-.PHONY: demo test venv data bench clean
+.PHONY: demo test venv data bench clean system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,16 +15,27 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# System packages (apt), installed when missing: Debian's Chromium and fonts for the browser tests of the viewer.
+APT_PACKAGES := chromium fonts-liberation fonts-dejavu-core
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
 venv: $(STAMP)
 
 data: $(STAMP)
 	$(VENV)/bin/medfake data fetch
 
-demo: $(STAMP)
+demo: $(STAMP) system-deps
 	$(VENV)/bin/medfake data fetch
 	$(VENV)/bin/medfake demo $(DEMO_ARGS)
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(VENV)/bin/medfake data fetch
 	$(PY) -m pytest -q
 

@@ -115,6 +115,18 @@ def test_the_page_draws_lung1_windowed_scrolls_with_the_wheel_and_presets_change
     assert bone == list(grey([voxels[z + 1, r, c] for r, c in points], BONE))
     assert bone != list(grey([voxels[z + 1, r, c] for r, c in points], LUNG))
 
+    page.click("button[data-preset=lung]")
+    page.keyboard.press("c")  # coronal through the centre row, head up
+    page.wait_for_function("document.body.dataset.plane === 'coronal'")
+    y, nz = voxels.shape[1] // 2, voxels.shape[0]
+    top, bottom = grey(voxels[0, y], LUNG), grey(voxels[nz - 1, y], LUNG)
+    columns = np.flatnonzero(np.abs(top - bottom) > 40)[::40][:4]  # where a wrong flip would show
+    assert len(columns) >= 2
+    flip = served.volumes.info()["z_up"]
+    for x in columns:
+        assert pixel(page, "before", nz - 1 if flip else 0, int(x)) == top[x]
+        assert pixel(page, "before", 0 if flip else nz - 1, int(x)) == bottom[x]
+
 
 def centre_of(page, name):
     box = page.locator(f"#canvas-{name}").bounding_box()
@@ -218,3 +230,83 @@ def test_path_traversal_gets_nothing(served):
         status, body = raw_get(served, path)
         assert status in (400, 404), path
         assert b"root:" not in body and b"secret" not in body and b"import" not in body
+
+
+RGBA_JS = """(name) => {
+  const c = document.getElementById('canvas-' + name);
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let text = '';
+  for (let i = 0; i < d.length; i++) text += String.fromCharCode(d[i]);
+  return {width: c.width, height: c.height, rgba: btoa(text)};
+}"""
+
+NODULE = (4, 359, 218)  # lung1's nodule in the DICOM slab (lung1 z=33)
+
+
+@pytest.fixture(scope="module")
+def overlays(lung1_dicom, tmp_path_factory):
+    """An anomaly map (a blob on the nodule), a manifest row naming the slab, a noise detector run."""
+    from medfake.detect.train import TrainConfig, train_detector
+    from medfake.io import save_scan
+    from medfake.io.tables import ManifestRow, append_manifest
+
+    root = tmp_path_factory.mktemp("overlays")
+    scan = load_scan(lung1_dicom)
+    zz, yy, xx = np.indices(scan.shape, dtype=np.float32)
+    blob = np.exp(-(((yy - NODULE[1]) ** 2 + (xx - NODULE[2]) ** 2) / (2 * 15.0 ** 2)) - (zz - NODULE[0]) ** 2 / 2)
+    heat = save_scan(scan.with_voxels(blob, meta={}), root / "anomaly.npz")
+    x, y, z = scan.voxel_to_world(NODULE)
+    append_manifest([ManifestRow("orig", str(lung1_dicom), x, y, z, *NODULE, "inject", "ctgan", "m", "{}", "t")],
+                    root / "manifest.csv")
+    run = root / "noise"
+    train_detector([lung1_dicom], run, TrainConfig(method="noise", noise_patches=50), show_progress=False)
+    return heat, root / "manifest.csv", run
+
+
+def rgba(page, name):
+    data = page.evaluate(RGBA_JS, name)
+    return np.frombuffer(base64.b64decode(data["rgba"]), np.uint8).reshape(data["height"], data["width"], 4).astype(int)
+
+
+def test_anomaly_map_and_ground_truth_overlays_and_detector_score_on_click(page, lung1_dicom, overlays, screenshots):
+    from medfake.detect.detectors import load_detector
+    from medfake.detect.screen import score_locations
+
+    heat, manifest, run = overlays
+    volumes, editor, scorer, notes = build_viewer(lung1_dicom, heatmap=heat, manifest=manifest, detector=run)
+    assert notes == [] and [m.zyx for m in volumes.markers] == [NODULE]
+    token = new_token()
+    with BackgroundServer(create_viewer_app(volumes, token, editor, scorer, notes), token) as server:
+        open_viewer(page, server)
+        assert page.evaluate("document.body.dataset.slice") == str(NODULE[0])
+        image = rgba(page, "before")
+        scale = image.shape[1] / 512
+        r, c = int((NODULE[1] + 0.5) * scale), int((NODULE[2] + 0.5) * scale)
+        assert image[r, c, 0] - image[r, c, 2] > 100  # red-yellow heat on the nodule
+        far = image[int(100 * scale), int(450 * scale)]
+        assert far[0] == far[1] == far[2]  # grey where the map is low
+        ring = image[r - 40: r + 40, c - 40: c + 40]
+        assert ((ring[..., 1] > 200) & (ring[..., 0] < 150)).sum() > 20  # the green ground-truth circle
+        page.screenshot(path=screenshots / "viewer_overlays.png")
+
+        page.check("input[value=score]")
+        click_voxel(page, "before", NODULE[1], NODULE[2], 512, 512)
+        page.wait_for_function("document.body.dataset.score !== undefined", timeout=60_000)
+        zyx = [int(v) for v in page.evaluate("document.body.dataset.scoreAt").split(",")]
+        expected = score_locations(load_scan(lung1_dicom), load_detector(run), [zyx])[0][0].score
+        assert float(page.evaluate("document.body.dataset.score")) == pytest.approx(expected, rel=1e-6)
+        assert page.is_visible("#score-map")
+
+
+def test_other_addresses_are_refused_without_the_flag_and_the_png_view_still_needs_o(lung1_dicom, capsys):
+    from medfake.cli import main
+    from medfake.viewer.server import check_host
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["view", str(lung1_dicom), "--serve", "--host", "0.0.0.0"])
+    assert exit_info.value.code == 2 and "binds 127.0.0.1 unless you pass --allow-remote" in capsys.readouterr().err
+    assert check_host("127.0.0.1", False) is None and check_host("::1", False) is None
+    assert "warning" in check_host("0.0.0.0", True)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["view", str(lung1_dicom)])
+    assert exit_info.value.code == 2 and "give -o OUT.png" in capsys.readouterr().err

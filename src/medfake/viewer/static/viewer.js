@@ -234,6 +234,7 @@ function showScore(result) {
   const top = Math.max(...result.residual) || 1;
   paint($("score-map"), result.residual, rows, cols, 0, top, true);
   $("score-text").textContent = `${result.method} score ${result.score.toFixed(4)} at z,y,x ${result.zyx.join(", ")}`;
+  document.body.dataset.scoreAt = result.zyx.join(",");
   document.body.dataset.score = String(result.score);
 }
 
