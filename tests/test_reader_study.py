@@ -22,18 +22,21 @@ READER = "reader_1"
 
 @pytest.fixture(scope="module")
 def study(lung1, tmp_path_factory):
-    """lung1_a: slices 29-36 (the nodule at slice 4); healthy_b: slices 5-12. Four tampered copies."""
+    """lung1_a: slices 29-36 (the nodule at slice 4), healthy_b: slices 5-12, both cut to rows 180-435 and
+    columns 100-419 (small, so the test is quick). Four tampered copies by the classical methods."""
     root = tmp_path_factory.mktemp("study")
+
     def slab(z0, name):
-        voxels = np.asarray(lung1.voxels[z0:z0 + 8]).copy()
-        return save_scan(lung1.with_voxels(voxels, origin=tuple(lung1.voxel_to_world((z0, 0, 0))), meta={}),
+        voxels = np.asarray(lung1.voxels[z0:z0 + 8, 180:436, 100:420]).copy()
+        return save_scan(lung1.with_voxels(voxels, origin=tuple(lung1.voxel_to_world((z0, 180, 100))), meta={}),
                          root / name)
+
     a, b = slab(29, "lung1_a.nrrd"), slab(5, "healthy_b.nrrd")
     tampered = root / "tampered"
-    tamper_file(a, tampered, "remove", coords=["4,359,218"], method="inpaint")
-    tamper_file(a, tampered, "inject", coords=["4,350,370"], method="copy-move")
-    tamper_file(b, tampered, "inject", coords=["4,300,380"], method="copy-move", donor=a, donor_coord="4,359,218")
-    tamper_file(b, tampered, "remove", coords=["4,300,150"], method="inpaint")
+    tamper_file(a, tampered, "remove", coords=["4,179,118"], method="inpaint")
+    tamper_file(a, tampered, "inject", coords=["4,170,270"], method="copy-move", donor_coord="4,179,118")
+    tamper_file(b, tampered, "inject", coords=["4,120,280"], method="copy-move", donor=a, donor_coord="4,179,118")
+    tamper_file(b, tampered, "inject", coords=["4,60,250"], method="copy-move", donor=a, donor_coord="4,179,118")
     folder = root / "reading"
     main(["reader-study", "make", "--genuine", str(a), "--genuine", str(b), "--tampered", str(tampered / "manifest.csv"),
           "-o", str(folder), "--pairs", "2", "--singles", "4", "--seed", "5",

@@ -247,14 +247,14 @@ NODULE = (4, 359, 218)  # lung1's nodule in the DICOM slab (lung1 z=33)
 def overlays(lung1_dicom, tmp_path_factory):
     """An anomaly map (a blob on the nodule), a manifest row naming the slab, a noise detector run."""
     from medfake.detect.train import TrainConfig, train_detector
-    from medfake.io import save_scan
     from medfake.io.tables import ManifestRow, append_manifest
 
     root = tmp_path_factory.mktemp("overlays")
     scan = load_scan(lung1_dicom)
     zz, yy, xx = np.indices(scan.shape, dtype=np.float32)
     blob = np.exp(-(((yy - NODULE[1]) ** 2 + (xx - NODULE[2]) ** 2) / (2 * 15.0 ** 2)) - (zz - NODULE[0]) ** 2 / 2)
-    heat = save_scan(scan.with_voxels(blob, meta={}), root / "anomaly.npz")
+    heat = root / "anomaly_map.npz"  # as `medfake detect --screen` writes it: the array only
+    np.savez_compressed(heat, anomaly=blob.astype(np.float16))
     x, y, z = scan.voxel_to_world(NODULE)
     append_manifest([ManifestRow("orig", str(lung1_dicom), x, y, z, *NODULE, "inject", "ctgan", "m", "{}", "t")],
                     root / "manifest.csv")

@@ -93,7 +93,7 @@ def build_viewer(scan_path: Path, compare: Path | None = None, heatmap: Path | N
 
     scan = load_scan(scan_path, series=series)
     other = load_scan(compare) if compare else None
-    heat = load_scan(heatmap, modality="OT") if heatmap else None
+    heat = load_heatmap(Path(heatmap), scan) if heatmap else None
     notes, markers = [], []
     if manifest:
         markers, warning = manifest_markers(Path(manifest), scan, [Path(scan_path)] + ([Path(compare)] if compare else []))
@@ -107,3 +107,21 @@ def build_viewer(scan_path: Path, compare: Path | None = None, heatmap: Path | N
         editor = Editor(volumes, Path(compare or scan_path), tamper_models, Path(outdir), seed, fmt)
     scorer = Scorer(volumes, Path(detector)) if detector else None
     return volumes, editor, scorer, notes
+
+
+def load_heatmap(path: Path, scan):
+    """A scan on the same grid, or the `anomaly_map.npz` of `medfake detect --screen` (an array only: it
+    takes the scan's geometry)."""
+    import numpy as np
+
+    from medfake.io import load_scan
+
+    if path.name.endswith(".npz") and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if "anomaly" in data and "voxels" not in data:
+                    return scan.with_voxels(np.asarray(data["anomaly"], dtype=np.float32), modality="OT",
+                                            meta={"path": str(path)})
+        except (ValueError, OSError) as exc:
+            raise MedfakeError(f"not a readable anomaly map ({exc.__class__.__name__})", path) from None
+    return load_scan(path, modality="OT")
