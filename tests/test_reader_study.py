@@ -150,3 +150,32 @@ def test_the_study_server_never_hands_out_the_key_or_other_files(study):
         connection = http.client.HTTPConnection(host, int(port), timeout=10)
         connection.request("GET", "/api/progress/someone")
         assert connection.getresponse().status == 403
+
+
+def test_make_refuses_impossible_sets_and_answers_are_validated(study, tmp_path, capsys):
+    from medfake.errors import MedfakeError
+
+    root = study.parent
+    args = ["reader-study", "make", "--genuine", str(root / "lung1_a.nrrd"),
+            "--tampered", str(root / "tampered" / "manifest.csv")]
+    for extra, message in ((["--pairs", "4", "--singles", "2"], "need 5 tampered scans; the manifest names 4"),
+                           (["--singles", "4"], "need 2 genuine scans; --genuine gives 1")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(args + ["-o", str(tmp_path / "s"), *extra])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(args + ["-o", str(study), "--pairs", "1"])
+    assert "a study is never overwritten" in capsys.readouterr().err
+
+    loaded = Study(study)
+    case = loaded.cases[loaded.case_ids[0]]
+    good = [{"image": i, "malignancy": 3, "manipulation": 3, "click": None} for i in case["images"]]
+    for images, message in (([{**good[0], "manipulation": 6}] + good[1:], "ratings run from 1 to 5"),
+                            (good[::-1] if len(good) > 1 else [], "rate every image of the case"),
+                            ([{**good[0], "click": [0, 0, 10_000]}] + good[1:], "outside the image")):
+        with pytest.raises(MedfakeError, match=message):
+            loaded.record("tester", case["id"], images)
+    for name in ("../evil", "", ".hidden", "a/b"):
+        with pytest.raises(MedfakeError, match="reader name"):
+            loaded.record(name, case["id"], good)
+    assert not (study / "answers" / "tester.jsonl").exists()

@@ -169,13 +169,13 @@ class Scorer:
 
 
 def manifest_markers(manifest: Path, scan: Scan, shown: list[Path]) -> tuple[list[Marker], str | None]:
-    """The manifest rows whose output (or source) is one of the shown scans, as markers; all rows, with a
+    """The manifest rows whose output or source scan is one of the shown scans, as markers; all rows, with a
     warning, when none names them."""
     from medfake.io.tables import read_manifest
 
     rows = read_manifest(manifest)
     names = {p.resolve() for p in shown if p}
-    mine = [r for r in rows if r.output and Path(r.output).resolve() in names]
+    mine = [r for r in rows if any(p and Path(p).resolve() in names for p in (r.output, r.scan))]
     warning = None
     if not mine:
         mine = rows

@@ -69,7 +69,6 @@ class VolumeSet:
     after: np.ndarray | None = None
     heat: np.ndarray | None = None
     markers: list[Marker] = field(default_factory=list)
-    names: dict = field(default_factory=dict)
 
     @classmethod
     def build(cls, scan: Scan, compare: Scan | None = None, heat: Scan | None = None,
@@ -80,9 +79,7 @@ class VolumeSet:
         before = as_int16(scan.voxels)
         after = as_int16(compare.voxels) if compare is not None else (before.copy() if editable else None)
         heat_map = np.ascontiguousarray(heat.voxels, dtype=np.float32) if heat is not None else None
-        names = {"before": str(scan.meta.get("path") or "scan"),
-                 "after": str(compare.meta.get("path")) if compare is not None else "edited copy"}
-        return cls(scan, before, after, heat_map, list(markers or []), names)
+        return cls(scan, before, after, heat_map, list(markers or []))
 
     def volume(self, name: str) -> np.ndarray:
         if name == "before":
@@ -117,4 +114,4 @@ class VolumeSet:
 
     def info(self) -> dict:
         return {**geometry(self.scan), "volumes": ["before"] + (["after", "diff"] if self.after is not None else []),
-                "heat": self.heat_range(), "markers": [m.as_dict() for m in self.markers], "names": self.names}
+                "heat": self.heat_range(), "markers": [m.as_dict() for m in self.markers]}

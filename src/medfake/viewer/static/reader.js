@@ -11,7 +11,7 @@ async function next() {
   const progress = await MF.json(`api/progress/${encodeURIComponent(R.reader)}`);
   $("progress").textContent = `${R.reader}: ${progress.done} of ${progress.total} cases done`;
   if (!progress.next) {
-    $("case").hidden = true; $("finished").hidden = false;
+    $("case").hidden = true; $("login").hidden = true; $("finished").hidden = false;
     document.body.dataset.position = "done";
     return;
   }
