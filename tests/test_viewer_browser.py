@@ -246,7 +246,8 @@ NODULE = (4, 359, 218)  # lung1's nodule in the DICOM slab (lung1 z=33)
 @pytest.fixture(scope="module")
 def overlays(lung1_dicom, tmp_path_factory):
     """An anomaly map (a blob on the nodule), a manifest row naming the slab, a noise detector run."""
-    from medfake.detect.train import TrainConfig, train_detector
+    from medfake.detect.config import DetectorTrainConfig
+    from medfake.detect.train import train_detector
     from medfake.io.tables import ManifestRow, append_manifest
 
     root = tmp_path_factory.mktemp("overlays")
@@ -259,7 +260,7 @@ def overlays(lung1_dicom, tmp_path_factory):
     append_manifest([ManifestRow("orig", str(lung1_dicom), x, y, z, *NODULE, "inject", "ctgan", "m", "{}", "t")],
                     root / "manifest.csv")
     run = root / "noise"
-    train_detector([lung1_dicom], run, TrainConfig(method="noise", noise_patches=50), show_progress=False)
+    train_detector([lung1_dicom], run, DetectorTrainConfig(method="noise", noise_patches=50), show_progress=False)
     return heat, root / "manifest.csv", run
 
 
