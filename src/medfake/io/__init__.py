@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 from medfake.errors import MedfakeError
@@ -47,16 +48,52 @@ def has_dicom_preamble(path: Path) -> bool:
 
 def _is_raw_dicom(path: Path) -> bool:
     """A DICOM data set without the 128-byte preamble (older exports, files named like `IM000123`)."""
-    from medfake.io.dicom import read_dataset
+    from medfake.io.dicom_header import read_dataset
 
     return path.stat().st_size > 0 and read_dataset(path, header_only=True, must_be_dicom=False) is not None
 
 
 def load_scan(path: str | Path, series: str | None = None, modality: str | None = None) -> Scan:
-    """Load any supported scan; CT voxels come back in Hounsfield units, z,y,x order."""
+    """Load any supported scan; CT voxels come back in Hounsfield units, z,y,x order.
+
+    Warnings raised while reading (pydicom's complaints about odd values, dropped unreadable elements)
+    end up in `scan.meta['warnings']` instead of on stderr. An input that breaks a reader in a way not
+    foreseen still ends in a MedfakeError naming it (the original exception is its __cause__)."""
     path = Path(path)
     if not path.exists():
         raise MedfakeError("no such file or folder", path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            scan = _load(path, series, modality)
+        except MedfakeError:
+            raise
+        except MemoryError:
+            raise MedfakeError("not enough memory to read this scan (are its dimensions corrupt?)", path) from None
+        except Exception as exc:
+            raise MedfakeError(f"unexpected problem reading this file ({type(exc).__name__}: "
+                               f"{' '.join(str(exc).split())[:200]})", path) from exc
+    notes = read_warnings(caught)
+    if notes:
+        scan.meta["warnings"] = list(scan.meta.get("warnings", [])) + notes
+    return scan
+
+
+def read_warnings(caught: list) -> list[str]:
+    """Distinct one-line texts of the warnings a read raised; deprecations are passed on unchanged."""
+    notes: list[str] = []
+    for record in caught:
+        if issubclass(record.category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)):
+            warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
+            continue
+        text = " ".join(str(record.message).split())
+        text = text.split(" Please see <")[0][:200]
+        if text not in notes:
+            notes.append(text)
+    return notes[:20]
+
+
+def _load(path: Path, series: str | None, modality: str | None) -> Scan:
     fmt = detect_format(path)
     if fmt == "dicom":
         from medfake.io.dicom import load_dicom

@@ -16,14 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medfake.errors import MedfakeError
-from medfake.io import has_dicom_preamble
-from medfake.io.dicom_geometry import StackGeometry, plan_stack
+from medfake.io.dicom_header import check_pixel_description, read_dataset, short
+from medfake.io.dicom_geometry import StackGeometry, floats_of, plan_stack
 from medfake.io.dicom_write import save_dicom_series
 from medfake.scan import AIR_HU, Scan
 
@@ -62,49 +59,6 @@ class SeriesInfo:
 
 
 # --- reading files ------------------------------------------------------------------------------
-def _quiet_read(path: Path, header_only: bool, force: bool = False) -> Dataset:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pydicom.dcmread(path, stop_before_pixels=header_only, force=force)
-
-
-def read_dataset(path: Path, header_only: bool, must_be_dicom: bool) -> Dataset | None:
-    """The dataset in `path`, None when it is not DICOM at all (unless `must_be_dicom`).
-    A file that claims to be DICOM but cannot be parsed raises a one-line error naming it."""
-    claims_dicom = must_be_dicom or path.suffix.lower() == ".dcm" or has_dicom_preamble(path)
-    try:
-        return _quiet_read(path, header_only)
-    except InvalidDicomError:
-        pass
-    except Exception as exc:  # truncated or corrupt header
-        if claims_dicom:
-            raise MedfakeError(f"corrupt or truncated DICOM file ({_short(exc)})", path) from None
-        return None
-    try:  # files without the 128-byte preamble (e.g. older exports)
-        ds = _quiet_read(path, header_only, force=True)
-        if "SOPClassUID" in ds or ("Rows" in ds and "Columns" in ds):
-            return _with_transfer_syntax(ds)
-    except Exception:
-        pass
-    if must_be_dicom:
-        raise MedfakeError("not a DICOM file", path)
-    return None
-
-
-def _with_transfer_syntax(ds: Dataset) -> Dataset:
-    """Data sets without file meta: record the encoding pydicom detected, so pixels can be decoded."""
-    if "TransferSyntaxUID" not in ds.file_meta:
-        implicit, little = ds.original_encoding
-        ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
-                                          ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
-    return ds
-
-
-def _short(exc: Exception) -> str:
-    text = " ".join(str(exc).split()) or exc.__class__.__name__
-    return text[:200]
-
-
 def decode_pixels(ds: Dataset, path: Path) -> np.ndarray:
     """Stored pixel values (frames, rows, columns) of a full dataset, decoded by pydicom's plugins."""
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -116,28 +70,36 @@ def decode_pixels(ds: Dataset, path: Path) -> np.ndarray:
             pixels = ds.pixel_array
     except Exception as exc:
         name = getattr(syntax, "name", "unknown transfer syntax")
-        raise MedfakeError(f"cannot decode pixel data ({name}): {_short(exc)}", path) from None
+        raise MedfakeError(f"cannot decode pixel data ({name}): {short(exc)}", path) from None
     frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if pixels.size != frames * int(ds.Rows) * int(ds.Columns):
+        raise MedfakeError(f"decoded {pixels.size} pixels where the header says {frames} frame(s) of "
+                           f"{ds.Rows} x {ds.Columns}", path)
     return pixels.reshape(frames, int(ds.Rows), int(ds.Columns))
 
 
 def check_image(ds: Dataset, path: Path) -> None:
-    """Raise a clear error for DICOM objects that are not grey-level images (SEG, RT, SR, colour)."""
+    """Raise a clear error for DICOM objects that are not grey-level images (SEG, RT, SR, colour) and
+    for images whose pixel description is impossible."""
+    problem = not_a_grey_image(ds)
+    if problem:
+        raise MedfakeError(problem, path)
+    check_pixel_description(ds, path)
+
+
+def not_a_grey_image(ds: Dataset) -> str | None:
     modality = str(ds.get("Modality", "")).upper()
     sop = ds.get("SOPClassUID")
     kind = getattr(sop, "name", str(sop)) if sop else "unknown SOP class"
-    if modality in NON_IMAGE_MODALITIES or "Rows" not in ds:
-        raise MedfakeError(f"not an image DICOM ({modality or '?'}: {kind}); medfake reads CT/MR images", path)
+    if modality in NON_IMAGE_MODALITIES or not any(k in ds for k in ("Rows", "Columns", "BitsAllocated")):
+        return f"not an image DICOM ({modality or '?'}: {kind}); medfake reads CT/MR images"
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        raise MedfakeError(f"colour image ({ds.get('PhotometricInterpretation', '?')}, {kind}) is not supported", path)
+        return f"colour image ({ds.get('PhotometricInterpretation', '?')}, {kind}) is not supported"
+    return None
 
 
 def is_image(ds: Dataset) -> bool:
-    try:
-        check_image(ds, Path("."))
-    except MedfakeError:
-        return False
-    return True
+    return not_a_grey_image(ds) is None
 
 
 def is_multiframe(ds: Dataset) -> bool:
@@ -182,17 +144,30 @@ def _first_item(ds: Dataset | None, keyword: str) -> Dataset | None:
 
 
 # --- values ---------------------------------------------------------------------------------------
-def rescale(stored: np.ndarray, headers: list[Dataset]) -> np.ndarray:
+def rescale(stored: np.ndarray, headers: list[Dataset], source: Path) -> np.ndarray:
     """Stored values → real values (HU for CT) through each slice's RescaleSlope/Intercept.
     int16 when that is exact, float32 otherwise."""
     slopes = np.array([float(h.get("RescaleSlope", 1) or 1) for h in headers])
     intercepts = np.array([float(h.get("RescaleIntercept", 0) or 0) for h in headers])
+    check_rescale(stored, slopes, intercepts, source)
     if np.all(slopes == 1) and np.all(intercepts == np.round(intercepts)):
         lo = int(stored.min()) + int(intercepts.min()) if stored.size else 0
         hi = int(stored.max()) + int(intercepts.max()) if stored.size else 0
         if -32768 <= lo and hi <= 32767:
             return (stored.astype(np.int32) + intercepts.astype(np.int32)[:, None, None]).astype(np.int16)
     return (stored * slopes[:, None, None] + intercepts[:, None, None]).astype(np.float32)
+
+
+def check_rescale(stored: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray, source: Path) -> None:
+    """A zero or non-finite RescaleSlope, or values beyond float32, would make a meaningless volume."""
+    if not np.all(np.isfinite(slopes)) or np.any(slopes == 0) or not np.all(np.isfinite(intercepts)):
+        raise MedfakeError(f"unusable RescaleSlope/RescaleIntercept ({slopes[0]:g} / {intercepts[0]:g})", source)
+    if stored.size:
+        extremes = np.array([float(stored.min()), float(stored.max())])
+        largest = np.max(np.abs(np.outer(slopes, extremes) + intercepts[:, None]))
+        if not largest < np.finfo(np.float32).max:
+            raise MedfakeError(f"RescaleSlope/RescaleIntercept give values beyond float32 (up to {largest:.3g})",
+                               source)
 
 
 def pad_value(modality: str, values: np.ndarray) -> float:
@@ -209,7 +184,7 @@ def build_scan(images: list[Image2D], source: Path, extra_meta: dict) -> Scan:
         raise MedfakeError(f"slices of different sizes in one series ({listing}), e.g. {odd.path.name}", source)
     geometry: StackGeometry = plan_stack([im.header for im in images], source)
     ordered = [images[i] for i in geometry.order]
-    values = rescale(np.stack([im.pixels for im in ordered]), [im.header for im in ordered])
+    values = rescale(np.stack([im.pixels for im in ordered]), [im.header for im in ordered], source)
     modality = str(ordered[0].header.get("Modality", "") or "OT").upper()
     volume = fill_gaps(values, geometry.slots, pad_value(modality, values))
     meta = {
@@ -265,6 +240,7 @@ def scan_folder(folder: Path) -> tuple[dict[str, SeriesInfo], list[tuple[Path, D
         if not is_image(ds):
             others.append((path, ds))
             continue
+        check_pixel_description(ds, path)
         uid = str(ds.get("SeriesInstanceUID", "") or "(no SeriesInstanceUID)")
         series.setdefault(uid, SeriesInfo(uid)).files.append((path, ds))
     return series, others
@@ -311,7 +287,7 @@ def unique_instances(files: list[tuple[Path, Dataset]]) -> tuple[list[Image2D], 
     """Drop exact duplicate instances (same SOPInstanceUID) and keep the main orientation's slices."""
     seen, images, notes = set(), [], []
     for path, ds in files:
-        uid = str(ds.get("SOPInstanceUID", path))
+        uid = str(ds.get("SOPInstanceUID", "") or path)  # anonymised exports may blank the UID
         if uid in seen:
             continue
         seen.add(uid)
@@ -328,8 +304,8 @@ def unique_instances(files: list[tuple[Path, Dataset]]) -> tuple[list[Image2D], 
 
 
 def _orientation_key(ds: Dataset) -> tuple:
-    iop = ds.get("ImageOrientationPatient")
-    return tuple(np.round(np.asarray(iop, dtype=float), 3)) if iop is not None and len(iop) == 6 else ()
+    iop = floats_of(ds, "ImageOrientationPatient", 6)
+    return tuple(np.round(iop, 3)) if iop is not None else ()
 
 
 def load_dicom(path: str | Path, series: str | None = None) -> Scan:
@@ -345,4 +321,4 @@ def load_dicom(path: str | Path, series: str | None = None) -> Scan:
     return scan
 
 
-__all__ = ["load_dicom", "save_dicom_series", "read_dataset", "frame_headers"]
+__all__ = ["load_dicom", "save_dicom_series", "read_dataset", "frame_headers", "check_image"]

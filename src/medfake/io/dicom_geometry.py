@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from medfake.errors import MedfakeError
 
 MAX_MISSING_IN_A_ROW = 20
+LARGEST_MM = 1e6  # positions and spacings beyond a kilometre are corrupt values, not geometry
 
 
 @dataclass
@@ -30,13 +31,14 @@ class StackGeometry:
     warnings: list[str] = field(default_factory=list)
 
 
-def _floats(ds: Dataset, keyword: str, count: int) -> np.ndarray | None:
+def floats_of(ds: Dataset, keyword: str, count: int) -> np.ndarray | None:
     value = ds.get(keyword)
     try:
         array = np.asarray([float(v) for v in value], dtype=float) if value is not None else None
     except (TypeError, ValueError):
         return None
-    return array if array is not None and array.size == count and np.all(np.isfinite(array)) else None
+    usable = array is not None and array.size == count and np.all(np.isfinite(array))
+    return array if usable and np.all(np.abs(array) <= LARGEST_MM) else None
 
 
 def _number(ds: Dataset, keyword: str) -> float | None:
@@ -44,18 +46,26 @@ def _number(ds: Dataset, keyword: str) -> float | None:
         value = float(ds.get(keyword))
     except (TypeError, ValueError):
         return None
-    return value if np.isfinite(value) and value > 0 else None
+    return value if np.isfinite(value) and 0 < value <= LARGEST_MM else None
 
 
-def nominal_slice_spacing(ds: Dataset) -> float:
-    """SpacingBetweenSlices, else SliceThickness, else 1 mm (when positions cannot tell)."""
-    return _number(ds, "SpacingBetweenSlices") or _number(ds, "SliceThickness") or 1.0
+def nominal_slice_spacing(ds: Dataset) -> tuple[float, list[str]]:
+    """SpacingBetweenSlices, else SliceThickness, else 1 mm (when positions cannot tell), and a note for
+    each of them that is present but not a positive number of millimetres."""
+    notes = []
+    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+        value = _number(ds, keyword)
+        if value is not None:
+            return value, notes
+        if ds.get(keyword) not in (None, ""):
+            notes.append(f"{keyword} {ds.get(keyword)!r} is not a usable slice spacing")
+    return 1.0, notes
 
 
 def in_plane_spacing(ds: Dataset) -> tuple[tuple[float, float], bool]:
     """(row spacing = y, column spacing = x) in mm and whether it came from the header."""
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        pair = _floats(ds, keyword, 2)
+        pair = floats_of(ds, keyword, 2)
         if pair is not None and np.all(pair > 0):
             return (float(pair[0]), float(pair[1])), True
     return (1.0, 1.0), False
@@ -75,9 +85,13 @@ def direction_from_iop(iop: np.ndarray) -> np.ndarray:
 def plan_stack(headers: list[Dataset], source: Path) -> StackGeometry:
     first = headers[0]
     (dy, dx), have_spacing = in_plane_spacing(first)
-    positions = [_floats(h, "ImagePositionPatient", 3) for h in headers]
-    iop = _floats(first, "ImageOrientationPatient", 6)
+    positions = [floats_of(h, "ImagePositionPatient", 3) for h in headers]
+    iop = floats_of(first, "ImageOrientationPatient", 6)
     notes = [] if have_spacing else ["no PixelSpacing: in-plane spacing set to 1 mm"]
+    others = {in_plane_spacing(h) for h in headers[1:]} - {((dy, dx), have_spacing)}
+    if others:
+        notes.append(f"in-plane spacing differs between slices ({len(others)} other value(s)); the volume uses "
+                     f"{dy:g} x {dx:g} mm from the first file")
     if iop is None or np.linalg.norm(np.cross(iop[:3], iop[3:])) < 0.5 or any(p is None for p in positions):
         return placeholder_geometry(headers, (dy, dx), notes)
     direction = direction_from_iop(iop)
@@ -85,20 +99,21 @@ def plan_stack(headers: list[Dataset], source: Path) -> StackGeometry:
     distance = points @ direction[:, 2]
     order = [int(i) for i in np.argsort(distance, kind="stable")]
     sorted_distance = distance[order]
-    dz = slice_interval(sorted_distance, first)
+    dz, spacing_notes = slice_interval(sorted_distance, first)
+    notes += spacing_notes
     _refuse_duplicates(sorted_distance, dz, [headers[i] for i in order], source)
     slots, gaps = place_slices(sorted_distance, dz)
     gaps += in_plane_drift(points[order], direction[:, 2])
     return StackGeometry(order, slots, (dz, dy, dx), tuple(points[order[0]]), direction, gaps, notes)
 
 
-def slice_interval(sorted_distance: np.ndarray, first: Dataset) -> float:
+def slice_interval(sorted_distance: np.ndarray, first: Dataset) -> tuple[float, list[str]]:
     """The regular slice interval: median neighbour distance; one slice → SliceThickness or 1 mm."""
     if len(sorted_distance) < 2:
         return nominal_slice_spacing(first)
     steps = np.diff(sorted_distance)
     positive = steps[steps > 1e-4]
-    return float(np.median(positive)) if positive.size else 1.0
+    return (float(np.median(positive)), []) if positive.size else (1.0, [])
 
 
 def _refuse_duplicates(sorted_distance: np.ndarray, dz: float, headers: list[Dataset], source: Path) -> None:
@@ -146,7 +161,8 @@ def in_plane_drift(points: np.ndarray, normal: np.ndarray) -> list[str]:
 
 def placeholder_geometry(headers: list[Dataset], in_plane: tuple[float, float], notes: list[str]) -> StackGeometry:
     """No usable ImagePositionPatient/ImageOrientationPatient: keep file/frame order, identity direction."""
-    dz = nominal_slice_spacing(headers[0])
+    dz, spacing_notes = nominal_slice_spacing(headers[0])
+    notes = notes + spacing_notes
     order = sorted(range(len(headers)), key=lambda i: (_instance(headers[i]), i))
     notes = notes + ["no ImagePositionPatient/ImageOrientationPatient: slices kept in instance order, identity "
                      f"direction, origin 0, z spacing {dz:g} mm (world coordinates are placeholders)"]
