@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# System packages (apt), installed when missing: Debian's Chromium and fonts for the browser tests of the viewer.
-APT_PACKAGES := chromium fonts-liberation fonts-dejavu-core
+# System packages (apt), installed when missing: Debian's Chromium and fonts for the browser tests of the viewer,
+# dicom3tools for dciodvfy (the independent DICOM validator).
+APT_PACKAGES := chromium fonts-liberation fonts-dejavu-core dicom3tools
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 system-deps:

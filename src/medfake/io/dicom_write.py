@@ -60,9 +60,17 @@ TYPE2_DEFAULTS = {  # present (may be empty) in every CT/MR Image IOD instance
     "ReferringPhysicianName": "", "StudyID": "", "AccessionNumber": "", "Manufacturer": "",
     "PositionReferenceIndicator": "", "AcquisitionNumber": None, "SliceThickness": None, "Laterality": None,
 }
-CT_TYPE2 = {"KVP": None}
+# General Series: PatientPosition is type 2C (required for CT and MR images unless a Patient Orientation
+# Code Sequence is given): present, empty when unknown (like Laterality, 2C for paired body parts).
+CT_TYPE2 = {"KVP": None, "PatientPosition": ""}
+UNPAIRED_BODY_PARTS = {  # BodyPartExamined defined terms of unpaired parts (DICOM PS3.16 Annex L)
+    "HEAD", "BRAIN", "SKULL", "NECK", "HEADNECK", "CHEST", "THORAX", "ABDOMEN", "PELVIS", "CHESTABDOMEN",
+    "ABDOMENPELVIS", "CHESTABDPELVIS", "WHOLEBODY", "SPINE", "CSPINE", "TSPINE", "LSPINE", "SSPINE", "COCCYX",
+    "HEART", "LIVER", "PANCREAS", "SPLEEN", "STOMACH", "ESOPHAGUS", "COLON", "BLADDER", "PROSTATE", "UTERUS",
+    "AORTA", "SACRUM", "SELLA", "LARYNX", "TRACHEA", "MEDIASTINUM", "RECTUM",
+}
 MR_REQUIRED = {"ScanningSequence": "RM", "SequenceVariant": "NONE", "ScanOptions": "", "MRAcquisitionType": "",
-               "EchoTime": None, "EchoTrainLength": None, "RepetitionTime": None}
+               "EchoTime": None, "EchoTrainLength": None, "RepetitionTime": None, "PatientPosition": ""}
 
 
 @dataclass(frozen=True)
@@ -167,10 +175,15 @@ def copy_source_tags(ds: Dataset, template: Dataset) -> None:
         ds.add(copy.deepcopy(elem))
 
 
+def is_unpaired_part(ds: Dataset) -> bool:
+    return str(ds.get("BodyPartExamined", "") or "").strip().upper().replace(" ", "") in UNPAIRED_BODY_PARTS
+
+
 def fill_required(ds: Dataset, modality: str) -> None:
     extra = CT_TYPE2 if modality == "CT" else MR_REQUIRED
     for keyword, value in {**TYPE2_DEFAULTS, **extra}.items():
-        if keyword not in ds:
+        # Laterality (type 2C) is for paired body parts: present (empty: unknown) unless the body part is unpaired
+        if keyword not in ds and not (keyword == "Laterality" and is_unpaired_part(ds)):
             setattr(ds, keyword, value)
 
 
@@ -239,7 +252,7 @@ def set_pixels(ds: Dataset, values: np.ndarray, encoding: Encoding, modality: st
 
 
 def add_source_reference(ds: Dataset, template: Dataset) -> None:
-    if "SOPInstanceUID" not in template or "SOPClassUID" not in template:
+    if not template.get("SOPInstanceUID") or not template.get("SOPClassUID"):  # anonymised sources may blank them
         return
     item = Dataset()
     item.ReferencedSOPClassUID = template.SOPClassUID
