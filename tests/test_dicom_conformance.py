@@ -4,7 +4,7 @@ Criterion: no error line that the source did not already have (lines normalised:
 same problem on another instance compares equal). Warnings are allowed. Kinds: a series converted from
 DICOM (a classic CT, a classic MR, an enhanced multi-frame MR), a standalone series written from a
 non-DICOM scan (lung1), and a tampered series. dciodvfy comes from the Debian package dicom3tools
-(`make sysdeps`); without it the test fails under CI (CI=true) and is skipped, with the reason, elsewhere.
+(`make system-deps`); without it the test fails under CI (CI=true) and is skipped, with the reason, elsewhere.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ def dciodvfy() -> str:
     if found:
         return found
     if os.environ.get("CI", "").lower() == "true":
-        pytest.fail("dciodvfy is missing on CI: install the Debian package dicom3tools (make sysdeps)")
-    pytest.skip("dciodvfy is missing: apt-get install dicom3tools (or make sysdeps)")
+        pytest.fail("dciodvfy is missing on CI: install the Debian package dicom3tools (make system-deps)")
+    pytest.skip("dciodvfy is missing: apt-get install dicom3tools (or make system-deps)")
 
 
 def error_lines(validator: str, path: Path) -> set[str]:

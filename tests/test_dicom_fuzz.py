@@ -38,23 +38,24 @@ def _load_fuzz():
 
 
 fuzz = _load_fuzz()
+import dicom_mutations as mutations  # noqa: E402  (benchmarks/, put on the path by fuzz_dicom)
 
 
 @pytest.fixture(scope="module")
 def cases(lung1_dicom):
     files = [sample_path(name) for name in FILES]
-    return fuzz.plan_cases(files, [lung1_dicom], {kind: PER_KIND for kind in fuzz.PLAN})
+    return mutations.plan_cases(files, [lung1_dicom], {kind: PER_KIND for kind in mutations.PLAN})
 
 
 def test_the_replay_covers_every_kind(cases):
-    assert sorted({case.kind for case in cases}) == sorted(fuzz.MUTATIONS)
-    assert len(cases) == PER_KIND * len(fuzz.MUTATIONS)
+    assert sorted({case.kind for case in cases}) == sorted(mutations.MUTATIONS)
+    assert len(cases) == PER_KIND * len(mutations.MUTATIONS)
 
 
 def test_every_mutation_reads_or_fails_in_one_line(cases, tmp_path):
     outcomes = {}
     for index, case in enumerate(cases):
-        path = fuzz.make_input(case, tmp_path / f"case{index}")
+        path = mutations.make_input(case, tmp_path / f"case{index}")
         result = fuzz.read_case(path, case.source)
         outcomes[case.label] = result["outcome"]
         assert result["outcome"] in fuzz.OK, (case.label, result)
@@ -62,10 +63,10 @@ def test_every_mutation_reads_or_fails_in_one_line(cases, tmp_path):
     assert 3 <= list(outcomes.values()).count("read") < len(outcomes) - 10
 
 
-@pytest.mark.parametrize("kind", list(fuzz.PLAN))
+@pytest.mark.parametrize("kind", list(mutations.PLAN))
 def test_the_cli_gives_a_result_or_one_line_and_exit_code_2(kind, cases, tmp_path, capsys):
     case = next(c for c in cases if c.kind == kind)
-    path = fuzz.make_input(case, tmp_path / "in")
+    path = mutations.make_input(case, tmp_path / "in")
     for command in ("info", "convert"):
         out_dir = tmp_path / f"out_{command}"
         out_dir.mkdir()
@@ -81,9 +82,9 @@ def test_the_cli_gives_a_result_or_one_line_and_exit_code_2(kind, cases, tmp_pat
 
 def _with_vr(source: Path, keyword: str, vr: bytes, out: Path) -> Path:
     """`source` with the two VR bytes of `keyword` overwritten (explicit VR little endian)."""
-    elem = next(e for e in fuzz.raw_elements(source) if pydicom.datadict.keyword_for_tag(e.tag) == keyword)
+    elem = next(e for e in mutations.raw_elements(source) if pydicom.datadict.keyword_for_tag(e.tag) == keyword)
     data = bytearray(source.read_bytes())
-    at = elem.value_tell - (8 if elem.VR in fuzz.LONG_FORM else 4)
+    at = elem.value_tell - (8 if elem.VR in mutations.LONG_FORM else 4)
     data[at: at + 2] = vr
     out.write_bytes(bytes(data))
     return out
@@ -110,7 +111,7 @@ def test_an_unknown_vr_in_an_unused_element_is_dropped_with_a_note(tmp_path):
 def _with_values(source: Path, values: dict[str, bytes], out: Path) -> Path:
     """`source` with the raw value bytes of some elements overwritten in place (same lengths)."""
     data = bytearray(source.read_bytes())
-    for elem in fuzz.raw_elements(source):
+    for elem in mutations.raw_elements(source):
         text = values.get(pydicom.datadict.keyword_for_tag(elem.tag))
         if text is not None:
             data[elem.value_tell: elem.value_tell + elem.length] = text.ljust(elem.length)[: elem.length]
