@@ -83,7 +83,7 @@ def series_sources(workdir: Path, slices: int = 8) -> list[Path]:
         lung1 = load_scan(sample_path("lung1"))
         first = 33 - slices // 2  # around the nodule
         slab = lung1.with_voxels(np.ascontiguousarray(lung1.voxels[first: first + slices]),
-                                 origin=tuple(lung1.voxel_to_world((first, 0, 0))), meta={"format": "nrrd", "path": None})
+                                 origin=tuple(lung1.voxel_to_world((first, 0, 0))), meta={"format": "nrrd"})
         save_scan(slab, lung1_series, format="dicom")
     return [example, lung1_series]
 
