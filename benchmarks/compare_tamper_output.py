@@ -45,14 +45,15 @@ def build_set(work: Path) -> Path:
 def train_tiny(data: Path, run: Path, steps: int, dropout: float) -> list[dict]:
     """The current API (GanTrainConfig + train) or the one before the port (TrainConfig + train)."""
     from medfake.tamper import train as train_module
+    from medfake.training import read_losses
 
     try:
-        from medfake.tamper.model import GanTrainConfig as Config
+        from medfake.tamper.config import GanTrainConfig as Config
     except ImportError:
         from medfake.tamper.model import TrainConfig as Config
     config = Config.resolve("inject", "cpu-small", steps=steps, dropout=dropout, **TINY)
     train_module.train(data, run, config, show_progress=False)
-    return train_module.read_losses(run)
+    return read_losses(run)
 
 
 def weights_digest(model_dir: Path) -> str:

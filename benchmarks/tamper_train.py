@@ -62,18 +62,19 @@ def build_data(work: Path, n_train: int, n_test: int, seed: int) -> dict:
 def train_one(action: str, work: str, minutes: float, threads: int, seed: int) -> dict:
     import torch
 
-    from medfake.tamper.model import TrainConfig
-    from medfake.tamper.train import read_losses, train
+    from medfake.tamper.config import GanTrainConfig
+    from medfake.tamper.train import read_validation, train
+    from medfake.training import read_losses
 
     torch.set_num_threads(threads)
     run = Path(work) / f"run_{action}"
-    config = TrainConfig.resolve(action, "cpu-small", seed=seed, steps=100_000)
+    config = GanTrainConfig.resolve(action, "cpu-small", seed=seed, steps=100_000)
     t = time.time()
     train(Path(work) / f"set_{action}", run, config, show_progress=False, max_minutes=minutes)
     losses = read_losses(run)
     first, last = losses[:20], losses[-20:]
     mean = lambda rows, k: round(sum(float(r[k]) for r in rows) / len(rows), 4)
-    val = [float(r["val_l1_hole"]) for r in losses if r["val_l1_hole"] not in ("", "nan")]
+    val = [float(r["val_l1_hole"]) for r in read_validation(run) if r["val_l1_hole"] not in ("", "nan")]
     return {"action": action, "run": str(run), "steps": len(losses), "wall_min": round((time.time() - t) / 60, 2),
             "s_per_step": round((time.time() - t) / max(len(losses), 1), 3), "batch_size": config.batch_size,
             "d_loss_first20": mean(first, "d_loss"), "d_loss_last20": mean(last, "d_loss"),

@@ -9,11 +9,13 @@ import torch
 
 from medfake.tamper.trainset import AugmentConfig, TrainsetConfig, build_trainset
 from medfake.nn.pix2pix3d import PatchDiscriminator3D, UNetGenerator3D, trainable_parameters
-from medfake.tamper.model import PRESETS, TrainConfig, load_tamper_model
-from medfake.tamper.train import read_losses, train
+from medfake.tamper.config import PRESETS, GanTrainConfig
+from medfake.tamper.model import load_tamper_model
+from medfake.tamper.train import read_validation, train
+from medfake.training import load_checkpoint, read_losses
 
 TINY = dict(g_filters=(4, 8, 16, 16), d_filters=(4, 8, 16, 16), batch_size=4, g_lr=2e-3, d_lr=2e-4, hole=8,
-            val_every=5, snapshot_every=5, checkpoint_every=3)
+            snapshot_every=5, checkpoint_every=3)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,7 @@ def test_paper_preset_matches_the_reference_parameter_counts():
 
 
 def test_cpu_small_shapes_and_architecture():
-    config = TrainConfig.resolve("inject", "cpu-small")
+    config = GanTrainConfig.resolve("inject", "cpu-small")
     generator = UNetGenerator3D(config.g_filters).eval()
     discriminator = PatchDiscriminator3D(config.d_filters)
     x = torch.rand(2, 1, 32, 32, 32) * 2 - 1
@@ -65,7 +67,7 @@ def test_cpu_small_shapes_and_architecture():
 
 
 def test_short_training_decreases_losses_and_resumes_exactly(tiny_set, tmp_path, one_thread):
-    config = TrainConfig.resolve("inject", "cpu-small", steps=14, **TINY)
+    config = GanTrainConfig.resolve("inject", "cpu-small", steps=14, **TINY)
     run = train(tiny_set, tmp_path / "straight", config, show_progress=False)
     rows = read_losses(run)
     assert [int(r["step"]) for r in rows] == list(range(1, 15))
@@ -74,25 +76,49 @@ def test_short_training_decreases_losses_and_resumes_exactly(tiny_set, tmp_path,
     assert np.mean(d[-4:]) < np.mean(d[:4])
     assert np.mean(g[-4:]) < 0.8 * np.mean(g[:4])
     assert len(list((run / "snapshots").glob("step_*.png"))) == 3  # 5, 10 and the last step 14
-    assert (run / "checkpoint.pt").exists()
+    validation = read_validation(run)
+    assert [int(r["step"]) for r in validation] == [5, 10, 14]
+    assert 0 < float(validation[-1]["val_l1_hole"]) < float(validation[0]["val_l1_hole"])
+    assert (run / "checkpoint.pt").exists() and (run / "losses.png").exists()
     model = load_tamper_model(run)
     assert model.info["step"] == 14  # the last step is saved (CT-GAN never saved its last epoch)
     assert (run / "model" / "equalizer.npz").exists() and "git_commit" in model.info
 
-    # interrupted after 9 steps (checkpoint at 9), then resumed to 14: the same losses as the straight run
-    config = TrainConfig.resolve("inject", "cpu-small", steps=9, **TINY)
+    # interrupted after 7 steps (half way), then resumed to 14: the very same weights as the straight run
+    config = GanTrainConfig.resolve("inject", "cpu-small", steps=7, **TINY)
     part = train(tiny_set, tmp_path / "resumed", config, show_progress=False)
-    train(tiny_set, part, TrainConfig.resolve("inject", "cpu-small", **TINY), resume=True, steps=14,
+    train(tiny_set, part, GanTrainConfig.resolve("inject", "cpu-small", **TINY), resume=True, steps=14,
           show_progress=False)
-    resumed = read_losses(part)
-    assert [int(r["step"]) for r in resumed] == list(range(1, 15))
-    for a, b in zip(rows[9:], resumed[9:]):
-        assert float(a["g_loss"]) == pytest.approx(float(b["g_loss"]), rel=1e-5)
-        assert float(a["d_loss"]) == pytest.approx(float(b["d_loss"]), rel=1e-5)
+    assert read_losses(part) == rows  # the log matches, row for row
+    assert [int(r["step"]) for r in read_validation(part)] == [5, 7, 10, 14]
+    straight, resumed = load_checkpoint(run / "checkpoint.pt"), load_checkpoint(part / "checkpoint.pt")
+    for net in ("generator", "discriminator"):
+        assert all(torch.equal(straight[net][k], resumed[net][k]) for k in straight[net])
+    assert (straight["epoch"], straight["position"]) == (resumed["epoch"], resumed["position"])
 
 
 def test_training_refuses_a_set_built_for_the_other_action(tiny_set, tmp_path):
     from medfake.errors import MedfakeError
 
     with pytest.raises(MedfakeError, match="built to inject"):
-        train(tiny_set, tmp_path / "r", TrainConfig.resolve("remove", "cpu-small", **TINY), show_progress=False)
+        train(tiny_set, tmp_path / "r", GanTrainConfig.resolve("remove", "cpu-small", **TINY), show_progress=False)
+
+
+def test_train_command_resumes_and_refuses_a_full_folder(tmp_path, capsys, one_thread):
+    """`medfake train inject` with the cpu-small preset on 3 lung1 cubes of 32³: 2 steps, resumed to 3."""
+    from medfake.cli import main
+    from medfake.data.samples import sample_path
+
+    table = tmp_path / "locs.csv"
+    table.write_text("filename,x,y,z\nlung1,-21.86,-120.54,-611.50\nlung1,-78.70,-120.83,-662.50\n"
+                     "lung1,55.89,-139.08,-657.50\n")
+    main(["trainset", "inject", "--scans", str(sample_path("lung1")), "--coords", str(table), "--rotation-step", "0",
+          "--shift", "0", "--no-flips", "-o", str(tmp_path / "set")])
+    run = tmp_path / "run"
+    main(["train", "inject", "--data", str(tmp_path / "set"), "-o", str(run), "--steps", "2", "--seed", "3"])
+    main(["train", "inject", "--data", str(tmp_path / "set"), "-o", str(run), "--steps", "3", "--resume"])
+    assert [int(r["step"]) for r in read_losses(run)] == [1, 2, 3]
+    assert load_tamper_model(run, "inject").info["step"] == 3 and load_tamper_model(run).config.seed == 3
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "inject", "--data", str(tmp_path / "set"), "-o", str(run), "--steps", "4"])
+    assert exit_info.value.code == 2 and "--resume" in capsys.readouterr().err

@@ -9,7 +9,8 @@ import pytest
 from medfake.scan import Scan
 from medfake.tamper.blend import radial_weight
 from medfake.tamper.cube import IsoGrid, Region, from_iso, to_iso
-from medfake.tamper.model import TamperModel, TrainConfig
+from medfake.tamper.config import GanTrainConfig
+from medfake.tamper.model import TamperModel
 from medfake.tamper.noise import estimate_noise, flat_parenchyma, noise_level, residual, robust_std, tone_down
 from medfake.tamper.pipeline import Context, Site, blend_radii, ctgan_site
 
@@ -119,7 +120,7 @@ class SmoothCube(UnchangedCube):
 def test_pasting_an_unchanged_cube_touches_nothing_outside_the_blend(lung1):
     from medfake.lungmask import lung_mask, lung_parenchyma
 
-    config = TrainConfig(action="remove")
+    config = GanTrainConfig(action="remove")
     model = UnchangedCube(config, None, None, "unchanged")
     grid = IsoGrid(HEALTHY, 32, 1.0)
     region = Region.of(lung1, grid)
@@ -149,7 +150,7 @@ def lung1_noise(lung1):
 def test_in_painted_noise_matches_what_was_there(lung1, lung1_noise, fake):
     """Whether the generator adds noise, blurs or hands the input back, the in-painted region ends with the
     noise level the scan had at those voxels (flat parenchyma, same voxels before and after)."""
-    model = fake(TrainConfig(action="remove"), None, None, "fake")
+    model = fake(GanTrainConfig(action="remove"), None, None, "fake")
     rng = np.random.default_rng(0)
     out = ctgan_site(lung1, Site(HEALTHY), "remove", model, Context(lung1_noise, rng, blend_radii(model)))
     region = Region.of(lung1, IsoGrid(HEALTHY, 32, 1.0))

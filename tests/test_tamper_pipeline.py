@@ -15,7 +15,8 @@ from medfake.data.samples import sample_path
 from medfake.tamper.trainset import AugmentConfig, TrainsetConfig, build_trainset
 from medfake.io import load_scan, save_scan
 from medfake.io.tables import read_manifest
-from medfake.tamper.model import TrainConfig, load_tamper_model
+from medfake.tamper.config import GanTrainConfig
+from medfake.tamper.model import load_tamper_model
 from medfake.errors import MedfakeError
 from medfake.tamper.pipeline import Site, tamper_scan
 from medfake.tamper.run import resolve_sites
@@ -34,8 +35,8 @@ def remover(tmp_path_factory):
     config = TrainsetConfig("remove", augment=AugmentConfig(rotation_step_deg=90))
     data = build_trainset("remove", [sample_path("lung1")], root / "set", auto_healthy=4, seed=3,
                           coords=sample_path("lung1").parent / "annotations.csv", config=config)
-    train_config = TrainConfig.resolve("remove", "cpu-small", g_filters=(4, 8, 16, 32, 32), d_filters=(4, 8, 16, 32),
-                                       batch_size=4, steps=40, g_lr=2e-3, d_lr=2e-4, val_every=40,
+    train_config = GanTrainConfig.resolve("remove", "cpu-small", g_filters=(4, 8, 16, 32, 32), d_filters=(4, 8, 16, 32),
+                                       batch_size=4, steps=40, g_lr=2e-3, d_lr=2e-4,
                                        snapshot_every=40, checkpoint_every=40)
     run = train(data, root / "run", train_config, show_progress=False)
     torch.set_num_threads(before)

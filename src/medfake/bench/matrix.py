@@ -57,14 +57,14 @@ def synthetic_test_scans(test_dir: str) -> list[dict]:
 
 def train_tamper_models(cells: Cells, config: dict, train_dir: str) -> dict:
     from medfake.tamper.trainset import AugmentConfig, TrainsetConfig, build_trainset
-    from medfake.tamper.model import TrainConfig
+    from medfake.tamper.config import ACTIONS, GanTrainConfig
     from medfake.tamper.train import train
 
     spec = config["tamper_models"]
     augment = AugmentConfig(**spec.get("augment", {}))
     annotations = str(Path(train_dir) / "annotations.csv")
     models = {}
-    for action in ("inject", "remove"):
+    for action in ACTIONS:
         options = dict(spec.get(action, {}))
         auto_healthy = options.pop("auto_healthy", 4 if action == "remove" else 0)
 
@@ -76,7 +76,7 @@ def train_tamper_models(cells: Cells, config: dict, train_dir: str) -> dict:
         data = cells.run(f"trainset-{action}", make_set)
 
         def fit(folder: Path, action=action, options=options, data=data):
-            cfg = TrainConfig.resolve(action, spec.get("preset", "cpu-small"), seed=config["seed"], **options)
+            cfg = GanTrainConfig.resolve(action, spec.get("preset", "cpu-small"), seed=config["seed"], **options)
             train(data, folder / "run", cfg)
             return str(folder / "run")
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from medfake.tamper.config import ACTIONS, PRESETS, GanTrainConfig
+
 out = Console()
 _registered: set[int] = set()
 
@@ -56,24 +58,24 @@ def _trainset_command(action: str):
 # --- training ------------------------------------------------------------------------------------------
 def _train_command(action: str):
     def command(data: Path = typer.Option(..., "--data", help="Training set folder (medfake trainset)."),
-                preset: str = typer.Option("cpu-small", "--preset", help="cpu-small | paper"),
+                preset: str = typer.Option(GanTrainConfig.preset, "--preset", help=" | ".join(PRESETS)),
                 run: Path = typer.Option(..., "-o", "--output", help="Run folder (checkpoints, snapshots, model/)."),
                 resume: bool = typer.Option(False, "--resume", help="Continue the run's checkpoint exactly."),
                 steps: int = typer.Option(None, "--steps", help="Total training steps (default: preset)."),
-                seed: int = typer.Option(None, "--seed", help="Seed (default 0)."),
+                seed: int = typer.Option(None, "--seed", help=f"Seed (default {GanTrainConfig.seed})."),
                 batch_size: int = typer.Option(None, "--batch-size"),
                 g_lr: float = typer.Option(None, "--g-lr", help="Generator learning rate."),
                 d_lr: float = typer.Option(None, "--d-lr", help="Discriminator learning rate."),
                 hole: int = typer.Option(None, "--hole", help="Hole size (16 or 20 in the reference)."),
                 l1_region: str = typer.Option(None, "--l1", help="L1 over the whole cube or the hole: cube | hole."),
-                snapshot_every: int = typer.Option(None, "--snapshot-every", help="PNG snapshot interval (steps)."),
+                snapshot_every: int = typer.Option(None, "--snapshot-every",
+                                                   help="Interval (steps) of PNG snapshot, validation and model/."),
                 checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="Checkpoint interval (steps)."),
                 mixed_precision: str = typer.Option(None, "--mixed-precision", help="auto | no | fp16 | bf16"),
                 max_minutes: float = typer.Option(None, "--max-minutes", help="Stop (and save) after this wall time.")):
-        from medfake.tamper.model import TrainConfig
-        from medfake.tamper.train import train
+        from medfake.tamper.train import train  # torch: imported when a command runs, not at CLI start-up
 
-        config = TrainConfig.resolve(action, preset, steps=steps, seed=seed, batch_size=batch_size, g_lr=g_lr,
+        config = GanTrainConfig.resolve(action, preset, steps=steps, seed=seed, batch_size=batch_size, g_lr=g_lr,
                                      d_lr=d_lr, hole=hole, l1_region=l1_region, snapshot_every=snapshot_every,
                                      checkpoint_every=checkpoint_every, mixed_precision=mixed_precision)
         folder = train(data, run, config, resume=resume, steps=steps, max_minutes=max_minutes)
@@ -170,7 +172,7 @@ def register(app, data_app, train_app) -> None:
         return
     _registered.add(id(app))
     trainset_app = typer.Typer(no_args_is_help=True, help="Build training sets of isotropic cubes (inject, remove).")
-    for action in ("inject", "remove"):
+    for action in ACTIONS:
         trainset_app.command(action)(_trainset_command(action))
         train_app.command(action)(_train_command(action))
     app.add_typer(trainset_app, name="trainset")

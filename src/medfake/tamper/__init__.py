@@ -1,14 +1,15 @@
 """Tamper CT scans: inject or remove lung nodules (CT-GAN done right), plus the classical baselines.
 
-Python API (what the CLI calls):
+Importing the package loads nothing (torch stays out of CLI start-up). Python API (what the CLI calls):
+    from medfake.tamper.model import load_tamper_model
+    from medfake.tamper.pipeline import tamper_scan
+    from medfake.tamper.run import TamperRequest, tamper_file
+
     model = load_tamper_model("runs/remover")                       # RUN folder of `medfake train`
     tampered, rows = tamper_scan(scan, [(33, 359, 218)], "remove", model, rng=np.random.default_rng(0))
-    result = tamper_file(path, outdir, "inject", auto=2, model_dir="runs/injector", fmt="dicom")
+    result = tamper_file(TamperRequest(path, outdir, "inject", auto=2, model_dir="runs/injector", fmt="dicom"))
+
+Modules: config (actions, presets, GanTrainConfig), trainset (CT-GAN training sets), train (the GAN on
+`medfake.training.fit`), model (networks, model folder), cube (isotropic grids), equalizer, noise, blend,
+sites, pipeline (in-memory tampering), classical (copy-move, in-painting), run (files and manifest).
 """
-
-from medfake.tamper.model import TamperModel, TrainConfig, load_tamper_model
-from medfake.tamper.pipeline import METHODS, Site, tamper_scan
-from medfake.tamper.run import TamperResult, tamper_file
-
-__all__ = ["METHODS", "Site", "TamperModel", "TamperResult", "TrainConfig", "load_tamper_model", "tamper_file",
-           "tamper_scan"]

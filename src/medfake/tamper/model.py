@@ -1,4 +1,4 @@
-"""Model presets, the resolved training configuration, and the model folder a tamper run loads.
+"""The in-painting networks built from a `GanTrainConfig`, and the model folder a tamper run loads.
 
 A run folder `RUN/` holds `model/` with everything tampering needs: `generator.pt` (a plain state dict, loaded
 with `weights_only=True`), `equalizer.npz` and `model.json` (architecture, cube geometry, step, git commit).
@@ -8,88 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from medfake.errors import MedfakeError
+from medfake.nn.pix2pix3d import PatchDiscriminator3D, UNetGenerator3D
+from medfake.tamper.config import GanTrainConfig
 from medfake.tamper.equalizer import Equalizer
 
-ACTIONS = ("inject", "remove")
 FLIP_VIEWS = ((), (2,), (1,), (1, 2))  # z,y,x axes flipped; the in-plane flips of the training augmentation
-
-# Learning rates: the reference trains G at 2e-4 and D at 1e-6 (defect 12: D barely learns, so the
-# adversarial term is noise). With λ·L1 = 100 dominating, D only has to judge texture; 10x below G keeps it
-# learning without overpowering G on small training sets (the collapse users reported in issue #1).
-PRESETS: dict[str, dict] = {
-    "paper": dict(g_filters=(100, 200, 400, 800, 800), d_filters=(100, 200, 400, 800), dropout=0.5,
-                  batch_size=32, steps=70_000, g_lr=2e-4, d_lr=2e-5, snapshot_every=500, checkpoint_every=1000),
-    "cpu-small": dict(g_filters=(8, 16, 32, 64, 64), d_filters=(8, 16, 32, 64), dropout=0.2,
-                      batch_size=8, steps=1500, g_lr=1e-3, d_lr=1e-4, snapshot_every=250, checkpoint_every=250),
-}
-
-
-@dataclass
-class TrainConfig:
-    action: str = "inject"
-    preset: str = "cpu-small"
-    g_filters: tuple = (8, 16, 32, 64, 64)
-    d_filters: tuple = (8, 16, 32, 64)
-    dropout: float = 0.2
-    cube: int = 32
-    hole: int = 20  # the reference code's 20³ (its paper figure draws 16³)
-    iso_spacing: float = 1.0
-    l1_weight: float = 100.0
-    l1_region: str = "cube"  # cube | hole
-    batch_size: int = 8
-    steps: int = 1500
-    g_lr: float = 1e-3
-    d_lr: float = 1e-4
-    beta1: float = 0.5
-    val_fraction: float = 0.1
-    val_every: int = 250
-    snapshot_every: int = 250
-    checkpoint_every: int = 250
-    seed: int = 0
-    mixed_precision: str = "auto"
-
-    @classmethod
-    def resolve(cls, action: str, preset: str, **overrides) -> "TrainConfig":
-        if action not in ACTIONS:
-            raise MedfakeError(f"action must be inject or remove, not '{action}'")
-        if preset not in PRESETS:
-            raise MedfakeError(f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
-        values = dict(PRESETS[preset], action=action, preset=preset)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        config = cls(**values)
-        config.validate()
-        return config
-
-    def validate(self) -> None:
-        if self.cube % 2 ** len(self.g_filters):
-            raise MedfakeError(f"cube size {self.cube} must be divisible by 2^{len(self.g_filters)} (generator depth)")
-        if not 0 < self.hole < self.cube:
-            raise MedfakeError(f"hole {self.hole} must be between 0 and the cube size {self.cube}")
-        if self.l1_region not in ("cube", "hole"):
-            raise MedfakeError(f"l1 region must be cube or hole, not '{self.l1_region}'")
-        if self.batch_size < 2:
-            raise MedfakeError("batch size must be at least 2 (batch norm at the 1³ bottleneck)")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["g_filters"], d["d_filters"] = list(self.g_filters), list(self.d_filters)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in d.items() if k in known}
-        for key in ("g_filters", "d_filters"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return cls(**values)
 
 
 def hole_slices(cube: int, hole: int) -> tuple[slice, slice, slice]:
@@ -104,15 +34,11 @@ def mask_hole(net_cubes: torch.Tensor | np.ndarray, hole: int):
     return out
 
 
-def build_generator(config: TrainConfig):
-    from medfake.nn.pix2pix3d import UNetGenerator3D
-
+def build_generator(config: GanTrainConfig) -> UNetGenerator3D:
     return UNetGenerator3D(config.g_filters, dropout=config.dropout)
 
 
-def build_discriminator(config: TrainConfig):
-    from medfake.nn.pix2pix3d import PatchDiscriminator3D
-
+def build_discriminator(config: GanTrainConfig) -> PatchDiscriminator3D:
     return PatchDiscriminator3D(config.d_filters)
 
 
@@ -120,7 +46,7 @@ def build_discriminator(config: TrainConfig):
 class TamperModel:
     """A trained in-painting generator with its equalizer: HU cube in, HU cube out."""
 
-    config: TrainConfig
+    config: GanTrainConfig
     generator: torch.nn.Module
     equalizer: Equalizer
     model_id: str
@@ -148,7 +74,7 @@ class TamperModel:
         return np.stack([self.equalizer.to_hu(np.flip(o, axes)) for o, axes in zip(out, FLIP_VIEWS)])
 
 
-def save_model_folder(folder: Path, config: TrainConfig, generator, equalizer: Equalizer, info: dict) -> Path:
+def save_model_folder(folder: Path, config: GanTrainConfig, generator, equalizer: Equalizer, info: dict) -> Path:
     """Write generator weights, equalizer and model.json into `folder` (replaced atomically by the caller)."""
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
@@ -174,7 +100,7 @@ def load_tamper_model(run_dir: str | Path, action: str | None = None) -> TamperM
     folder = model_folder(run_dir)
     try:
         meta = json.loads((folder / "model.json").read_text())
-        config = TrainConfig.from_dict(meta["config"])
+        config = GanTrainConfig.from_dict(meta["config"])
     except (ValueError, KeyError, TypeError) as exc:
         raise MedfakeError(f"unreadable model.json ({exc.__class__.__name__})", folder / "model.json") from None
     if action is not None and config.action != action:

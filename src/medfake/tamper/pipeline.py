@@ -25,7 +25,8 @@ from medfake.lungmask import IN_PLANE
 from medfake.scan import Scan
 from medfake.tamper.blend import blend, noise_gain, radial_weight
 from medfake.tamper.cube import IsoGrid, Region, from_iso, to_iso
-from medfake.tamper.model import ACTIONS, TamperModel
+from medfake.tamper.config import ACTIONS
+from medfake.tamper.model import TamperModel
 from medfake.tamper.noise import (NoiseModel, estimate_noise, flat_parenchyma, match_noise, noise_level,
                                   settle_noise)
 

@@ -1,0 +1,88 @@
+"""What the tamperer is configured with: the two actions, the model presets and the GAN training
+configuration. Free of torch, so the CLI can read its defaults without paying torch's import time."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from medfake.errors import MedfakeError
+
+ACTIONS = ("inject", "remove")
+
+# Learning rates: the reference trains G at 2e-4 and D at 1e-6 (defect 12: D barely learns, so the
+# adversarial term is noise). With λ·L1 = 100 dominating, D only has to judge texture; 10x below G keeps it
+# learning without overpowering G on small training sets (the collapse users reported in issue #1).
+PRESETS: dict[str, dict] = {
+    "paper": dict(g_filters=(100, 200, 400, 800, 800), d_filters=(100, 200, 400, 800), dropout=0.5,
+                  batch_size=32, steps=70_000, g_lr=2e-4, d_lr=2e-5, snapshot_every=500, checkpoint_every=1000),
+    "cpu-small": dict(g_filters=(8, 16, 32, 64, 64), d_filters=(8, 16, 32, 64), dropout=0.2,
+                      batch_size=8, steps=1500, g_lr=1e-3, d_lr=1e-4, snapshot_every=250, checkpoint_every=250),
+}
+
+
+def require_action(action: str) -> str:
+    if action not in ACTIONS:
+        raise MedfakeError(f"action must be {' or '.join(ACTIONS)}, not '{action}'")
+    return action
+
+
+@dataclass
+class GanTrainConfig:
+    """The 3-D pix2pix in-painting GAN and how it is trained (a preset's values, then the overrides)."""
+
+    action: str = "inject"
+    preset: str = "cpu-small"
+    g_filters: tuple = (8, 16, 32, 64, 64)
+    d_filters: tuple = (8, 16, 32, 64)
+    dropout: float = 0.2
+    cube: int = 32
+    hole: int = 20  # the reference code's 20³ (its paper figure draws 16³)
+    iso_spacing: float = 1.0
+    l1_weight: float = 100.0
+    l1_region: str = "cube"  # cube | hole
+    batch_size: int = 8
+    steps: int = 1500
+    g_lr: float = 1e-3
+    d_lr: float = 1e-4
+    beta1: float = 0.5
+    val_fraction: float = 0.1
+    snapshot_every: int = 250  # preview PNG, validation L1 in the hole, exported model/
+    checkpoint_every: int = 250
+    seed: int = 0
+    mixed_precision: str = "auto"
+
+    @classmethod
+    def resolve(cls, action: str, preset: str, **overrides) -> "GanTrainConfig":
+        require_action(action)
+        if preset not in PRESETS:
+            raise MedfakeError(f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
+        values = dict(PRESETS[preset], action=action, preset=preset)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.cube % 2 ** len(self.g_filters):
+            raise MedfakeError(f"cube size {self.cube} must be divisible by 2^{len(self.g_filters)} (generator depth)")
+        if not 0 < self.hole < self.cube:
+            raise MedfakeError(f"hole {self.hole} must be between 0 and the cube size {self.cube}")
+        if self.l1_region not in ("cube", "hole"):
+            raise MedfakeError(f"l1 region must be cube or hole, not '{self.l1_region}'")
+        if self.batch_size < 2:
+            raise MedfakeError("batch size must be at least 2 (batch norm at the 1³ bottleneck)")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["g_filters"], d["d_filters"] = list(self.g_filters), list(self.d_filters)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GanTrainConfig":
+        """Unknown keys are ignored, so model folders written before a field was dropped still load."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in d.items() if k in known}
+        for key in ("g_filters", "d_filters"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
