@@ -7,8 +7,9 @@ trained generator weights and of the tampered voxels (plus the per-step losses).
 
 Two runs are trained: `dropout0` (no dropout: training draws no random numbers, so the weights depend only on
 the seed and the arithmetic) and `dropout` (the cpu-small dropout, whose masks come from torch's global RNG:
-a loop that seeds at another point draws other masks). `--model` tampers with a fixed, already trained model
-folder instead (the tamper path alone). Runs of the same label are replaced in the JSON; other labels stay,
+a loop that seeds at another point draws other masks). `--model` also tampers with a fixed, already trained
+model folder (the tamper path alone) and digests crops/pastes at the scan's borders (ctgan, copy-move,
+in-painting). Runs of the same label are replaced in the JSON; other labels stay,
 so `before` and `after` sit side by side. Single-threaded, a minute on one core.
 """
 
@@ -79,18 +80,57 @@ def tamper_digest(model_dir: Path) -> dict:
             "voxels_changed": changed}
 
 
+def crop_digests(model_dir: Path) -> dict:
+    """Crops and pastes at lung1's centre and at its borders: the fixed model's tamper and the classical methods."""
+    from medfake.data.samples import sample_path
+    from medfake.io import load_scan
+    from medfake.tamper.classical import copy_move_inject, inpaint_remove, nodule_radius_mm
+    from medfake.tamper.model import load_tamper_model
+    from medfake.tamper.pipeline import tamper_scan
+
+    digest = lambda a: hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+    scan = load_scan(sample_path("lung1"))
+    nodule = (33, 359, 218)
+    out = {"nodule_radius_mm": [nodule_radius_mm(scan, zyx) for zyx in (nodule, (1, 359, 218), (47, 2, 510))],
+           "copy_move": digest(copy_move_inject(scan, (30, 330, 380), scan, nodule, np.random.default_rng(0))),
+           "copy_move_border": digest(copy_move_inject(scan, (0, 3, 508), scan, nodule, np.random.default_rng(1))),
+           "inpaint": digest(inpaint_remove(scan, nodule, 13.8)),
+           "inpaint_border": digest(inpaint_remove(scan, (1, 300, 509), 10.0))}
+    model = load_tamper_model(model_dir, "inject")
+    for name, site in (("ctgan_border_z", (1, 358, 118)), ("ctgan_border_x", (47, 200, 2))):
+        out[name] = digest(tamper_scan(scan, [site], "inject", model, rng=np.random.default_rng(0))[0].voxels)
+    return out
+
+
+def compare(before: dict, after: dict, label: str) -> dict:
+    """Which digests agree bit for bit, and how far apart the losses are (relative, worst step)."""
+    out = {"labels": ["before", label]}
+    for name, run in after["runs"].items():
+        old = before["runs"][name]
+        out[name] = {"weights_identical": run["weights_sha256"] == old["weights_sha256"],
+                     "tampered_voxels_identical": run["voxels_sha256"] == old["voxels_sha256"],
+                     "g_loss_max_rel_diff": max(abs(a - b) / abs(b) for a, b in zip(run["g_loss"], old["g_loss"])),
+                     "d_loss_max_rel_diff": max(abs(a - b) / abs(b) for a, b in zip(run["d_loss"], old["d_loss"]))}
+    if "fixed_model" in before and "fixed_model" in after:
+        fb, fa = before["fixed_model"], after["fixed_model"]
+        out["fixed_model_tamper_identical"] = fb["voxels_sha256"] == fa["voxels_sha256"]
+        out["crops_identical"] = fb.get("crops") == fa.get("crops")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--label", required=True, help="e.g. before / after")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--model", type=Path, default=None, help="also tamper with this fixed model folder")
     parser.add_argument("--keep-model", type=Path, default=None, help="copy the dropout run's model/ here")
+    parser.add_argument("--source-commit", default=None, help="record this commit (code run from an export)")
     parser.add_argument("--out", type=Path, default=RESULTS / "tamper_output_equivalence.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
     from medfake.runinfo import git_commit
 
-    result = {"commit": git_commit(), "steps": args.steps, "site_zyx": list(SITE), "runs": {}}
+    result = {"commit": args.source_commit or git_commit(), "steps": args.steps, "site_zyx": list(SITE), "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         t = time.time()
@@ -106,10 +146,13 @@ def main() -> None:
                 shutil.copytree(model_dir, args.keep_model)
         if args.model:
             result["fixed_model"] = {"folder": str(args.model), "weights_sha256": weights_digest(args.model),
-                                     **tamper_digest(args.model)}
+                                     **tamper_digest(args.model), "crops": crop_digests(args.model)}
         result["wall_s"] = round(time.time() - t, 1)
     everything = json.loads(args.out.read_text()) if args.out.exists() else {}
     everything[args.label] = result
+    everything.pop("comparison", None)
+    if "before" in everything and args.label != "before":
+        everything["comparison"] = compare(everything["before"], result, args.label)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(everything, indent=1))
     print(json.dumps(result, indent=1))

@@ -8,7 +8,8 @@ import pytest
 
 from medfake.scan import Scan
 from medfake.tamper.blend import radial_weight
-from medfake.tamper.cube import IsoGrid, Region, from_iso, to_iso
+from medfake.scan import overlap
+from medfake.tamper.cube import IsoGrid, block_shape, distance_mm, from_iso, scan_block, to_iso
 from medfake.tamper.config import GanTrainConfig
 from medfake.tamper.model import TamperModel
 from medfake.tamper.noise import estimate_noise, flat_parenchyma, noise_level, residual, robust_std, tone_down
@@ -24,9 +25,9 @@ def test_cube_round_trip_is_exact_in_size_and_close_in_values(lung1, spacing):
     grid = IsoGrid(NODULE, 32, 1.0)
     cube = to_iso(scan, grid)
     assert cube.shape == (32, 32, 32)  # CT-GAN: 3.0 mm -> 33, 5.0 mm -> 30 and a crash
-    region = Region.of(scan, grid)
-    back = from_iso(cube, grid, region)
-    original = region.cut(scan.voxels, -1000.0)
+    block = scan_block(scan, grid)
+    back = from_iso(cube, grid, block)
+    original = block.voxels.astype(np.float32)
     assert back.shape == original.shape
     assert np.median(np.abs(back - original)) < 12.0  # HU; the 1 mm grid cannot hold finer in-plane detail
     assert abs(float(back.mean() - original.mean())) < 5.0
@@ -38,8 +39,8 @@ def test_cube_size_is_exact_at_any_spacing(lung1, spacing):
     for size in (24, 32, 48):
         grid = IsoGrid(NODULE, size, 1.0)
         assert to_iso(scan, grid).shape == (size,) * 3
-        region = Region.of(scan, grid)
-        assert from_iso(np.zeros((size,) * 3, np.float32), grid, region).shape == region.shape
+        block = scan_block(scan, grid)
+        assert from_iso(np.zeros((size,) * 3, np.float32), grid, block).shape == block.shape
 
 
 def test_grid_is_centred_on_the_location_at_anisotropic_spacing():
@@ -61,9 +62,9 @@ def test_cubes_reaching_outside_the_scan_are_padded_with_air(lung1):
 
 def test_blend_weight_falls_off_in_mm_along_every_axis(lung1):
     grid = IsoGrid(NODULE, 32, 1.0)
-    region = Region.of(lung1, grid)
-    weight = radial_weight(region.distance_mm(), 10.0, 15.0)
-    cz, cy, cx = np.asarray(region.shape) // 2
+    block = scan_block(lung1, grid)
+    weight = radial_weight(distance_mm(block), 10.0, 15.0)
+    cz, cy, cx = np.asarray(block.shape) // 2
     assert weight[cz, cy, cx] == 1.0
     # 10 mm along z (2 slices of 5 mm) and along y (10 mm / 0.5703) get the same weight: full
     assert weight[cz + 2, cy, cx] == pytest.approx(1.0)
@@ -78,7 +79,7 @@ def test_noise_model_matches_this_scans_parenchyma(lung1):
 
     parenchyma = lung_parenchyma(lung1, lung_mask(lung1))
     rng = np.random.default_rng(0)
-    shape = Region.of(lung1, IsoGrid(HEALTHY, 32, 1.0)).shape
+    shape = block_shape(lung1.spacing, IsoGrid(HEALTHY, 32, 1.0))
     model = estimate_noise(lung1, parenchyma, shape, rng, avoid_zyx=[HEALTHY])
     assert model.patches >= 6 and 10.0 < model.sigma < 80.0
     fresh = model.sample(rng)
@@ -89,6 +90,12 @@ def test_noise_model_matches_this_scans_parenchyma(lung1):
     def lag1(v):
         return np.corrcoef(v[:, :, :-1].ravel(), v[:, :, 1:].ravel())[0, 1]
     assert lag1(fresh) == pytest.approx(lag1(block), abs=0.15)
+
+
+def placed(scan, block):
+    """(scan slices, block slices) where a crop of `scan` lies inside it."""
+    start = scan.offset_of(block)
+    return overlap(start, start + np.asarray(block.shape), scan.shape)
 
 
 class UnchangedCube(TamperModel):
@@ -122,15 +129,14 @@ def test_pasting_an_unchanged_cube_touches_nothing_outside_the_blend(lung1):
 
     config = GanTrainConfig(action="remove")
     model = UnchangedCube(config, None, None, "unchanged")
-    grid = IsoGrid(HEALTHY, 32, 1.0)
-    region = Region.of(lung1, grid)
+    block = scan_block(lung1, IsoGrid(HEALTHY, 32, 1.0))
     rng = np.random.default_rng(0)
-    noise = estimate_noise(lung1, lung_parenchyma(lung1, lung_mask(lung1)), region.shape, rng)
+    noise = estimate_noise(lung1, lung_parenchyma(lung1, lung_mask(lung1)), block.shape, rng)
     out = ctgan_site(lung1, Site(HEALTHY), "remove", model, Context(noise, rng, blend_radii(model)))
     diff = out - lung1.voxels
     weight = np.zeros(lung1.shape, bool)
-    scan_sl, block_sl = region.slices(lung1.shape)
-    weight[scan_sl] = radial_weight(region.distance_mm(), *blend_radii(model))[block_sl] > 0
+    scan_sl, block_sl = placed(lung1, block)
+    weight[scan_sl] = radial_weight(distance_mm(block), *blend_radii(model))[block_sl] > 0
     assert weight.sum() > 1000
     assert np.all(diff[~weight] == 0)  # bit-identical outside the blend
     inside = diff[weight]
@@ -142,7 +148,7 @@ def test_pasting_an_unchanged_cube_touches_nothing_outside_the_blend(lung1):
 def lung1_noise(lung1):
     from medfake.lungmask import lung_mask, lung_parenchyma
 
-    shape = Region.of(lung1, IsoGrid(HEALTHY, 32, 1.0)).shape
+    shape = block_shape(lung1.spacing, IsoGrid(HEALTHY, 32, 1.0))
     return estimate_noise(lung1, lung_parenchyma(lung1, lung_mask(lung1)), shape, np.random.default_rng(0))
 
 
@@ -153,11 +159,11 @@ def test_in_painted_noise_matches_what_was_there(lung1, lung1_noise, fake):
     model = fake(GanTrainConfig(action="remove"), None, None, "fake")
     rng = np.random.default_rng(0)
     out = ctgan_site(lung1, Site(HEALTHY), "remove", model, Context(lung1_noise, rng, blend_radii(model)))
-    region = Region.of(lung1, IsoGrid(HEALTHY, 32, 1.0))
-    scan_sl, block_sl = region.slices(lung1.shape)
+    block = scan_block(lung1, IsoGrid(HEALTHY, 32, 1.0))
+    scan_sl, block_sl = placed(lung1, block)
     before = np.asarray(lung1.voxels[scan_sl], dtype=np.float32)
     after = out[scan_sl]
-    inside = radial_weight(region.distance_mm(), *blend_radii(model))[block_sl] >= 0.99
+    inside = radial_weight(distance_mm(block), *blend_radii(model))[block_sl] >= 0.99
     flat = flat_parenchyma(before, lung1.spacing) & flat_parenchyma(after, lung1.spacing) & inside
     level_before = noise_level(before, lung1.spacing, flat)
     level_fake = noise_level(model.fake(before), lung1.spacing, flat)

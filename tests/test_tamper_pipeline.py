@@ -171,3 +171,17 @@ def test_classical_methods_get_the_same_manifest_treatment(lung1, lung1_label):
     assert json.loads(rows[0].parameters)["donor_zyx"] == list(NODULE_ZYX)
     with pytest.raises(MedfakeError, match="can only inject"):
         tamper_scan(lung1, [site], "remove", method="copy-move", donor=lung1, donor_zyx=NODULE_ZYX)
+
+
+def test_a_label_off_the_scans_grid_is_a_one_line_error(lung1_label, tmp_path, capsys):
+    """Same shape is not enough: a label whose origin is 5 mm off would put the removals 5 mm off."""
+    shifted = lung1_label.with_voxels(np.asarray(lung1_label.voxels),
+                                      origin=tuple(np.add(lung1_label.origin, (0.0, 0.0, 5.0))))
+    label = save_scan(shifted, tmp_path / "shifted.nrrd", format="nrrd")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tamper", "-t", str(sample_path("lung1")), "-d", str(tmp_path / "o"), "-a", "remove", "--auto", "1",
+              "--label", str(label), "--method", "inpaint"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert "shifted.nrrd" in err and "does not lie on the scan's grid" in err and "origin" in err
+    assert not (tmp_path / "o").exists()

@@ -86,6 +86,7 @@ def train_tamper_models(cells: Cells, config: dict, train_dir: str) -> dict:
 
 def tamper_all(cells: Cells, config: dict, scans: list[dict], models: dict, split: str) -> str:
     """Apply every attack to every scan; returns the merged manifest of this split."""
+    from medfake.tamper.config import TamperRequest
     from medfake.tamper.model import load_tamper_model
     from medfake.tamper.run import tamper_file
 
@@ -99,11 +100,11 @@ def tamper_all(cells: Cells, config: dict, scans: list[dict], models: dict, spli
                 if method == "ctgan" and action not in loaded:
                     loaded[action] = load_tamper_model(models[action], action)
                 by_label = attack.get("targets") == "labels"
-                result = tamper_file(scan["path"], folder, action,
-                                     table=scan["table"] if by_label and scan["table"] else None,
-                                     auto=0 if by_label and scan["table"] else int(attack.get("auto", 1)),
-                                     label=scan["label"], method=method, model=loaded.get(action),
-                                     seed=config["seed"] + 31 * k, fmt="nrrd")
+                request = TamperRequest(target=scan["path"], outdir=folder, action=action,
+                                        table=scan["table"] if by_label and scan["table"] else None,
+                                        auto=0 if by_label and scan["table"] else int(attack.get("auto", 1)),
+                                        label=scan["label"], method=method, seed=config["seed"] + 31 * k, fmt="nrrd")
+                result = tamper_file(request, model=loaded.get(action))
                 return {"output": str(result.output), "rows": len(result.rows)}
 
             cells.run(name, make)

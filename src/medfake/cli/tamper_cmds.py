@@ -8,7 +8,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from medfake.tamper.config import ACTIONS, PRESETS, GanTrainConfig
+from medfake.errors import MedfakeError
+from medfake.tamper.config import (ACTIONS, COORD_SYSTEMS, METHODS, PRESETS, AugmentConfig, GanTrainConfig,
+                                   TamperRequest, TrainsetConfig)
 
 out = Console()
 _registered: set[int] = set()
@@ -21,8 +23,8 @@ COORDS_HELP = "Location table: CT-GAN (filename,x,y,z[,type]), LUNA16 annotation
 def _trainset(action: str, scans: list[Path], coords: Path | None, auto_healthy: int, out_dir: Path, system: str,
               cube: int, iso_spacing: float, rotation_step: float, shift: int, no_flips: bool, seed: int,
               overwrite: bool) -> None:
-    from medfake.tamper.trainset import AugmentConfig, TrainsetConfig, build_trainset
-    from medfake.training import progress_bar
+    from medfake.tamper.trainset import build_trainset
+    from medfake.training import progress_bar  # torch: imported when the command runs, not at CLI start-up
 
     config = TrainsetConfig(action, cube=cube, iso_spacing=iso_spacing, coord_system=system,
                             augment=AugmentConfig(flips=not no_flips, shift=shift, rotation_step_deg=rotation_step))
@@ -39,11 +41,14 @@ def _trainset_command(action: str):
                 auto_healthy: int = typer.Option(0, "--auto-healthy",
                                                  help="Healthy locations sampled per scan in the lungs (remove)."),
                 out_dir: Path = typer.Option(..., "-o", "--output", help="New training-set folder."),
-                system: str = typer.Option("world", "--system", help="Table coordinates: world (mm) | vox."),
-                cube: int = typer.Option(32, "--cube", help="Cube size (points per axis) after resampling."),
-                iso_spacing: float = typer.Option(1.0, "--spacing", help="Isotropic spacing of the cubes (mm)."),
-                rotation_step: float = typer.Option(6.0, "--rotation-step", help="In-plane rotation step (deg), 0 = none."),
-                shift: int = typer.Option(4, "--shift", help="Diagonal in-plane shifts (grid points), 0 = none."),
+                system: str = typer.Option(TrainsetConfig.coord_system, "--system",
+                                           help="Table coordinates: world (mm) | vox."),
+                cube: int = typer.Option(TrainsetConfig.cube, "--cube", help="Cube size (points per axis) after resampling."),
+                iso_spacing: float = typer.Option(TrainsetConfig.iso_spacing, "--spacing",
+                                                  help="Isotropic spacing of the cubes (mm)."),
+                rotation_step: float = typer.Option(AugmentConfig.rotation_step_deg, "--rotation-step",
+                                                    help="In-plane rotation step (deg), 0 = none."),
+                shift: int = typer.Option(AugmentConfig.shift, "--shift", help="Diagonal in-plane shifts (grid points), 0 = none."),
                 no_flips: bool = typer.Option(False, "--no-flips", help="Leave out the y/x flips."),
                 seed: int = typer.Option(0, "--seed"),
                 overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty destination.")):
@@ -89,18 +94,18 @@ def _train_command(action: str):
 # --- tampering -----------------------------------------------------------------------------------------
 def tamper(target: Path = typer.Option(..., "-t", "--target", help="Scan: DICOM folder/file, .mhd, .nrrd, .nii[.gz], .npz."),
            destination: Path = typer.Option(..., "-d", "--destination", help="Output folder (scan + manifest.csv)."),
-           action: str = typer.Option(..., "-a", "--action", help="inject | remove"),
+           action: str = typer.Option(..., "-a", "--action", help=" | ".join(ACTIONS)),
            coord: list[str] = typer.Option(None, "-c", "--coord",
                                            help="z,y,x voxel (or x,y,z mm with -s world); repeat -c or list after it."),
            more: list[str] = typer.Argument(None, hidden=True),
-           system: str = typer.Option("vox", "-s", "--system", help="vox | world"),
+           system: str = typer.Option(TamperRequest.system, "-s", "--system", help=" | ".join(COORD_SYSTEMS)),
            coords: Path = typer.Option(None, "--coords", help=COORDS_HELP),
-           auto: int = typer.Option(0, "--auto", help="Choose N locations automatically (recorded chosen_by=auto)."),
-           label: Path = typer.Option(None, "--label", help="Nodule label volume: removal targets for --auto."),
+           auto: int = typer.Option(TamperRequest.auto, "--auto", help="Choose N locations automatically (recorded chosen_by=auto)."),
+           label: Path = typer.Option(None, "--label", help="Nodule label volume on the scan's grid: removal targets for --auto."),
            model: Path = typer.Option(None, "--model", help="Run folder of `medfake train` (method ctgan)."),
-           fmt: str = typer.Option("same", "-f", "--format", help="same | dicom | mhd | nrrd | nifti | npz"),
-           seed: int = typer.Option(0, "--seed", help="Seed for noise and automatic locations."),
-           method: str = typer.Option("ctgan", "--method", help="ctgan | copy-move | inpaint"),
+           fmt: str = typer.Option(TamperRequest.fmt, "-f", "--format", help="same | dicom | mhd | nrrd | nifti | npz"),
+           seed: int = typer.Option(TamperRequest.seed, "--seed", help="Seed for noise and automatic locations."),
+           method: str = typer.Option(TamperRequest.method, "--method", help=" | ".join(METHODS)),
            donor: Path = typer.Option(None, "--donor", help="copy-move: scan to copy the nodule from (default: target)."),
            donor_coord: str = typer.Option(None, "--donor-coord", help="copy-move: donor nodule z,y,x voxel."),
            blend: str = typer.Option(None, "--blend", help="ctgan: INNER,OUTER blend radii in mm (default hole/2-1, hole/2+3)."),
@@ -108,12 +113,14 @@ def tamper(target: Path = typer.Option(..., "-t", "--target", help="Scan: DICOM 
                                      "keep the strongest (default inject 4, remove 1)."),
            series: str = typer.Option(None, "--series", help="SeriesInstanceUID when the folder holds several.")):
     """Inject or remove lung nodules; writes a derived scan and appends ground truth to DEST/manifest.csv."""
-    from medfake.tamper.run import tamper_file
+    from medfake.tamper.run import tamper_file  # torch: imported when the command runs, not at CLI start-up
 
     locations = [c for text in list(coord or []) + list(more or []) for c in text.split()]
-    blend_mm = _pair(blend, "--blend") if blend else None
-    result = tamper_file(target, destination, action, locations, system, coords, auto, model, fmt, seed, method,
-                         label, donor, donor_coord, series, blend_mm=blend_mm, views=views)
+    request = TamperRequest(target=target, outdir=destination, action=action, coords=locations, system=system,
+                            table=coords, auto=auto, label=label, method=method, model_dir=model, fmt=fmt, seed=seed,
+                            donor=donor, donor_coord=donor_coord, series=series,
+                            blend_mm=_pair(blend, "--blend") if blend else None, views=views)
+    result = tamper_file(request)
     for row in result.rows:
         out.print(f"{row.action} ({row.method}, {row.chosen_by}) at z,y,x {row.voxel_z},{row.voxel_y},{row.voxel_x}"
                   f" = x,y,z {row.world_x:.1f},{row.world_y:.1f},{row.world_z:.1f} mm")
@@ -121,8 +128,6 @@ def tamper(target: Path = typer.Option(..., "-t", "--target", help="Scan: DICOM 
 
 
 def _pair(text: str, option: str) -> tuple[float, float]:
-    from medfake.errors import MedfakeError
-
     try:
         a, b = (float(v) for v in text.split(","))
     except ValueError:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from medfake.scan import Scan
+from medfake.scan import Scan, cube_bounds, overlap
 from medfake.tamper.blend import radial_weight
 
 NODULE_HU = -500.0  # nodule voxels are denser than this
@@ -22,11 +22,10 @@ EDGE_MM = 3.0  # width of the soft blend edge
 MARGIN_MM = 2.0  # removal region beyond the nodule radius
 
 
-def _offsets_mm(radius_mm: float, spacing) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Voxel offsets of a cube covering ±radius_mm, and their mm coordinates per axis."""
-    half = [int(np.ceil(radius_mm / s)) for s in spacing]
-    axes = [np.arange(-h, h + 1) for h in half]
-    return axes, [a * s for a, s in zip(axes, spacing)]
+def _offsets_mm(radius_mm: float, spacing) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Odd shape (z,y,x voxels) of a block covering ±radius_mm around a voxel, and its mm offsets per axis."""
+    half = np.array([int(np.ceil(radius_mm / s)) for s in spacing])
+    return 2 * half + 1, [np.arange(-h, h + 1) * s for h, s in zip(half, spacing)]
 
 
 def _distance_mm(axes_mm: list[np.ndarray]) -> np.ndarray:
@@ -34,24 +33,13 @@ def _distance_mm(axes_mm: list[np.ndarray]) -> np.ndarray:
     return np.sqrt(z ** 2 + y ** 2 + x ** 2)
 
 
-def _window(shape, center, axes) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-    """Slices of the volume and of the offset cube where they overlap."""
-    vol, cube = [], []
-    for n, c, a in zip(shape, center, axes):
-        lo, hi = int(c + a[0]), int(c + a[-1]) + 1
-        vol.append(slice(max(0, lo), min(n, hi)))
-        cube.append(slice(max(0, lo) - lo, len(a) - (hi - min(n, hi))))
-    return tuple(vol), tuple(cube)
-
-
 def nodule_radius_mm(scan: Scan, center_zyx) -> float:
     """Equivalent-sphere radius of the dense component at `center` (voxels > NODULE_HU within 15 mm)."""
-    axes, axes_mm = _offsets_mm(MAX_NODULE_RADIUS_MM, scan.spacing)
-    vol, cube = _window(scan.shape, center_zyx, axes)
-    dense = (np.asarray(scan.voxels[vol], np.float32) > NODULE_HU) & (_distance_mm(axes_mm)[cube] <= MAX_NODULE_RADIUS_MM)
+    shape, axes_mm = _offsets_mm(MAX_NODULE_RADIUS_MM, scan.spacing)
+    block = scan.crop(center_zyx, shape, pad=NODULE_HU)  # beyond the scan: not dense
+    dense = (block.voxels > NODULE_HU) & (_distance_mm(axes_mm) <= MAX_NODULE_RADIUS_MM)
     labels, _ = ndimage.label(dense)
-    seed = tuple(int(c) - s.start for c, s in zip(center_zyx, vol))
-    label = labels[seed]
+    label = labels[tuple(shape // 2)]
     if label == 0:
         return 4.0
     volume_mm3 = np.count_nonzero(labels == label) * float(np.prod(scan.spacing))
@@ -64,18 +52,15 @@ def copy_move_inject(scan: Scan, center_zyx, donor: Scan, donor_zyx, rng: np.ran
     donor_center = donor.require_inside(donor_zyx, "donor nodule location")
     radius = nodule_radius_mm(donor, donor_center)
     outer = radius + EDGE_MM
-    axes, axes_mm = _offsets_mm(outer, scan.spacing)
+    shape, axes_mm = _offsets_mm(outer, scan.spacing)
     flips = rng.random(2) < 0.5
     coords = np.meshgrid(*[c + (-m if f else m) / s for c, m, s, f in
                            zip(donor_center, axes_mm, donor.spacing, (False, *flips))], indexing="ij")
     content = ndimage.map_coordinates(np.asarray(donor.voxels, np.float32), coords, order=1, mode="nearest")
     weight = radial_weight(_distance_mm(axes_mm), radius, outer)
-    out = np.asarray(scan.voxels, dtype=np.float32).copy()
-    vol, cube = _window(scan.shape, center, axes)
-    target = out[vol]
-    lighten = np.maximum(content[cube], target)
-    out[vol] = weight[cube] * lighten + (1 - weight[cube]) * target
-    return out
+    canvas = scan.with_voxels(np.asarray(scan.voxels, dtype=np.float32))
+    target = canvas.crop(center, shape)
+    return canvas.paste(target.with_voxels(np.maximum(content, target.voxels)), weight).voxels
 
 
 def inpaint_remove(scan: Scan, center_zyx, diameter_mm: float) -> np.ndarray:
@@ -86,9 +71,10 @@ def inpaint_remove(scan: Scan, center_zyx, diameter_mm: float) -> np.ndarray:
     center = scan.require_inside(center_zyx, "removal location")
     inner = diameter_mm / 2 + MARGIN_MM
     outer = inner + EDGE_MM
-    axes, axes_mm = _offsets_mm(outer + 4 * max(scan.spacing[1:]), scan.spacing)
+    shape, axes_mm = _offsets_mm(outer + 4 * max(scan.spacing[1:]), scan.spacing)
+    start, stop = cube_bounds(center, shape)
+    vol, cube = overlap(start, stop, scan.shape)  # clipped at the border: in-painting must not see padding
     out = np.asarray(scan.voxels, dtype=np.float32).copy()
-    vol, cube = _window(scan.shape, center, axes)
     block = out[vol]
     distance = _distance_mm(axes_mm)[cube]
     hole = distance <= outer

@@ -1,13 +1,20 @@
-"""What the tamperer is configured with: the two actions, the model presets and the GAN training
-configuration. Free of torch, so the CLI can read its defaults without paying torch's import time."""
+"""What the tamperer is configured with: the actions and methods, a tamper request, the model presets and the
+GAN training configuration. Free of torch, so the CLI reads its defaults here without paying torch's import
+time."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
 
 from medfake.errors import MedfakeError
 
 ACTIONS = ("inject", "remove")
+METHODS = ("ctgan", "copy-move", "inpaint")
+COORD_SYSTEMS = ("vox", "world")
 
 # Learning rates: the reference trains G at 2e-4 and D at 1e-6 (defect 12: D barely learns, so the
 # adversarial term is noise). With λ·L1 = 100 dominating, D only has to judge texture; 10x below G keeps it
@@ -24,6 +31,47 @@ def require_action(action: str) -> str:
     if action not in ACTIONS:
         raise MedfakeError(f"action must be {' or '.join(ACTIONS)}, not '{action}'")
     return action
+
+
+def require_method(method: str) -> str:
+    if method not in METHODS:
+        raise MedfakeError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
+    return method
+
+
+def require_system(system: str) -> str:
+    if system not in COORD_SYSTEMS:
+        raise MedfakeError(f"coordinate system must be {' or '.join(COORD_SYSTEMS)}, not '{system}'")
+    return system
+
+
+@dataclass(kw_only=True)
+class TamperRequest:
+    """Everything `medfake tamper` is asked to do to one scan (see `medfake.tamper.run.tamper_file`)."""
+
+    target: str | Path  # the scan: DICOM folder/file, .mhd, .nrrd, .nii[.gz], .npz
+    outdir: str | Path  # the tampered scan and manifest.csv go here
+    action: str  # inject | remove
+    coords: Sequence = ()  # 'z,y,x' texts or numbers (x,y,z mm with system world)
+    system: str = "vox"
+    table: str | Path | None = None  # location table; its rows naming this scan are tampered
+    auto: int = 0  # locations chosen automatically
+    label: str | Path | None = None  # nodule label volume: removal targets for `auto`
+    method: str = "ctgan"
+    model_dir: str | Path | None = None  # RUN folder of `medfake train` (method ctgan)
+    fmt: str = "same"  # output format: same | dicom | mhd | nrrd | nifti | npz
+    seed: int = 0  # noise and automatic locations
+    donor: str | Path | None = None  # copy-move: scan to copy the nodule from (default: the target)
+    donor_coord: str | None = None  # copy-move: donor nodule 'z,y,x' voxel
+    series: str | None = None  # SeriesInstanceUID when the folder holds several
+    blend_mm: tuple[float, float] | None = None  # ctgan: (full weight up to, zero from) mm
+    views: int | None = None  # ctgan: generator views, the strongest is kept
+
+    def validate(self) -> "TamperRequest":
+        require_action(self.action)
+        require_method(self.method)
+        require_system(self.system)
+        return self
 
 
 @dataclass
@@ -86,3 +134,39 @@ class GanTrainConfig:
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**values)
+
+
+@dataclass
+class AugmentConfig:
+    flips: bool = True  # y, x, both
+    shift: int = 4  # grid points; the four diagonal (±s, ±s) in-plane shifts, 0 = none
+    rotation_step_deg: float = 6.0  # in-plane rotations step, 2·step … 360-step; 0 = none
+
+    def views(self) -> list[tuple]:
+        """(rotation_deg, flip_y, flip_x, (dy, dx)) for every version; the reference's 67 by default."""
+        views = [(0.0, False, False, (0, 0))]
+        if self.flips:
+            views += [(0.0, True, False, (0, 0)), (0.0, False, True, (0, 0)), (0.0, True, True, (0, 0))]
+        if self.shift:
+            s = self.shift
+            views += [(0.0, False, False, (dy, dx)) for dy in (s, -s) for dx in (s, -s)]
+        if self.rotation_step_deg:
+            views += [(float(a), False, False, (0, 0)) for a in np.arange(self.rotation_step_deg, 360.0 - 1e-6,
+                                                                           self.rotation_step_deg)]
+        return views
+
+
+@dataclass
+class TrainsetConfig:
+    action: str
+    cube: int = 32
+    iso_spacing: float = 1.0
+    coord_system: str = "world"
+    auto_healthy: int = 0
+    min_diameter_mm: float = 0.0  # injector: skip table nodules smaller than this (when the table has sizes)
+    max_diameter_mm: float = 1e9  # ... or larger than this (they would not fit the hole)
+    augment: AugmentConfig = None
+
+    def __post_init__(self):
+        if self.augment is None:
+            self.augment = AugmentConfig()

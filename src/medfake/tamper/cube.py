@@ -84,47 +84,32 @@ def _grid_mm(grid: IsoGrid, rotation_deg, flip_y, flip_x, shift_yx):
     return zz, yy, xx
 
 
-@dataclass(frozen=True)
-class Region:
-    """Scan voxels covered by an isotropic grid, with their offsets (mm) from its centre."""
-
-    start: np.ndarray  # z,y,x of the block's first voxel (may be negative near the border)
-    offsets_mm: tuple[np.ndarray, np.ndarray, np.ndarray]  # per-axis 1-D offsets of the block's voxels
-
-    @classmethod
-    def of(cls, scan: Scan, grid: IsoGrid) -> "Region":
-        spacing = np.asarray(scan.spacing, dtype=float)
-        reach = np.floor(grid.half_extent_mm / spacing + 1e-9).astype(int)
-        start = np.asarray(grid.center) - reach
-        offsets = tuple((np.arange(-r, r + 1) * s) for r, s in zip(reach, spacing))
-        return cls(start, offsets)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(len(o) for o in self.offsets_mm)
-
-    def distance_mm(self) -> np.ndarray:
-        zz, yy, xx = np.meshgrid(*self.offsets_mm, indexing="ij")
-        return np.sqrt(zz ** 2 + yy ** 2 + xx ** 2)
-
-    def slices(self, scan_shape) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-        """(scan slices, block slices) of the part of the block that lies inside the scan."""
-        lo = np.maximum(self.start, 0)
-        hi = np.minimum(self.start + np.asarray(self.shape), np.asarray(scan_shape))
-        scan_sl = tuple(slice(a, b) for a, b in zip(lo, hi))
-        block_sl = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, self.start))
-        return scan_sl, block_sl
-
-    def cut(self, volume: np.ndarray, pad: float) -> np.ndarray:
-        out = np.full(self.shape, pad, dtype=np.float32)
-        scan_sl, block_sl = self.slices(volume.shape)
-        out[block_sl] = volume[scan_sl]
-        return out
+def block_shape(scan_spacing, grid: IsoGrid) -> tuple[int, int, int]:
+    """Odd size (z,y,x scan voxels) of the block of scan voxels the grid covers, centred on its centre voxel."""
+    reach = np.floor(grid.half_extent_mm / np.asarray(scan_spacing, dtype=float) + 1e-9).astype(int)
+    return tuple(int(n) for n in 2 * reach + 1)
 
 
-def from_iso(cube: np.ndarray, grid: IsoGrid, region: Region, order: int = 3) -> np.ndarray:
-    """Resample an isotropic cube back onto the scan voxels of `region` (float32)."""
-    idx = [o / grid.spacing + (grid.size - 1) / 2.0 for o in region.offsets_mm]
+def scan_block(scan: Scan, grid: IsoGrid) -> Scan:
+    """The scan voxels the grid covers, as a crop that carries its geometry (`Scan.paste` puts it back);
+    voxels beyond the scan read as its pad value."""
+    return scan.crop(grid.center, block_shape(scan.spacing, grid))
+
+
+def offsets_mm(shape, spacing) -> tuple[np.ndarray, ...]:
+    """Per axis, the offsets (mm) of a block's voxels from its centre voxel."""
+    return tuple((np.arange(n) - n // 2) * float(s) for n, s in zip(shape, spacing))
+
+
+def distance_mm(block: Scan) -> np.ndarray:
+    """Distance (mm) of every voxel of a block from its centre voxel."""
+    zz, yy, xx = np.meshgrid(*offsets_mm(block.shape, block.spacing), indexing="ij")
+    return np.sqrt(zz ** 2 + yy ** 2 + xx ** 2)
+
+
+def from_iso(cube: np.ndarray, grid: IsoGrid, block: Scan, order: int = 3) -> np.ndarray:
+    """Resample an isotropic cube back onto the voxels of `block` (see `scan_block`), float32."""
+    idx = [o / grid.spacing + (grid.size - 1) / 2.0 for o in offsets_mm(block.shape, block.spacing)]
     coords = np.stack(np.meshgrid(*idx, indexing="ij"))
     return ndimage.map_coordinates(np.asarray(cube, dtype=np.float32), coords, order=order,
                                    mode="nearest").astype(np.float32)

@@ -21,16 +21,17 @@ from scipy import ndimage
 
 from medfake.errors import MedfakeError
 from medfake.io.tables import ManifestRow
-from medfake.lungmask import IN_PLANE
+from medfake.cad import detect_nodules, nodule_near
+from medfake.lungmask import IN_PLANE, block_mean, coarse_factor, lung_parenchyma, upsample
 from medfake.scan import Scan
 from medfake.tamper.blend import blend, noise_gain, radial_weight
-from medfake.tamper.cube import IsoGrid, Region, from_iso, to_iso
-from medfake.tamper.config import ACTIONS
+from medfake.tamper.cube import IsoGrid, block_shape, distance_mm, from_iso, scan_block, to_iso
+from medfake.tamper import classical
+from medfake.tamper.config import require_action, require_method
 from medfake.tamper.model import TamperModel
 from medfake.tamper.noise import (NoiseModel, estimate_noise, flat_parenchyma, match_noise, noise_level,
                                   settle_noise)
 
-METHODS = ("ctgan", "copy-move", "inpaint")
 DEFAULT_REMOVE_DIAMETER_MM = 12.0
 NOISE_SLAB_MM = 40.0  # slices searched for noise patches around the locations when there is no lung mask
 DEFAULT_VIEWS = {"inject": 4, "remove": 1}  # an injector that sometimes paints a faint nodule gets 4 tries
@@ -79,10 +80,8 @@ def tamper_scan(scan: Scan, locations, action: str, model: TamperModel | None = 
     zero from) in mm, default `blend_radii(model)`. `views`: the generator fills the hole through this many
     flips of the cube and the strongest result is kept (inject: most tissue in the hole's centre; remove:
     least); default DEFAULT_VIEWS[action]."""
-    if action not in ACTIONS:
-        raise MedfakeError(f"action must be inject or remove, not '{action}'")
-    if method not in METHODS:
-        raise MedfakeError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
+    require_action(action)
+    require_method(method)
     rng = np.random.default_rng(0) if rng is None else rng
     sites = as_sites(scan, locations)
     voxels = np.asarray(scan.voxels, dtype=np.float32).copy()
@@ -122,15 +121,15 @@ def ctgan_site(scan: Scan, site: Site, action: str, model: TamperModel, context:
     """New voxels (float32) with one location in-painted by the generator."""
     c = model.config
     grid = IsoGrid(site.zyx, c.cube, c.iso_spacing)
-    region = Region.of(scan, grid)
+    block = scan_block(scan, grid)
     cube_in = to_iso(scan, grid)
     generated = strongest_view(model.inpaint_views(cube_in, context.views), action, c.hole)
-    change = from_iso(generated - cube_in, grid, region)
-    original = region.cut(scan.voxels, scan.pad_value)
+    change = from_iso(generated - cube_in, grid, block)
+    original = block.voxels.astype(np.float32)
     content = original + change
     if action == "inject":
         content = np.maximum(content, original)  # a vessel brighter than the nodule stays
-    weight = radial_weight(region.distance_mm(), *context.blend_mm)
+    weight = radial_weight(distance_mm(block), *context.blend_mm)
     noise = context.noise
     flat = flat_parenchyma(original, scan.spacing)  # noise that was there, else around (a removed nodule)
     sigma = (noise_level(original, scan.spacing, flat & (weight >= 0.99))
@@ -138,16 +137,15 @@ def ctgan_site(scan: Scan, site: Site, action: str, model: TamperModel, context:
     content, ratio = match_noise(content, scan.spacing, sigma,
                                  flat_parenchyma(content, scan.spacing) & (weight >= 0.99))
     fresh = (noise.sample(context.rng, sigma) * noise_gain(weight, ratio)
-             if noise.shape == region.shape else None)
-    block = blend(original, content, weight, fresh)
+             if noise.shape == block.shape else None)
+    blended = blend(original, content, weight, fresh)
     if fresh is not None:
-        block = settle_noise(block, scan.spacing, sigma, flat_parenchyma(block, scan.spacing) & (weight >= 0.99),
-                             weight, lambda: noise.sample(context.rng, sigma))
-    out = np.asarray(scan.voxels, dtype=np.float32).copy()
-    scan_sl, block_sl = region.slices(out.shape)
-    touched = weight[block_sl] > 0
-    out[scan_sl] = np.where(touched, block[block_sl], out[scan_sl])
-    return out
+        blended = settle_noise(blended, scan.spacing, sigma,
+                               flat_parenchyma(blended, scan.spacing) & (weight >= 0.99),
+                               weight, lambda: noise.sample(context.rng, sigma))
+    canvas = scan.with_voxels(np.asarray(scan.voxels, dtype=np.float32))
+    changed = np.where(weight > 0, blended, original)  # voxels the blend does not reach stay bit for bit
+    return canvas.paste(block.with_voxels(changed)).voxels
 
 
 def strongest_view(views: np.ndarray, action: str, hole: int) -> np.ndarray:
@@ -161,19 +159,15 @@ def _noise_model(scan: Scan, lung, model: TamperModel, sites: list[Site], rng) -
     """This scan's noise texture from parenchyma patches: inside the lung mask when one was computed (auto
     locations need it anyway), else lung-like voxels in the slab of slices around the locations (the full
     lung segmentation would cost more than all the tampering)."""
-    from medfake.lungmask import lung_parenchyma
-
-    region = Region.of(scan, IsoGrid(sites[0].zyx, model.config.cube, model.config.iso_spacing))
+    shape = block_shape(scan.spacing, IsoGrid(sites[0].zyx, model.config.cube, model.config.iso_spacing))
     parenchyma = lung_parenchyma(scan, lung) if lung is not None else _lung_like_near(scan, sites)
-    return estimate_noise(scan, parenchyma, region.shape, rng, avoid_zyx=[s.zyx for s in sites])
+    return estimate_noise(scan, parenchyma, shape, rng, avoid_zyx=[s.zyx for s in sites])
 
 
 def _lung_like_near(scan: Scan, sites: list[Site], reach_mm: float = NOISE_SLAB_MM) -> np.ndarray:
     """Voxels whose local mean (block-averaged to ~1.2 mm pixels, 1 mm Gaussian; thresholding raw HU would
     clip the noise being measured) lies between −975 and −600 HU, eroded ~2 mm away from air and tissue, in
     the slices within `reach_mm` of any location; False elsewhere."""
-    from medfake.lungmask import block_mean, coarse_factor, upsample
-
     reach = int(np.ceil(reach_mm / scan.spacing[0]))
     z = [s.zyx[0] for s in sites]
     lo, hi = max(min(z) - reach, 0), min(max(z) + reach + 1, scan.shape[0])
@@ -190,8 +184,6 @@ def _lung_like_near(scan: Scan, sites: list[Site], reach_mm: float = NOISE_SLAB_
 
 # --- classical methods (medfake.tamper.classical) ---------------------------------------------------
 def _classical(scan, voxels, sites, action, method, rng, lung, donor, donor_zyx):
-    from medfake.tamper import classical
-
     if method == "copy-move" and action != "inject" or method == "inpaint" and action != "remove":
         raise MedfakeError(f"method {method} can only {'inject' if method == 'copy-move' else 'remove'}")
     params: dict = {}
@@ -207,8 +199,6 @@ def _classical(scan, voxels, sites, action, method, rng, lung, donor, donor_zyx)
             voxels = classical.copy_move_inject(current, site.zyx, donor, tuple(donor_zyx), rng)
         else:
             if not site.diameter_mm and found is None:
-                from medfake.cad import detect_nodules
-
                 found = detect_nodules(scan, lung)
             diameter = site.diameter_mm or _diameter_near(scan, site.zyx, found) or DEFAULT_REMOVE_DIAMETER_MM
             site.diameter_mm = diameter
@@ -218,8 +208,6 @@ def _classical(scan, voxels, sites, action, method, rng, lung, donor, donor_zyx)
 
 
 def _strongest_nodule(scan: Scan, lung) -> tuple[int, int, int]:
-    from medfake.cad import detect_nodules
-
     found = detect_nodules(scan, lung, max_count=1)
     if not found:
         raise MedfakeError("copy-move needs a donor nodule and the detector found none (give --donor-coord)",
@@ -228,8 +216,6 @@ def _strongest_nodule(scan: Scan, lung) -> tuple[int, int, int]:
 
 
 def _diameter_near(scan: Scan, zyx, found) -> float | None:
-    from medfake.cad import nodule_near
-
     hit = nodule_near(found, scan, zyx, radius_mm=10.0)
     return hit.diameter_mm if hit else None
 

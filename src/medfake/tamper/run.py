@@ -15,12 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
+from medfake.cad import detect_nodules
+from medfake.data.annotations import nodules_from_label
+from medfake.data.cohort import locations_for, scan_key
 from medfake.errors import MedfakeError
 from medfake.io import load_scan, save_scan
 from medfake.io.atomic import atomic_file
 from medfake.io.tables import ManifestRow, append_manifest, read_locations
+from medfake.lungmask import lung_mask
 from medfake.scan import Scan
-from medfake.tamper.pipeline import METHODS, Site, tamper_scan
+from medfake.tamper.config import TamperRequest, require_system
+from medfake.tamper.model import TamperModel, load_tamper_model
+from medfake.tamper.pipeline import Site, tamper_scan
+from medfake.tamper.sites import pick_sites
 
 MANIFEST = "manifest.csv"
 
@@ -46,8 +53,7 @@ def parse_coordinate(text: str, system: str) -> tuple[float, float, float]:
 
 
 def to_voxel(scan: Scan, coords, system: str) -> tuple[int, int, int]:
-    if system not in ("vox", "world"):
-        raise MedfakeError(f"coordinate system must be vox or world, not '{system}'")
+    require_system(system)
     zyx = scan.world_to_continuous(coords) if system == "world" else np.asarray(coords, dtype=float)
     return tuple(int(v) for v in scan.require_inside(zyx))
 
@@ -56,8 +62,6 @@ def resolve_sites(scan: Scan, target: Path, action: str, coords=(), system: str 
                   require: bool = True) -> list[Site]:
     """User coordinates ('z,y,x' text or numbers; x,y,z mm with system world) and table rows naming this
     scan (automatic locations: `auto_sites`)."""
-    from medfake.data.cohort import locations_for
-
     sites = [Site(to_voxel(scan, parse_coordinate(c, system) if isinstance(c, str) else c, system))
              for c in coords]
     if table:
@@ -70,37 +74,27 @@ def resolve_sites(scan: Scan, target: Path, action: str, coords=(), system: str 
     return sites
 
 
-def auto_sites(scan: Scan, action: str, n: int, rng, lung, label, taken) -> list[Site]:
+def auto_sites(scan: Scan, action: str, n: int, rng, lung, labelled, taken) -> list[Site]:
     """Injection: free lung parenchyma away from vessels, pleura and nodules (labelled or detected).
-    Removal: the labelled nodules (largest first) or else the detector's strongest candidates."""
-    from medfake.cad import detect_nodules
-
-    labelled = _label_nodules(scan, label) if label else []
+    Removal: the labelled nodules (largest first) or else the detector's strongest candidates.
+    `labelled`: [(zyx, diameter_mm)] from `label_nodules`."""
     if action == "remove":
         pool = labelled or [(n_.center_zyx, n_.diameter_mm) for n_ in detect_nodules(scan, lung)]
         pool = [p for p in pool if tuple(p[0]) not in set(map(tuple, taken))]
         if len(pool) < n:
             raise MedfakeError(f"asked to remove {n} nodule(s) but found {len(pool)}", scan.path)
         return [Site(tuple(int(v) for v in zyx), "auto", float(d)) for zyx, d in pool[:n]]
-    from medfake.tamper.sites import pick_sites
-
     existing = [zyx for zyx, _ in labelled] + [n_.center_zyx for n_ in detect_nodules(scan, lung)] + list(taken)
     return [Site(zyx, "auto") for zyx in pick_sites(scan, n, rng, lung, avoid_zyx=existing, avoid_mm=20.0)]
 
 
-def _label_nodules(scan: Scan, label) -> list[tuple[tuple[int, int, int], float]]:
-    from medfake.data.annotations import nodules_from_label
-
-    label_scan = load_scan(label, modality="SEG")
-    if label_scan.shape != scan.shape:
-        raise MedfakeError(f"label shape {label_scan.shape} differs from the scan's {scan.shape}", label)
-    rows = sorted(nodules_from_label(label_scan), key=lambda r: -r["diameter_mm"])
+def label_nodules(scan: Scan, label: str | Path) -> list[tuple[tuple[int, int, int], float]]:
+    """(voxel z,y,x, diameter mm) of every nodule of a label volume on the scan's grid, largest first."""
+    rows = sorted(nodules_from_label(load_scan(label, modality="SEG"), scan), key=lambda r: -r["diameter_mm"])
     return [(tuple(int(v) for v in r["voxel_zyx"]), float(r["diameter_mm"])) for r in rows]
 
 
 def output_name(outdir: Path, target: Path, action: str) -> Path:
-    from medfake.data.cohort import scan_key
-
     base = f"{scan_key(target)}_{action}"
     taken = {p.name.split(".")[0] for p in outdir.iterdir()} if outdir.exists() else set()
     name, k = base, 2
@@ -126,42 +120,40 @@ def append_manifest_atomic(rows: list[ManifestRow], path: Path) -> Path:
     return path
 
 
-def tamper_file(target: str | Path, outdir: str | Path, action: str, coords=(), system: str = "vox",
-                table: str | Path | None = None, auto: int = 0, model_dir: str | Path | None = None,
-                fmt: str = "same", seed: int = 0, method: str = "ctgan", label: str | Path | None = None,
-                donor: str | Path | None = None, donor_coord: str | None = None, series: str | None = None,
-                model=None, blend_mm: tuple[float, float] | None = None, views: int | None = None) -> TamperResult:
-    """Everything `medfake tamper` does. `model` (a loaded TamperModel) overrides `model_dir`."""
-    from medfake.lungmask import lung_mask
-    from medfake.tamper.model import load_tamper_model
-
-    if method not in METHODS:
-        raise MedfakeError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
-    if system not in ("vox", "world"):
-        raise MedfakeError(f"coordinate system must be vox or world, not '{system}'")
-    parsed = [parse_coordinate(c, system) if isinstance(c, str) else c for c in coords]  # fail before any work
-    target, outdir = Path(target), Path(outdir)
-    if method == "ctgan" and model is None:
-        if model_dir is None:
+def tamper_file(request: TamperRequest, model: TamperModel | None = None) -> TamperResult:
+    """Everything `medfake tamper` does. `model` (a loaded TamperModel) overrides `request.model_dir`."""
+    r = request.validate()
+    parsed = [parse_coordinate(c, r.system) if isinstance(c, str) else c for c in r.coords]  # fail before any work
+    target, outdir = Path(r.target), Path(r.outdir)
+    if r.method == "ctgan" and model is None:
+        if r.model_dir is None:
             raise MedfakeError("method ctgan needs --model RUN (a folder written by `medfake train`)")
-        model = load_tamper_model(model_dir, action)
-    scan = load_scan(target, series=series)
-    rng = np.random.default_rng(seed)
-    sites = resolve_sites(scan, target, action, parsed, system, table, require=not auto)
-    lung = lung_mask(scan) if auto else None  # user locations need no lung segmentation
-    if auto:
-        sites += auto_sites(scan, action, auto, rng, lung, label, [s.zyx for s in sites])
-    donor_scan = load_scan(donor) if donor else None
+        model = load_tamper_model(r.model_dir, r.action)
+    scan = load_scan(target, series=r.series)
+    rng = np.random.default_rng(r.seed)
+    sites = resolve_sites(scan, target, r.action, parsed, r.system, r.table, require=not r.auto)
+    labelled = label_nodules(scan, r.label) if r.auto and r.label else []
+    lung = lung_mask(scan) if r.auto else None  # user locations need no lung segmentation
+    if r.auto:
+        sites += auto_sites(scan, r.action, r.auto, rng, lung, labelled, [s.zyx for s in sites])
+    donor_scan = load_scan(r.donor) if r.donor else None
     donor_zyx = None
-    if donor_coord:
-        donor_zyx = to_voxel(donor_scan or scan, parse_coordinate(donor_coord, "vox"), "vox")
-    tampered, rows = tamper_scan(scan, sites, action, model, method, rng, lung, donor_scan, donor_zyx, blend_mm,
-                                 views)
+    if r.donor_coord:
+        donor_zyx = to_voxel(donor_scan or scan, parse_coordinate(r.donor_coord, "vox"), "vox")
+    tampered, rows = tamper_scan(scan, sites, r.action, model, r.method, rng, lung, donor_scan, donor_zyx,
+                                 r.blend_mm, r.views)
+    return write_tampered(tampered, rows, target, outdir, r)
+
+
+def write_tampered(tampered: Scan, rows: list[ManifestRow], target: Path, outdir: Path,
+                   request: TamperRequest) -> TamperResult:
+    """The derived scan under a new name in `outdir`, then its rows appended to the manifest (or no scan)."""
     outdir.mkdir(parents=True, exist_ok=True)
-    dest = output_name(outdir, target, action)
-    rows = [replace(r, parameters=json.dumps(dict(json.loads(r.parameters), seed=seed), sort_keys=True)) for r in rows]
-    written = save_scan(tampered, dest, format=fmt, derivation=derivation_text(rows))
-    rows = [replace(r, output=str(written)) for r in rows]
+    dest = output_name(outdir, target, request.action)
+    rows = [replace(row, parameters=json.dumps(dict(json.loads(row.parameters), seed=request.seed), sort_keys=True))
+            for row in rows]
+    written = save_scan(tampered, dest, format=request.fmt, derivation=derivation_text(rows))
+    rows = [replace(row, output=str(written)) for row in rows]
     try:
         append_manifest_atomic(rows, outdir / MANIFEST)
     except BaseException:  # a tampered scan without its ground truth must not be left behind

@@ -14,7 +14,7 @@ interpolation; no reflect-padded corners as in CT-GAN's rotate-then-crop).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -25,46 +25,11 @@ from medfake.io.tables import Location, read_locations
 from medfake.runinfo import write_run_record
 from medfake.scan import Scan
 from medfake.data.cohort import location_voxel, locations_for, scan_paths
+from medfake.tamper.config import AugmentConfig, TrainsetConfig
 from medfake.tamper.cube import IsoGrid, iso_views
 from medfake.tamper.equalizer import Equalizer
 
 CUBES, INDEX, EQUALIZER = "cubes.f16", "index.json", "equalizer.npz"
-
-
-@dataclass
-class AugmentConfig:
-    flips: bool = True  # y, x, both
-    shift: int = 4  # grid points; the four diagonal (±s, ±s) in-plane shifts, 0 = none
-    rotation_step_deg: float = 6.0  # in-plane rotations step, 2·step … 360-step; 0 = none
-
-    def views(self) -> list[tuple]:
-        """(rotation_deg, flip_y, flip_x, (dy, dx)) for every version; the reference's 67 by default."""
-        views = [(0.0, False, False, (0, 0))]
-        if self.flips:
-            views += [(0.0, True, False, (0, 0)), (0.0, False, True, (0, 0)), (0.0, True, True, (0, 0))]
-        if self.shift:
-            s = self.shift
-            views += [(0.0, False, False, (dy, dx)) for dy in (s, -s) for dx in (s, -s)]
-        if self.rotation_step_deg:
-            views += [(float(a), False, False, (0, 0)) for a in np.arange(self.rotation_step_deg, 360.0 - 1e-6,
-                                                                           self.rotation_step_deg)]
-        return views
-
-
-@dataclass
-class TrainsetConfig:
-    action: str
-    cube: int = 32
-    iso_spacing: float = 1.0
-    coord_system: str = "world"
-    auto_healthy: int = 0
-    min_diameter_mm: float = 0.0  # injector: skip table nodules smaller than this (when the table has sizes)
-    max_diameter_mm: float = 1e9  # ... or larger than this (they would not fit the hole)
-    augment: AugmentConfig = None
-
-    def __post_init__(self):
-        if self.augment is None:
-            self.augment = AugmentConfig()
 
 
 # --- reading -------------------------------------------------------------------------------------
