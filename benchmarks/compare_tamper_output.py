@@ -86,7 +86,7 @@ def crop_digests(model_dir: Path) -> dict:
     from medfake.io import load_scan
     from medfake.tamper.classical import copy_move_inject, inpaint_remove, nodule_radius_mm
     from medfake.tamper.model import load_tamper_model
-    from medfake.tamper.pipeline import tamper_scan
+    from medfake.tamper.pipeline import Site, tamper_scan
 
     digest = lambda a: hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
     scan = load_scan(sample_path("lung1"))
@@ -94,7 +94,8 @@ def crop_digests(model_dir: Path) -> dict:
     out = {"nodule_radius_mm": [nodule_radius_mm(scan, zyx) for zyx in (nodule, (1, 359, 218), (47, 2, 510))],
            "copy_move": digest(copy_move_inject(scan, (30, 330, 380), scan, nodule, np.random.default_rng(0))),
            "copy_move_border": digest(copy_move_inject(scan, (0, 3, 508), scan, nodule, np.random.default_rng(1))),
-           "inpaint": digest(inpaint_remove(scan, nodule, 13.8)),
+           "inpaint": digest(inpaint_remove(scan, nodule, 13.8)),  # float32, before the scan's dtype
+           "inpaint_scan": digest(tamper_scan(scan, [Site(nodule, "table", 13.8)], "remove", method="inpaint")[0].voxels),
            "inpaint_border": digest(inpaint_remove(scan, (1, 300, 509), 10.0))}
     model = load_tamper_model(model_dir, "inject")
     for name, site in (("ctgan_border_z", (1, 358, 118)), ("ctgan_border_x", (47, 200, 2))):
@@ -114,7 +115,7 @@ def compare(before: dict, after: dict, label: str) -> dict:
     if "fixed_model" in before and "fixed_model" in after:
         fb, fa = before["fixed_model"], after["fixed_model"]
         out["fixed_model_tamper_identical"] = fb["voxels_sha256"] == fa["voxels_sha256"]
-        out["crops_identical"] = fb.get("crops") == fa.get("crops")
+        out["crops_identical"] = {k: v == fa.get("crops", {}).get(k) for k, v in fb.get("crops", {}).items()}
     return out
 
 

@@ -88,13 +88,13 @@ def location_metrics(before, after, zyx, blend_mm, sigma: float) -> dict:
 
 def timed_sites(scan, sites, action, model, lung, rng):
     """tamper_scan's steps with clocks: per-scan setup (noise model) and per-location compute."""
-    from medfake.tamper.pipeline import (DEFAULT_VIEWS, Context, _like_input, _noise_model, as_sites, blend_radii,
+    from medfake.tamper.pipeline import (DEFAULT_VIEWS, Context, _like_input, as_sites, blend_radii, parenchyma_noise,
                                          ctgan_site)
 
     sites = as_sites(scan, sites)
     t = time.perf_counter()
     views = VIEWS or DEFAULT_VIEWS[action]
-    context = Context(_noise_model(scan, lung, model, sites, rng), rng, BLEND or blend_radii(model), views)
+    context = Context(parenchyma_noise(scan, lung, model, sites, rng), rng, BLEND or blend_radii(model), views)
     setup = time.perf_counter() - t
     voxels, per_site = np.asarray(scan.voxels, dtype=np.float32), []
     for site in sites:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from medfake.tamper.trainset import AugmentConfig, TrainsetConfig, build_trainset
-from medfake.nn.pix2pix3d import PatchDiscriminator3D, UNetGenerator3D, trainable_parameters
+from medfake.nn.pix2pix3d import PatchDiscriminator3D, UNetGenerator3D
 from medfake.tamper.config import PRESETS, GanTrainConfig
 from medfake.tamper.model import load_tamper_model
 from medfake.tamper.train import read_validation, train
@@ -38,6 +38,10 @@ def tiny_set(tmp_path_factory, lung1):
     table.write_text("filename,x,y,z\nlung1,-21.86,-120.54,-611.50\nlung1,-78.70,-120.83,-662.50\n"
                      "lung1,55.89,-139.08,-657.50\n")
     return build_trainset("inject", [sample_path("lung1")], out, coords=table, config=config)
+
+
+def trainable_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 def test_paper_preset_matches_the_reference_parameter_counts():

@@ -12,7 +12,8 @@ from medfake.scan import overlap
 from medfake.tamper.cube import IsoGrid, block_shape, distance_mm, from_iso, scan_block, to_iso
 from medfake.tamper.config import GanTrainConfig
 from medfake.tamper.model import TamperModel
-from medfake.tamper.noise import estimate_noise, flat_parenchyma, noise_level, residual, robust_std, tone_down
+from medfake.stats import robust_sigma
+from medfake.tamper.noise import estimate_noise, flat_parenchyma, noise_level, residual, tone_down
 from medfake.tamper.pipeline import Context, Site, blend_radii, ctgan_site
 
 NODULE = (33, 359, 218)
@@ -84,7 +85,7 @@ def test_noise_model_matches_this_scans_parenchyma(lung1):
     assert model.patches >= 6 and 10.0 < model.sigma < 80.0
     fresh = model.sample(rng)
     assert fresh.shape == shape
-    assert robust_std(residual(fresh, lung1.spacing)) == pytest.approx(model.sigma, rel=0.25)
+    assert robust_sigma(residual(fresh, lung1.spacing)) == pytest.approx(model.sigma, rel=0.25)
     # texture: neighbouring in-plane pixels are correlated as in the scan (0.57 mm pixels, smooth kernel)
     block = residual(lung1.cut_cube(HEALTHY, shape).astype(np.float32), lung1.spacing)
     def lag1(v):

@@ -52,7 +52,7 @@ def test_rotation_by_90_degrees_is_a_grid_rotation(tmp_path):
 
 def test_equalizer_is_invertible_and_spans_minus_one_to_one(inject_set):
     eq = TrainingSet(inject_set).equalizer
-    lo, hi = eq.hu_range
+    lo, hi = float(eq.edges[0]), float(eq.edges[-1])
     hu = np.linspace(lo, hi, 5001).astype(np.float32)
     net = eq.to_net(hu)
     assert net.min() == pytest.approx(-1.0, abs=1e-6) and net.max() == pytest.approx(1.0, abs=1e-6)

@@ -23,8 +23,9 @@ COORDS_HELP = "Location table: CT-GAN (filename,x,y,z[,type]), LUNA16 annotation
 def _trainset(action: str, scans: list[Path], coords: Path | None, auto_healthy: int, out_dir: Path, system: str,
               cube: int, iso_spacing: float, rotation_step: float, shift: int, no_flips: bool, seed: int,
               overwrite: bool) -> None:
+    # scipy, torch: imported when the command runs, not at CLI start-up
     from medfake.tamper.trainset import build_trainset
-    from medfake.training import progress_bar  # torch: imported when the command runs, not at CLI start-up
+    from medfake.training import progress_bar
 
     config = TrainsetConfig(action, cube=cube, iso_spacing=iso_spacing, coord_system=system,
                             augment=AugmentConfig(flips=not no_flips, shift=shift, rotation_step_deg=rotation_step))
@@ -143,6 +144,7 @@ def cad(scan_path: Path = typer.Argument(..., help="CT scan."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
         series: str = typer.Option(None, "--series")):
     """Classical nodule candidate detector (multi-scale LoG + Hessian inside the lung mask, no learned weights)."""
+    # scipy, skimage, torch: imported when the command runs, not at CLI start-up
     from medfake.cad import detect_nodules, nodule_near
     from medfake.io import load_scan
     from medfake.tamper.run import parse_coordinate, to_voxel

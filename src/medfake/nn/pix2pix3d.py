@@ -106,7 +106,3 @@ def init_like_keras(module: nn.Module) -> None:
         if isinstance(m, nn.Conv3d):
             nn.init.xavier_uniform_(m.weight)
             nn.init.zeros_(m.bias)
-
-
-def trainable_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)

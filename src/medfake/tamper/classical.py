@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+from skimage.restoration import inpaint_biharmonic
 
 from medfake.scan import Scan, cube_bounds, overlap
+from medfake.stats import robust_sigma
 from medfake.tamper.blend import radial_weight
 
 NODULE_HU = -500.0  # nodule voxels are denser than this
@@ -66,8 +68,6 @@ def copy_move_inject(scan: Scan, center_zyx, donor: Scan, donor_zyx, rng: np.ran
 def inpaint_remove(scan: Scan, center_zyx, diameter_mm: float) -> np.ndarray:
     """Remove the nodule of `diameter_mm` at `center_zyx` by biharmonic in-painting plus matched noise;
     returns the new float32 HU voxels."""
-    from skimage.restoration import inpaint_biharmonic
-
     center = scan.require_inside(center_zyx, "removal location")
     inner = diameter_mm / 2 + MARGIN_MM
     outer = inner + EDGE_MM
@@ -97,4 +97,4 @@ def _local_noise_hu(block: np.ndarray, where: np.ndarray, spacing) -> float:
     values = residual[where]
     if values.size < 50:
         return 20.0
-    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+    return robust_sigma(values)

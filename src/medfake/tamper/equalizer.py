@@ -50,10 +50,6 @@ class Equalizer:
         u = (np.clip(np.asarray(net, dtype=np.float64), -1.0, 1.0) + 1.0) / 2.0
         return np.interp(u, self.cdf, self.edges).astype(np.float32)
 
-    @property
-    def hu_range(self) -> tuple[float, float]:
-        return float(self.edges[0]), float(self.edges[-1])
-
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         with open(path, "wb") as fh:

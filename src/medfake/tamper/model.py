@@ -56,10 +56,6 @@ class TamperModel:
     def action(self) -> str:
         return self.config.action
 
-    def inpaint(self, cube_hu: np.ndarray) -> np.ndarray:
-        """Fill the central hole of an HU cube (cube³, isotropic); returns the generator's full HU cube."""
-        return self.inpaint_views(cube_hu, 1)[0]
-
     @torch.no_grad()
     def inpaint_views(self, cube_hu: np.ndarray, n_views: int) -> np.ndarray:
         """(n, cube³) HU: the hole filled as seen through the first n in-plane flips training used (none, x,

@@ -17,6 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from medfake.scan import Scan, cut_cube
+from medfake.stats import robust_sigma
 
 DETREND_MM = 2.0  # Gaussian σ (mm) of the local mean removed before measuring noise
 MIN_PARENCHYMA_FRACTION = 0.5
@@ -34,15 +35,11 @@ def residual(block: np.ndarray, spacing) -> np.ndarray:
     return block - ndimage.gaussian_filter(block, sigma, mode="nearest")
 
 
-def robust_std(values: np.ndarray) -> float:
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        return 0.0
-    return float(1.4826 * np.median(np.abs(values - np.median(values))))
-
-
 @dataclass
-class NoiseModel:
+class ParenchymaNoise:
+    """The scanner noise of one scan's lung parenchyma: its level and its texture (spectrum) for one block
+    shape; `sample` draws fresh noise like it."""
+
     sigma: float  # HU, robust std of the high-pass residual in parenchyma
     spectrum: np.ndarray  # amplitude spectrum (rfftn layout) for `shape`, normalised to unit variance
     shape: tuple[int, int, int]
@@ -57,7 +54,7 @@ class NoiseModel:
 
 
 def estimate_noise(scan: Scan, parenchyma: np.ndarray, shape, rng: np.random.Generator,
-                   n_patches: int = 12, avoid_zyx=(), avoid_mm: float = 20.0) -> NoiseModel:
+                   n_patches: int = 12, avoid_zyx=(), avoid_mm: float = 20.0) -> ParenchymaNoise:
     """Measure noise in up to `n_patches` blocks of `shape` that are mostly parenchyma, away from `avoid_zyx`."""
     shape = tuple(int(s) for s in shape)
     candidates = np.argwhere(parenchyma[:: 2, :: 4, :: 4]) * np.array([2, 4, 4])
@@ -75,7 +72,7 @@ def estimate_noise(scan: Scan, parenchyma: np.ndarray, shape, rng: np.random.Gen
             continue
         res = residual(cut_cube(np.asarray(scan.voxels), centre, shape, scan.pad_value), scan.spacing)
         res = np.where(mask, res, 0.0)
-        sigmas.append(robust_std(res[mask]))
+        sigmas.append(robust_sigma(res[mask]))
         power += np.abs(np.fft.rfftn(res)) ** 2 / mask.mean()
         used += 1
         if used >= n_patches:
@@ -85,18 +82,18 @@ def estimate_noise(scan: Scan, parenchyma: np.ndarray, shape, rng: np.random.Gen
     spectrum = np.sqrt(power / used)
     spectrum[0, 0, 0] = 0.0  # zero-mean noise: it must not shift the mean HU of what it is added to
     spectrum /= np.sqrt(np.mean(spectrum ** 2)) or 1.0
-    return NoiseModel(float(np.median(sigmas)), spectrum, shape, used)
+    return ParenchymaNoise(float(np.median(sigmas)), spectrum, shape, used)
 
 
 def _rfft_shape(shape):
     return tuple(shape[:-1]) + (shape[-1] // 2 + 1,)
 
 
-def _white_fallback(scan: Scan, shape) -> NoiseModel:
+def _white_fallback(scan: Scan, shape) -> ParenchymaNoise:
     """No parenchyma to measure (not a chest CT): white noise at the robust residual level of the scan."""
     centre = np.asarray(scan.shape) // 2
-    sigma = robust_std(residual(cut_cube(np.asarray(scan.voxels), centre, shape, scan.pad_value), scan.spacing))
-    return NoiseModel(sigma, np.ones(_rfft_shape(shape)), tuple(shape), 0)
+    sigma = robust_sigma(residual(cut_cube(np.asarray(scan.voxels), centre, shape, scan.pad_value), scan.spacing))
+    return ParenchymaNoise(sigma, np.ones(_rfft_shape(shape)), tuple(shape), 0)
 
 
 def flat_parenchyma(block: np.ndarray, spacing, max_hu: float = FLAT_MAX_HU, margin_mm: float = FLAT_MARGIN_MM):
@@ -116,7 +113,7 @@ def noise_level(block: np.ndarray, spacing, where: np.ndarray) -> float | None:
     """Robust σ of the high-pass residual where `where` holds, or None with too few voxels to tell."""
     if np.count_nonzero(where) < MIN_FLAT_VOXELS:
         return None
-    return robust_std(residual(block, spacing)[where])
+    return robust_sigma(residual(block, spacing)[where])
 
 
 def match_noise(content: np.ndarray, spacing, sigma: float, where: np.ndarray) -> tuple[np.ndarray, float]:

@@ -29,7 +29,7 @@ from medfake.tamper.cube import IsoGrid, block_shape, distance_mm, from_iso, sca
 from medfake.tamper import classical
 from medfake.tamper.config import require_action, require_method
 from medfake.tamper.model import TamperModel
-from medfake.tamper.noise import (NoiseModel, estimate_noise, flat_parenchyma, match_noise, noise_level,
+from medfake.tamper.noise import (ParenchymaNoise, estimate_noise, flat_parenchyma, match_noise, noise_level,
                                   settle_noise)
 
 DEFAULT_REMOVE_DIAMETER_MM = 12.0
@@ -50,7 +50,7 @@ class Site:
 class Context:
     """What every location of one scan shares: the parenchyma noise model, rng, blend radii, generator views."""
 
-    noise: NoiseModel | None
+    noise: ParenchymaNoise | None
     rng: np.random.Generator
     blend_mm: tuple[float, float] = (9.0, 13.0)
     views: int = 1
@@ -94,7 +94,7 @@ def tamper_scan(scan: Scan, locations, action: str, model: TamperModel | None = 
         if not 0 < blend_mm[0] < blend_mm[1] <= model.config.cube / 2 * model.config.iso_spacing:
             raise MedfakeError(f"blend radii {blend_mm} must increase and stay inside the cube")
         views = DEFAULT_VIEWS[action] if views is None else int(views)
-        context = Context(_noise_model(scan, lung, model, sites, rng), rng, blend_mm, views)
+        context = Context(parenchyma_noise(scan, lung, model, sites, rng), rng, blend_mm, views)
         for site in sites:
             voxels = ctgan_site(scan.with_voxels(voxels), site, action, model, context)
         params = {"cube": model.config.cube, "hole": model.config.hole, "iso_spacing_mm": model.config.iso_spacing,
@@ -155,7 +155,7 @@ def strongest_view(views: np.ndarray, action: str, hole: int) -> np.ndarray:
     return views[int(np.argmax(centre) if action == "inject" else np.argmin(centre))]
 
 
-def _noise_model(scan: Scan, lung, model: TamperModel, sites: list[Site], rng) -> NoiseModel:
+def parenchyma_noise(scan: Scan, lung, model: TamperModel, sites: list[Site], rng) -> ParenchymaNoise:
     """This scan's noise texture from parenchyma patches: inside the lung mask when one was computed (auto
     locations need it anyway), else lung-like voxels in the slab of slices around the locations (the full
     lung segmentation would cost more than all the tampering)."""

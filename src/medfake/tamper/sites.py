@@ -12,6 +12,7 @@ import numpy as np
 from scipy import ndimage
 
 from medfake.errors import MedfakeError
+from medfake.lungmask import lung_mask
 from medfake.scan import Scan
 
 VESSEL_HU = -600.0
@@ -27,8 +28,6 @@ def pick_sites(scan: Scan, n: int, rng: np.random.Generator, lung: np.ndarray | 
     if n <= 0:
         return []
     if lung is None:
-        from medfake.lungmask import lung_mask
-
         lung = lung_mask(scan)
     step = np.array([1] + [max(1, int(round(COARSE_MM / s))) for s in scan.spacing[1:]])
     coarse_spacing = np.asarray(scan.spacing) * step
