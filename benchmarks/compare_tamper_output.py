@@ -36,7 +36,12 @@ TINY = dict(g_filters=(4, 8, 16, 16), d_filters=(4, 8, 16, 16), batch_size=4, g_
 
 def build_set(work: Path) -> Path:
     from medfake.data.samples import sample_path
-    from medfake.tamper.trainset import AugmentConfig, TrainsetConfig, build_trainset
+    from medfake.tamper.trainset import build_trainset
+
+    try:
+        from medfake.tamper.config import AugmentConfig, TrainsetConfig
+    except ImportError:  # the tree before the restructuring
+        from medfake.tamper.trainset import AugmentConfig, TrainsetConfig
 
     (work / "locs.csv").write_text(TABLE)
     config = TrainsetConfig("inject", cube=16, augment=AugmentConfig(rotation_step_deg=90))

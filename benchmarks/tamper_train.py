@@ -35,7 +35,8 @@ def visible_nodules(nodules_csv: Path) -> list[str]:
 def build_data(work: Path, n_train: int, n_test: int, seed: int) -> dict:
     from medfake.data.samples import sample_path
     from medfake.data.synth import write_cohort
-    from medfake.tamper.trainset import TrainsetConfig, build_trainset
+    from medfake.tamper.config import TrainsetConfig
+    from medfake.tamper.trainset import build_trainset
 
     if not (work / "cohort_train").exists():
         write_cohort(work / "cohort_train", n_train, seed)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from medfake.tamper.trainset import AugmentConfig, TrainsetConfig, build_trainset
+from medfake.tamper.trainset import build_trainset
 from medfake.nn.pix2pix3d import PatchDiscriminator3D, UNetGenerator3D
-from medfake.tamper.config import PRESETS, GanTrainConfig
+from medfake.tamper.config import PRESETS, AugmentConfig, GanTrainConfig, TrainsetConfig
 from medfake.tamper.model import load_tamper_model
 from medfake.tamper.train import read_validation, train
 from medfake.training import load_checkpoint, read_losses
@@ -88,11 +88,12 @@ def test_short_training_decreases_losses_and_resumes_exactly(tiny_set, tmp_path,
     assert model.info["step"] == 14  # the last step is saved (CT-GAN never saved its last epoch)
     assert (run / "model" / "equalizer.npz").exists() and "git_commit" in model.info
 
-    # interrupted after 7 steps (half way), then resumed to 14: the very same weights as the straight run
+    # interrupted after 7 steps (half way), then resumed to 14 with a worker process drawing the cubes ahead:
+    # the very same weights as the straight run
     config = GanTrainConfig.resolve("inject", "cpu-small", steps=7, **TINY)
     part = train(tiny_set, tmp_path / "resumed", config, show_progress=False)
     train(tiny_set, part, GanTrainConfig.resolve("inject", "cpu-small", **TINY), resume=True, steps=14,
-          show_progress=False)
+          show_progress=False, data_workers=1)
     assert read_losses(part) == rows  # the log matches, row for row
     assert [int(r["step"]) for r in read_validation(part)] == [5, 7, 10, 14]
     straight, resumed = load_checkpoint(run / "checkpoint.pt"), load_checkpoint(part / "checkpoint.pt")

@@ -12,10 +12,10 @@ import torch
 
 from medfake.cli import main
 from medfake.data.samples import sample_path
-from medfake.tamper.trainset import AugmentConfig, TrainsetConfig, build_trainset
+from medfake.tamper.trainset import build_trainset
 from medfake.io import load_scan, save_scan
 from medfake.io.tables import read_manifest
-from medfake.tamper.config import GanTrainConfig
+from medfake.tamper.config import AugmentConfig, GanTrainConfig, TrainsetConfig
 from medfake.tamper.model import load_tamper_model
 from medfake.errors import MedfakeError
 from medfake.tamper.pipeline import Site, tamper_scan

@@ -3,13 +3,12 @@ float16 memory-mapped store + index, invertible equalizer, healthy sites away fr
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 from medfake.data.samples import sample_path
-from medfake.tamper.trainset import AugmentConfig, TrainingSet, TrainsetConfig, build_trainset
+from medfake.tamper.config import AugmentConfig, TrainsetConfig
+from medfake.tamper.trainset import TrainingSet, build_trainset
 from medfake.errors import MedfakeError
 
 NODULE_ZYX = np.array([33, 359, 218])
@@ -22,32 +21,37 @@ def inject_set(tmp_path_factory):
                           coords=annotations)
 
 
-def test_reference_augmentation_gives_67_cubes_per_location(inject_set):
+def test_one_region_per_location_gives_the_reference_67_views(inject_set, lung1):
     data = TrainingSet(inject_set)
     assert AugmentConfig().views().__len__() == 67
-    assert len(data) == 67 and data.cubes.shape == (67, 32, 32, 32)
-    assert data.cubes.dtype == np.float16 and isinstance(data.cubes, np.memmap)
-    index = json.loads((inject_set / "index.json").read_text())
-    assert index["entries"][0]["voxel_zyx"] == [33, 359, 218]  # LUNA16 world centre -> lung1's nodule voxel
+    assert len(data.locations) == 1 and len(data) == 67
+    location = data.locations[0]
+    assert location["voxel_zyx"] == [33, 359, 218]  # LUNA16 world centre -> lung1's nodule voxel
+    # the region is lung1's own int16 voxels around the nodule, with room for every rotation and shift
+    region = data.region(0)
+    assert region.dtype == np.int16 and isinstance(data.store, np.memmap)
+    assert (inject_set / "regions.bin").stat().st_size == region.nbytes < 67 * 32 ** 3 * 2 / 4
+    assert region[tuple(np.array(region.shape) // 2)] == lung1.voxels[33, 359, 218]  # centred on the voxel
     assert (inject_set / "samples.png").stat().st_size > 1000 and (inject_set / "run.json").exists()
-    centre = np.asarray(data.cubes[0], dtype=np.float32)[12:20, 12:20, 12:20]
-    assert centre.mean() > -300  # the nodule (~ -60 HU) fills the middle of the cube, not lung air
-    # flips and shifts are exact re-samplings of the same grid: y-flip == the cube mirrored along y
-    views = [tuple(e["view"][:3]) for e in index["entries"][:4]]
-    assert views[1] == (0.0, True, False)
-    np.testing.assert_allclose(data.cubes[1], data.cubes[0][:, ::-1, :], atol=0.5)
-    np.testing.assert_allclose(data.cubes[3], data.cubes[0][:, ::-1, ::-1], atol=0.5)
+    cubes = data.cubes(np.arange(4))
+    assert cubes.shape == (4, 32, 32, 32) and cubes.dtype == np.float32
+    assert cubes[0][12:20, 12:20, 12:20].mean() > -300  # the nodule (~ -60 HU) fills the middle, not lung air
+    # flips are exact re-samplings of the same grid: y-flip == the cube mirrored along y
+    assert data.views[1] == (0.0, True, False, (0, 0))
+    np.testing.assert_allclose(cubes[1], cubes[0][:, ::-1, :], atol=0.5)
+    np.testing.assert_allclose(cubes[3], cubes[0][:, ::-1, ::-1], atol=0.5)
 
 
-def test_rotation_by_90_degrees_is_a_grid_rotation(tmp_path):
-    config = TrainsetConfig("inject", cube=16, augment=AugmentConfig(flips=False, shift=0, rotation_step_deg=90))
-    folder = build_trainset("inject", [sample_path("lung1")], tmp_path / "rot",
-                            coords=sample_path("lung1").parent / "annotations.csv", config=config)
-    data = TrainingSet(folder)
-    assert len(data) == 4
-    rotated = np.rot90(np.asarray(data.cubes[0], np.float32), k=1, axes=(1, 2))
-    matches = [np.abs(np.asarray(data.cubes[1], np.float32) - r).max() for r in (rotated, rotated[:, ::-1, ::-1])]
-    assert min(matches) < 1.0  # 90° about z maps grid points onto grid points
+def test_drawn_views_are_the_cubes_sampled_straight_from_the_scan(inject_set, lung1):
+    """Each view drawn from the stored region is the very cube one resampling of the whole scan gives."""
+    from medfake.tamper.cube import IsoGrid, ViewSource, view_region
+
+    data = TrainingSet(inject_set)
+    grid = IsoGrid((33, 359, 218), 32, 1.0)
+    whole = ViewSource.of(view_region(lung1, grid, data.views), lung1.spacing)
+    for index in (0, 5, 9, 40):  # plain, a shift, a rotation by 6°, one by 186°
+        expected = whole.sample(grid, data.views[index]).astype(np.float16).astype(np.float32)
+        assert np.array_equal(data.cubes([index])[0], expected)
 
 
 def test_equalizer_is_invertible_and_spans_minus_one_to_one(inject_set):
@@ -66,11 +70,11 @@ def test_remover_set_samples_healthy_lung_away_from_the_nodule(tmp_path):
     folder = build_trainset("remove", [sample_path("lung1")], tmp_path / "rem", auto_healthy=3, seed=1,
                             coords=sample_path("lung1").parent / "annotations.csv", config=config)
     data = TrainingSet(folder)
-    sites = np.array([e["voxel_zyx"] for e in data.entries])
-    assert len(sites) == 3 and all(e["source"] == "auto" for e in data.entries)  # the LUNA16 nodule is avoided
+    sites = np.array([e["voxel_zyx"] for e in data.locations])
+    assert len(sites) == 3 and all(e["source"] == "auto" for e in data.locations)  # the LUNA16 nodule is avoided
     distance = np.linalg.norm((sites - NODULE_ZYX) * np.array([5.0, 0.5703, 0.5703]), axis=1)
     assert distance.min() >= 30.0
-    centres = np.asarray(data.cubes, np.float32)[:, 14:18, 14:18, 14:18].mean(axis=(1, 2, 3))
+    centres = data.cubes(np.arange(len(data)))[:, 14:18, 14:18, 14:18].mean(axis=(1, 2, 3))
     assert np.all(centres < -600)  # lung parenchyma, not vessel or wall
 
 
@@ -88,7 +92,7 @@ def test_trainset_command_builds_a_set_and_bad_tables_are_one_line_errors(tmp_pa
     main(["trainset", "inject", "--scans", str(sample_path("lung1")), "--coords", str(table), "--system", "vox",
           "--rotation-step", "0", "--cube", "16", "-o", str(tmp_path / "set")])
     data = TrainingSet(tmp_path / "set")
-    assert len(data) == 8 and data.entries[0]["voxel_zyx"] == [33, 359, 218]  # 1 + 3 flips + 4 shifts
+    assert len(data) == 8 and data.locations[0]["voxel_zyx"] == [33, 359, 218]  # 1 + 3 flips + 4 shifts
     bad = tmp_path / "bad.csv"
     bad.write_text("filename,x,y,z\nlung1,218,abc,33\n")
     with pytest.raises(SystemExit) as exit_info:

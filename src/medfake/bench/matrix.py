@@ -56,8 +56,8 @@ def synthetic_test_scans(test_dir: str) -> list[dict]:
 
 
 def train_tamper_models(cells: Cells, config: dict, train_dir: str) -> dict:
-    from medfake.tamper.trainset import AugmentConfig, TrainsetConfig, build_trainset
-    from medfake.tamper.config import ACTIONS, GanTrainConfig
+    from medfake.tamper.config import ACTIONS, AugmentConfig, GanTrainConfig, TrainsetConfig
+    from medfake.tamper.trainset import build_trainset
     from medfake.tamper.train import train
 
     spec = config["tamper_models"]

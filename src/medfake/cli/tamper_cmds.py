@@ -32,8 +32,9 @@ def _trainset(action: str, scans: list[Path], coords: Path | None, auto_healthy:
     with progress_bar() as bar:
         folder = build_trainset(action, scans, out_dir, coords, auto_healthy, seed, config, overwrite, bar)
     index = json.loads((folder / "index.json").read_text())
-    out.print(f"{folder}: {index['shape'][0]} cubes of {cube}³ at {iso_spacing:g} mm ({action}); "
-              f"sample sheet {folder / 'samples.png'}")
+    locations, views = len(index["locations"]), len(index["views"])
+    out.print(f"{folder}: {locations} locations × {views} views = {locations * views} cubes of {cube}³ at "
+              f"{iso_spacing:g} mm ({action}); sample sheet {folder / 'samples.png'}")
 
 
 def _trainset_command(action: str):
@@ -57,7 +58,8 @@ def _trainset_command(action: str):
                   no_flips, seed, overwrite)
 
     command.__doc__ = (f"Training cubes for the {'injector (nodule locations)' if action == 'inject' else 'remover (healthy locations)'}: "
-                       "isotropic cubes, 67 augmented versions per location, equalizer, sample sheet.")
+                       "one stored region per location, from which isotropic cubes are drawn on the fly through "
+                       "67 augmented views (rotations, flips, shifts); equalizer, sample sheet.")
     return command
 
 
@@ -78,13 +80,18 @@ def _train_command(action: str):
                                                    help="Interval (steps) of PNG snapshot, validation and model/."),
                 checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="Checkpoint interval (steps)."),
                 mixed_precision: str = typer.Option(None, "--mixed-precision", help="auto | no | fp16 | bf16"),
-                max_minutes: float = typer.Option(None, "--max-minutes", help="Stop (and save) after this wall time.")):
+                max_minutes: float = typer.Option(None, "--max-minutes", help="Stop (and save) after this wall time."),
+                data_workers: int = typer.Option(None, "--data-workers",
+                                                 help="Processes drawing augmented cubes ahead of training "
+                                                      "(default: preset; several on a GPU machine).")):
         from medfake.tamper.train import train  # torch: imported when a command runs, not at CLI start-up
 
         config = GanTrainConfig.resolve(action, preset, steps=steps, seed=seed, batch_size=batch_size, g_lr=g_lr,
                                      d_lr=d_lr, hole=hole, l1_region=l1_region, snapshot_every=snapshot_every,
-                                     checkpoint_every=checkpoint_every, mixed_precision=mixed_precision)
-        folder = train(data, run, config, resume=resume, steps=steps, max_minutes=max_minutes)
+                                     checkpoint_every=checkpoint_every, mixed_precision=mixed_precision,
+                                     data_workers=data_workers)
+        folder = train(data, run, config, resume=resume, steps=steps, max_minutes=max_minutes,
+                       data_workers=data_workers)
         out.print(f"{folder}: model in {folder / 'model'}, snapshots in {folder / 'snapshots'}")
 
     command.__doc__ = (f"Train the {action} generator (3D pix2pix in-painting, LSGAN + 100·L1) on a training set; "

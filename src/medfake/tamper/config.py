@@ -21,7 +21,8 @@ COORD_SYSTEMS = ("vox", "world")
 # learning without overpowering G on small training sets (the collapse users reported in issue #1).
 PRESETS: dict[str, dict] = {
     "paper": dict(g_filters=(100, 200, 400, 800, 800), d_filters=(100, 200, 400, 800), dropout=0.5,
-                  batch_size=32, steps=70_000, g_lr=2e-4, d_lr=2e-5, snapshot_every=500, checkpoint_every=1000),
+                  batch_size=32, steps=70_000, g_lr=2e-4, d_lr=2e-5, snapshot_every=500, checkpoint_every=1000,
+                  data_workers=4),
     "cpu-small": dict(g_filters=(8, 16, 32, 64, 64), d_filters=(8, 16, 32, 64), dropout=0.2,
                       batch_size=8, steps=1500, g_lr=1e-3, d_lr=1e-4, snapshot_every=250, checkpoint_every=250),
 }
@@ -98,6 +99,7 @@ class GanTrainConfig:
     checkpoint_every: int = 250
     seed: int = 0
     mixed_precision: str = "auto"
+    data_workers: int = 0  # processes drawing the augmented cubes ahead of training (a GPU machine wants some)
 
     @classmethod
     def resolve(cls, action: str, preset: str, **overrides) -> "GanTrainConfig":
@@ -119,6 +121,8 @@ class GanTrainConfig:
             raise MedfakeError(f"l1 region must be cube or hole, not '{self.l1_region}'")
         if self.batch_size < 2:
             raise MedfakeError("batch size must be at least 2 (batch norm at the 1³ bottleneck)")
+        if self.data_workers < 0:
+            raise MedfakeError(f"data workers must be ≥ 0, got {self.data_workers}")
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -4,7 +4,8 @@ The isotropic grid is defined explicitly: `size` points per axis, `spacing` mm a
 array axes, centred on the world point of the location's voxel (so a world and a voxel coordinate that name
 the same voxel give the same cube). Its size is exact at any input spacing (CT-GAN defect 6), voxels outside
 the scan read as -1000 HU (defect 7), and an in-plane rotation / flip / shift can be applied to the grid so
-augmented training cubes are sampled straight from the scan with a single interpolation.
+augmented training cubes are sampled straight from the scan's voxels (a stored view region) with a single
+interpolation.
 """
 
 from __future__ import annotations
@@ -41,31 +42,54 @@ class IsoGrid:
         return 2 * (np.ceil(reach).astype(int) + SPLINE_MARGIN) + 1
 
 
-def to_iso(scan: Scan, grid: IsoGrid, rotation_deg: float = 0.0, flip_y: bool = False, flip_x: bool = False,
-           shift_yx: tuple[float, float] = (0.0, 0.0), order: int = 3) -> np.ndarray:
-    """Sample the scan on the isotropic grid (float32 HU). Rotation is in the y-x plane about the centre;
-    `shift_yx` is in grid points. Several augmentations should share `source_coefficients` (see `iso_views`)."""
-    return iso_views(scan, grid, [(rotation_deg, flip_y, flip_x, shift_yx)], order)[0]
+View = tuple  # (rotation_deg, flip_y, flip_x, (dy, dx)): an in-plane rotation, flips and a shift in grid points
+PLAIN_VIEW: View = (0.0, False, False, (0, 0))
 
 
-def iso_views(scan: Scan, grid: IsoGrid, views, order: int = 3) -> list[np.ndarray]:
-    """Several augmented samplings of the same location; `views` = [(rotation_deg, flip_y, flip_x, (dy, dx))]."""
+def to_iso(scan: Scan, grid: IsoGrid) -> np.ndarray:
+    """Sample the scan on the isotropic grid (float32 HU, cubic spline)."""
+    return ViewSource.of(view_region(scan, grid, [PLAIN_VIEW]), scan.spacing).sample(grid, PLAIN_VIEW)
+
+
+def region_shape(grid: IsoGrid, scan_spacing, views) -> np.ndarray:
+    """Size (scan voxels) of the region around a location from which every one of `views` is sampled: the
+    grid's reach plus the corners a rotation swings out, the largest shift and the spline margin."""
     max_shift = max((np.hypot(*v[3]) for v in views), default=0.0) * grid.spacing
     rotated = any(v[0] % 360 for v in views)
     extra_yx = (np.sqrt(2.0) - 1.0) * grid.half_extent_mm + grid.spacing if rotated else 0.0
-    shape = grid.source_shape(scan.spacing, extra_mm=max(extra_yx, 0.0) + max_shift)
-    source = cut_cube(np.asarray(scan.voxels, dtype=np.float32), grid.center, shape, scan.pad_value)
-    coeffs = ndimage.spline_filter(source, order=order, mode="nearest") if order > 1 else source
-    centre = shape // 2  # cut_cube puts the centre voxel at index size//2
-    spacing = np.asarray(scan.spacing, dtype=float)
-    lo, hi = float(source.min()), float(source.max())  # no spline overshoot beyond the data's range
-    out = []
-    for rotation_deg, flip_y, flip_x, shift_yx in views:
+    return grid.source_shape(scan_spacing, extra_mm=max(extra_yx, 0.0) + max_shift)
+
+
+def view_region(scan: Scan, grid: IsoGrid, views) -> np.ndarray:
+    """The scan's own voxels (its dtype; outside the scan: its pad value) that all `views` are sampled from."""
+    return cut_cube(scan.voxels, grid.center, region_shape(grid, scan.spacing, views), scan.pad_value)
+
+
+@dataclass(frozen=True)
+class ViewSource:
+    """A view region ready for interpolation: every view is one cubic-spline resampling of the scan's voxels
+    (no rotate-then-crop, no padded corners)."""
+
+    coeffs: np.ndarray  # spline coefficients of the region
+    spacing: tuple[float, float, float]  # of the scan, z,y,x mm
+    lo: float  # the region's value range: no spline overshoot beyond it
+    hi: float
+
+    @classmethod
+    def of(cls, region: np.ndarray, spacing) -> "ViewSource":
+        source = np.asarray(region, dtype=np.float32)
+        coeffs = ndimage.spline_filter(source, order=3, mode="nearest")
+        return cls(coeffs, tuple(float(s) for s in spacing), float(source.min()), float(source.max()))
+
+    def sample(self, grid: IsoGrid, view: View) -> np.ndarray:
+        """The grid's cube through one view (float32 HU); the grid's centre is the region's centre voxel."""
+        rotation_deg, flip_y, flip_x, shift_yx = view
         zz, yy, xx = _grid_mm(grid, rotation_deg, flip_y, flip_x, shift_yx)
+        centre = np.asarray(self.coeffs.shape) // 2  # cut_cube puts the centre voxel at index size//2
+        spacing = self.spacing
         coords = np.stack([zz / spacing[0] + centre[0], yy / spacing[1] + centre[1], xx / spacing[2] + centre[2]])
-        cube = ndimage.map_coordinates(coeffs, coords, order=order, mode="nearest", prefilter=False)
-        out.append(np.clip(cube, lo, hi).astype(np.float32))
-    return out
+        cube = ndimage.map_coordinates(self.coeffs, coords, order=3, mode="nearest", prefilter=False)
+        return np.clip(cube, self.lo, self.hi).astype(np.float32)
 
 
 def _grid_mm(grid: IsoGrid, rotation_deg, flip_y, flip_x, shift_yx):

@@ -28,7 +28,7 @@ from medfake.render import save_patch_grid
 from medfake.runinfo import git_commit, write_run_record
 from medfake.tamper.config import GanTrainConfig
 from medfake.tamper.model import build_discriminator, build_generator, hole_slices, mask_hole, save_model_folder
-from medfake.tamper.trainset import TrainingSet
+from medfake.tamper.trainset import CubeFeed, TrainingSet
 from medfake.training import LoopConfig, fit
 
 CHECKPOINT, VALIDATION = "checkpoint.pt", "validation.csv"
@@ -46,6 +46,11 @@ class DataOrder:
 
     def permutation(self) -> np.ndarray:
         return np.random.default_rng([self.seed, self.epoch]).permutation(self.indices)
+
+    def upcoming(self, count: int) -> list[np.ndarray]:
+        """The next `count` batches, without moving on."""
+        ahead = DataOrder(self.indices, self.batch_size, self.seed, self.epoch, self.position)
+        return [ahead.next_batch() for _ in range(count)]
 
     def next_batch(self) -> np.ndarray:
         order = self.permutation()
@@ -80,6 +85,7 @@ class InpaintingGan:
         if len(train_idx) < 2:
             raise MedfakeError("the training set has fewer than 2 training cubes", self.data.folder)
         self.order = DataOrder(train_idx, c.batch_size, c.seed)
+        self.feed = CubeFeed(self.data, c.data_workers)
         preview = val_idx if len(val_idx) else train_idx
         self.preview_idx = np.sort(preview[np.linspace(0, len(preview) - 1, 3).astype(int)])
         self.val_subset = evenly_spaced(val_idx, VAL_CUBES)
@@ -88,7 +94,8 @@ class InpaintingGan:
         c = self.config
         self.G.train()
         self.D.train()
-        real = self.batch(self.order.next_batch())
+        indices = self.order.next_batch()
+        real = self.batch(indices, self.order.upcoming(2 * c.data_workers))
         cond = mask_hole(real, c.hole)
         with self.accelerator.autocast():
             fake = self.G(cond)
@@ -116,9 +123,10 @@ class InpaintingGan:
                 "epoch": self.order.epoch, "position": self.order.position, "config": self.config.to_dict()}
 
     def load_state(self, state: dict) -> None:
-        saved = GanTrainConfig.from_dict(state["config"]).to_dict()
-        if {**saved, "steps": 0} != {**self.config.to_dict(), "steps": 0}:
-            raise MedfakeError("config.json differs from the checkpoint's configuration (only steps may change)")
+        free = {"steps": 0, "data_workers": 0}  # neither changes what is computed
+        if {**GanTrainConfig.from_dict(state["config"]).to_dict(), **free} != {**self.config.to_dict(), **free}:
+            raise MedfakeError("config.json differs from the checkpoint's configuration (only the steps and the "
+                               "data workers may change)")
         unwrap = self.accelerator.unwrap_model
         unwrap(self.G).load_state_dict(state["generator"])
         unwrap(self.D).load_state_dict(state["discriminator"])
@@ -132,9 +140,8 @@ class InpaintingGan:
         self.export(folder, step)
 
     # --- data, validation, outputs -----------------------------------------------------------------
-    def batch(self, indices: np.ndarray) -> torch.Tensor:
-        cubes = np.asarray(self.data.cubes[indices], dtype=np.float32)
-        net = self.data.equalizer.to_net(cubes)
+    def batch(self, indices: np.ndarray, upcoming=()) -> torch.Tensor:
+        net = self.data.equalizer.to_net(self.feed.cubes(indices, upcoming))
         return torch.from_numpy(net)[:, None].to(self.accelerator.device).contiguous(memory_format=CHANNELS_LAST)
 
     @torch.no_grad()
@@ -201,10 +208,12 @@ def read_validation(run: str | Path) -> list[dict]:
 
 
 def train(data_dir: str | Path, out: str | Path, config: GanTrainConfig, resume: bool = False,
-          steps: int | None = None, show_progress: bool = True, max_minutes: float | None = None) -> Path:
+          steps: int | None = None, show_progress: bool = True, max_minutes: float | None = None,
+          data_workers: int | None = None) -> Path:
     """Train until `config.steps` (or `steps`); with `resume` continue RUN/checkpoint.pt exactly where it
-    stopped, with the configuration saved in the run (only the number of steps can change). `max_minutes` stops
-    earlier on wall-clock time; the step reached is checkpointed and exported as the model either way."""
+    stopped, with the configuration saved in the run (only the steps and the data workers can change).
+    `max_minutes` stops earlier on wall-clock time; the step reached is checkpointed and exported as the model
+    either way."""
     data = TrainingSet(data_dir)
     out = Path(out)
     if resume:
@@ -212,6 +221,9 @@ def train(data_dir: str | Path, out: str | Path, config: GanTrainConfig, resume:
     config = bind_to_data(config, data)
     if steps is not None:
         config.steps = int(steps)
+    if data_workers is not None:
+        config.data_workers = int(data_workers)
+        config.validate()
     loop = LoopConfig(steps=config.steps, seed=config.seed, mixed_precision=config.mixed_precision,
                       checkpoint_every=config.checkpoint_every, snapshot_every=config.snapshot_every,
                       max_minutes=max_minutes, show_progress=show_progress)
