@@ -88,8 +88,8 @@ def location_metrics(before, after, zyx, blend_mm, sigma: float) -> dict:
 
 def timed_sites(scan, sites, action, model, lung, rng):
     """tamper_scan's steps with clocks: per-scan setup (noise model) and per-location compute."""
-    from medfake.tamper.pipeline import (DEFAULT_VIEWS, Context, _like_input, as_sites, blend_radii, parenchyma_noise,
-                                         ctgan_site)
+    from medfake.tamper.config import DEFAULT_VIEWS
+    from medfake.tamper.pipeline import Context, _like_input, as_sites, blend_radii, ctgan_site, parenchyma_noise
 
     sites = as_sites(scan, sites)
     t = time.perf_counter()

@@ -9,8 +9,8 @@ import typer
 from rich.console import Console
 
 from medfake.errors import MedfakeError
-from medfake.tamper.config import (ACTIONS, COORD_SYSTEMS, METHODS, PRESETS, AugmentConfig, GanTrainConfig,
-                                   TamperRequest, TrainsetConfig)
+from medfake.tamper.config import (ACTIONS, COORD_SYSTEMS, DEFAULT_VIEWS, METHODS, PRESETS, AugmentConfig,
+                                   GanTrainConfig, TamperRequest, TrainsetConfig)
 
 out = Console()
 _registered: set[int] = set()
@@ -40,7 +40,7 @@ def _trainset(action: str, scans: list[Path], coords: Path | None, auto_healthy:
 def _trainset_command(action: str):
     def command(scans: list[Path] = typer.Option(..., "--scans", help=SCANS_HELP),
                 coords: Path = typer.Option(None, "--coords", help=COORDS_HELP),
-                auto_healthy: int = typer.Option(0, "--auto-healthy",
+                auto_healthy: int = typer.Option(TrainsetConfig.auto_healthy, "--auto-healthy",
                                                  help="Healthy locations sampled per scan in the lungs (remove)."),
                 out_dir: Path = typer.Option(..., "-o", "--output", help="New training-set folder."),
                 system: str = typer.Option(TrainsetConfig.coord_system, "--system",
@@ -118,7 +118,8 @@ def tamper(target: Path = typer.Option(..., "-t", "--target", help="Scan: DICOM 
            donor_coord: str = typer.Option(None, "--donor-coord", help="copy-move: donor nodule z,y,x voxel."),
            blend: str = typer.Option(None, "--blend", help="ctgan: INNER,OUTER blend radii in mm (default hole/2-1, hole/2+3)."),
            views: int = typer.Option(None, "--views", help="ctgan: fill the hole through 1-4 flips of the cube and "
-                                     "keep the strongest (default inject 4, remove 1)."),
+                                     "keep the strongest (default " +
+                                     ", ".join(f"{a} {n}" for a, n in DEFAULT_VIEWS.items()) + ")."),
            series: str = typer.Option(None, "--series", help="SeriesInstanceUID when the folder holds several.")):
     """Inject or remove lung nodules; writes a derived scan and appends ground truth to DEST/manifest.csv."""
     from medfake.tamper.run import tamper_file  # torch: imported when the command runs, not at CLI start-up

@@ -3,11 +3,12 @@
 Importing the package loads nothing (torch stays out of CLI start-up). Python API (what the CLI calls):
     from medfake.tamper.model import load_tamper_model
     from medfake.tamper.pipeline import tamper_scan
-    from medfake.tamper.run import TamperRequest, tamper_file
+    from medfake.tamper.config import TamperRequest
+    from medfake.tamper.run import tamper_file
 
     model = load_tamper_model("runs/remover")                       # RUN folder of `medfake train`
     tampered, rows = tamper_scan(scan, [(33, 359, 218)], "remove", model, rng=np.random.default_rng(0))
-    result = tamper_file(TamperRequest(path, outdir, "inject", auto=2, model_dir="runs/injector", fmt="dicom"))
+    result = tamper_file(TamperRequest(target=path, outdir=outdir, action="inject", auto=2, model_dir="runs/injector"))
 
 Modules: config (actions, presets, GanTrainConfig), trainset (CT-GAN training sets), train (the GAN on
 `medfake.training.fit`), model (networks, model folder), cube (isotropic grids), equalizer, noise, blend,

@@ -15,6 +15,7 @@ from medfake.errors import MedfakeError
 ACTIONS = ("inject", "remove")
 METHODS = ("ctgan", "copy-move", "inpaint")
 COORD_SYSTEMS = ("vox", "world")
+DEFAULT_VIEWS = {"inject": 4, "remove": 1}  # generator views per location; a faint injection gets 4 tries
 
 # Learning rates: the reference trains G at 2e-4 and D at 1e-6 (defect 12: D barely learns, so the
 # adversarial term is noise). With λ·L1 = 100 dominating, D only has to judge texture; 10x below G keeps it

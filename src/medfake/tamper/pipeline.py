@@ -27,14 +27,13 @@ from medfake.scan import Scan
 from medfake.tamper.blend import blend, noise_gain, radial_weight
 from medfake.tamper.cube import IsoGrid, block_shape, distance_mm, from_iso, scan_block, to_iso
 from medfake.tamper import classical
-from medfake.tamper.config import require_action, require_method
+from medfake.tamper.config import DEFAULT_VIEWS, require_action, require_method
 from medfake.tamper.model import TamperModel
 from medfake.tamper.noise import (ParenchymaNoise, estimate_noise, flat_parenchyma, match_noise, noise_level,
                                   settle_noise)
 
 DEFAULT_REMOVE_DIAMETER_MM = 12.0
 NOISE_SLAB_MM = 40.0  # slices searched for noise patches around the locations when there is no lung mask
-DEFAULT_VIEWS = {"inject": 4, "remove": 1}  # an injector that sometimes paints a faint nodule gets 4 tries
 
 
 @dataclass
