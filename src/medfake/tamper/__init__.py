@@ -14,3 +14,16 @@ Modules: config (actions, presets, GanTrainConfig), trainset (CT-GAN training se
 `medfake.training.fit`), model (networks, model folder), cube (isotropic grids), equalizer, noise, blend,
 sites, pipeline (in-memory tampering), classical (copy-move, in-painting), run (files and manifest).
 """
+
+PUBLIC = {"load_tamper_model": "model", "TamperModel": "model", "tamper_scan": "pipeline", "Site": "pipeline",
+          "tamper_file": "run", "TamperResult": "run", "TamperRequest": "config", "GanTrainConfig": "config",
+          "ACTIONS": "config", "METHODS": "config"}
+
+
+def __getattr__(name: str):
+    """`from medfake.tamper import tamper_scan` loads its module (and torch) on first use, not at import."""
+    if name not in PUBLIC:
+        raise AttributeError(f"module 'medfake.tamper' has no attribute '{name}'")
+    from importlib import import_module
+
+    return getattr(import_module(f"medfake.tamper.{PUBLIC[name]}"), name)
