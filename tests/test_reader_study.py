@@ -12,7 +12,7 @@ import pytest
 from medfake.cli import main
 from medfake.data.samples import sample_path
 from medfake.io import save_scan
-from medfake.tamper import tamper_file
+from medfake.tamper import TamperRequest, tamper_file
 from medfake.viewer.server import BackgroundServer, new_token
 from medfake.viewer.study import Study
 from medfake.viewer.study_app import create_study_app
@@ -33,10 +33,10 @@ def study(lung1, tmp_path_factory):
 
     a, b = slab(29, "lung1_a.nrrd"), slab(5, "healthy_b.nrrd")
     tampered = root / "tampered"
-    tamper_file(a, tampered, "remove", coords=["4,179,118"], method="inpaint")
-    tamper_file(a, tampered, "inject", coords=["4,170,270"], method="copy-move", donor_coord="4,179,118")
-    tamper_file(b, tampered, "inject", coords=["4,120,280"], method="copy-move", donor=a, donor_coord="4,179,118")
-    tamper_file(b, tampered, "inject", coords=["4,60,250"], method="copy-move", donor=a, donor_coord="4,179,118")
+    tamper_file(TamperRequest(target=a, outdir=tampered, action="remove", coords=["4,179,118"], method="inpaint"))
+    for target, zyx, donor in ((a, "4,170,270", None), (b, "4,120,280", a), (b, "4,60,250", a)):
+        tamper_file(TamperRequest(target=target, outdir=tampered, action="inject", coords=[zyx], method="copy-move",
+                                  donor=donor, donor_coord="4,179,118"))
     folder = root / "reading"
     main(["reader-study", "make", "--genuine", str(a), "--genuine", str(b), "--tampered", str(tampered / "manifest.csv"),
           "-o", str(folder), "--pairs", "2", "--singles", "4", "--seed", "5",
