@@ -142,6 +142,10 @@ class Surrogate:
         weight = torch.from_numpy(radial_weight(region.distance_mm(), *self.blend_mm))
         return SiteGeometry(grid.center, start, tuple(int(v) for v in shape), to_iso, region, from_iso, weight)
 
+    def source_shape(self, scan: Scan) -> np.ndarray:
+        c = self.config
+        return IsoGrid((0, 0, 0), c.cube, c.iso_spacing).source_shape(np.asarray(scan.spacing, dtype=float))
+
     def to_net(self, hu: torch.Tensor) -> torch.Tensor:
         return (2.0 * interp(hu.double(), self.edges, self.cdf) - 1.0).float()
 

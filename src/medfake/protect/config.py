@@ -1,0 +1,44 @@
+"""Protection settings (no torch here: the CLI reads its defaults from these)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from medfake.errors import MedfakeError
+
+METHODS = ("optimize", "network")
+REGIONS = ("lungs", "all")
+
+
+@dataclass
+class OptimizeConfig:
+    passes: int = 6  # how often each tile is visited on average
+    sites_per_step: int = 4
+    step_hu: float = 2.0  # sign-gradient step (the budget is reached in budget/step_hu steps)
+    tile_fraction: float = 0.5  # tile stride as a fraction of the hole edge (mm)
+    max_tiles: int = 4000
+    seed: int = 0
+    focus_zyx: list = field(default_factory=list)  # API/benchmarks: only tiles within focus_mm of these
+    focus_mm: float = 12.0
+    jitter_mm: float | None = None  # random shift of a tile per visit; None: half the tile stride
+
+
+@dataclass
+class ProtectConfig:
+    budget_hu: float = 8.0
+    method: str = "optimize"
+    region: str = "lungs"
+    action: str | None = None  # only models trained for this action (None: any)
+    optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
+
+    def validate(self) -> None:
+        if not np.isfinite(self.budget_hu) or self.budget_hu <= 0:
+            raise MedfakeError(f"the budget must be a positive number of HU, not {self.budget_hu:g}")
+        if self.method not in METHODS:
+            raise MedfakeError(f"unknown protection method '{self.method}' (choose from {', '.join(METHODS)})")
+        if self.region not in REGIONS:
+            raise MedfakeError(f"region must be {' or '.join(REGIONS)}, not '{self.region}'")
+        if self.action not in (None, "inject", "remove"):
+            raise MedfakeError(f"action must be inject or remove, not '{self.action}'")
