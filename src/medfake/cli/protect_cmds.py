@@ -38,6 +38,7 @@ def protect(paths: list[Path] = typer.Argument(..., help="SCAN (DICOM folder/fil
             series: str = typer.Option(None, "--series", help="SeriesInstanceUID when the folder holds several.")):
     """Protect a scan: a perturbation within --budget-hu that makes the given tamperers fail; writes a derived
     scan and OUT/<scan>_protected.protection.json."""
+    from medfake.protect.config import ProtectConfig
     from medfake.protect.run import protect_file
     from medfake.tamper.run import parse_coordinate
 

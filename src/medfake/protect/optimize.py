@@ -51,7 +51,7 @@ def attack_sites(surrogate: Surrogate, scan: Scan, lung: np.ndarray, config: Opt
         focus = np.asarray(config.focus_zyx, dtype=float).reshape(-1, 3)
         d = np.linalg.norm((tiles[:, None, :] - focus[None]) * np.asarray(scan.spacing), axis=2).min(axis=1)
         tiles = tiles[d <= config.focus_mm]
-        if surrogate.action == "remove" and not len(tiles):
+        if not len(tiles):  # a focus between tiles: protect exactly there
             tiles = focus.astype(int)
     if len(tiles) > config.max_tiles:
         tiles = tiles[np.random.default_rng(config.seed).choice(len(tiles), config.max_tiles, replace=False)]
@@ -86,7 +86,7 @@ def optimize_perturbation(scan: Scan, surrogates: list[Surrogate], budget_hu: fl
         raise MedfakeError("no place to protect: no lung tile (or nodule, for a remover) in the scan", scan.path)
     steps = int(np.ceil(config.passes * len(jobs) / config.sites_per_step))
     order = np.concatenate([rng.permutation(len(jobs)) for _ in range(config.passes)])
-    task = progress.add_task("protect (optimize)", total=steps) if progress is not None else None
+    task = progress.add_task("protect (optimize)", total=steps, status="") if progress is not None else None
     for step in range(steps):
         grad = torch.zeros_like(delta)
         for index in order[step * config.sites_per_step:(step + 1) * config.sites_per_step]:

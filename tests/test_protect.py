@@ -1,0 +1,135 @@
+"""Protection against tampering with a tiny injector trained here on lung1 (16³ cubes, 60 steps): the torch
+surrogate reproduces the numpy tamper step, the budget holds on every stored voxel, the white-box injector
+paints less tissue into a protected scan, DICOM in -> derived DICOM out + record, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from medfake.cli import main
+from medfake.data.samples import sample_path
+from medfake.io import load_scan, save_scan
+from medfake.protect.config import OptimizeConfig, ProtectConfig
+from medfake.protect.run import protect_scan
+from medfake.protect.surrogate import (Surrogate, TamperSite, ctgan_site, load_tamper_model, noise_free_context,
+                                       tamper_scan)
+from medfake.tamper.model import TrainConfig
+from medfake.tamper.train import train
+from medfake.tamper.trainset import AugmentConfig, TrainsetConfig, build_trainset
+
+SITE = (30, 300, 150)  # healthy lung parenchyma of lung1 (about -890 HU)
+
+
+@pytest.fixture(scope="module")
+def injector(tmp_path_factory):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("injector")
+    table = root / "locs.csv"
+    table.write_text("filename,x,y,z\nlung1,-21.86,-120.54,-611.50\n")
+    config = TrainsetConfig("inject", cube=16, augment=AugmentConfig(rotation_step_deg=90))
+    data = build_trainset("inject", [sample_path("lung1")], root / "set", coords=table, config=config)
+    train_config = TrainConfig.resolve("inject", "cpu-small", g_filters=(4, 8, 16, 16), d_filters=(4, 8, 16, 16),
+                                       batch_size=4, steps=60, g_lr=2e-3, d_lr=2e-4, hole=8, val_every=60,
+                                       snapshot_every=60, checkpoint_every=60)
+    run = train(data, root / "run", train_config, show_progress=False)
+    yield run
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def lungs(lung1):
+    from medfake.lungmask import lung_mask
+
+    return lung_mask(lung1)
+
+
+def test_surrogate_matches_the_numpy_tamper_step(injector, lung1):
+    model = load_tamper_model(injector)
+    surrogate = Surrogate(model)
+    volume = torch.from_numpy(np.asarray(lung1.voxels, dtype=np.float32))
+    for zyx in (SITE, (20, 330, 380)):
+        geo = surrogate.geometry(lung1, zyx)
+        sigma = surrogate.site_sigma(lung1, geo, 20.0)
+        block, _ = surrogate.tamper_block(volume, lung1, geo, views=4, sigma=sigma)
+        ours = surrogate.paste(volume, block, geo).numpy()
+        context = noise_free_context(20.0, np.random.default_rng(0), surrogate.blend_mm, 4)
+        reference = ctgan_site(lung1, TamperSite(zyx), "inject", model, context)
+        assert np.abs(reference - lung1.voxels).max() > 200  # the injector paints something
+        assert np.abs(ours - reference).max() < 1.0  # HU, everywhere (the blend region included)
+
+
+def core_mean(scan, zyx) -> float:
+    z, y, x = zyx
+    return float(np.asarray(scan.voxels[z, y - 3:y + 4, x - 3:x + 4], dtype=np.float64).mean())
+
+
+def test_white_box_injector_paints_less_into_a_protected_scan(injector, lung1, lungs):
+    model = load_tamper_model(injector)
+    config = ProtectConfig(8.0, optimize=OptimizeConfig(passes=16, sites_per_step=1, step_hu=1.0,
+                                                        focus_zyx=[SITE], focus_mm=0.5, jitter_mm=0.0))
+    protected = protect_scan(lung1, [Surrogate(model)], config, lungs)
+    change = protected.voxels.astype(np.int32) - lung1.voxels
+    assert protected.voxels.dtype == lung1.voxels.dtype and np.abs(change).max() == 8
+    assert not change[~lungs].any()  # region lungs
+    plain, _ = tamper_scan(lung1, [SITE], "inject", model, rng=np.random.default_rng(0), lung=lungs)
+    guarded, _ = tamper_scan(protected, [SITE], "inject", model, rng=np.random.default_rng(0), lung=lungs)
+    before = core_mean(lung1, SITE)
+    injected, injected_protected = core_mean(plain, SITE) - before, core_mean(guarded, SITE) - before
+    assert injected > 250  # unprotected: a ~ -550 HU blob in -890 HU lung
+    assert injected_protected < injected - 30  # the protection takes at least 30 HU off the injected tissue
+
+
+def test_cli_end_to_end_dicom_budget_tags_and_record(injector, lung1_dicom, tmp_path):
+    out = tmp_path / "prot"
+    main(["protect", str(lung1_dicom), "-o", str(out), "--against", str(injector), "--budget-hu", "5.5",
+          "--passes", "2", "--focus", "1,300,150", "--focus-mm", "6"])
+    written = out / "series_protected"
+    original, protected = load_scan(lung1_dicom), load_scan(written)
+    change = protected.voxels.astype(np.int32) - original.voxels.astype(np.int32)
+    assert np.abs(change).max() == 5  # the integer part of the budget, reached, never passed (every voxel)
+    assert np.count_nonzero(change) > 1000
+    files = sorted(written.iterdir())
+    ds, src = pydicom.dcmread(files[0]), pydicom.dcmread(sorted(lung1_dicom.iterdir())[0])
+    assert "DERIVED" in ds.ImageType and ds.SeriesInstanceUID != src.SeriesInstanceUID
+    assert "protect" in ds.DerivationDescription and "5.5 HU" in ds.DerivationDescription
+    record = json.loads((out / "series_protected.protection.json").read_text())["config"]
+    assert record["method"] == "optimize" and record["budget_hu"] == 5.5 and record["max_abs_change_hu"] == 5
+    assert record["models"][0].startswith("run@60") and record["seconds"] > 0
+    assert load_scan(lung1_dicom).voxels.tolist() == original.voxels.tolist()  # input untouched
+
+
+def _fails(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_one_line_errors(injector, lung1, tmp_path, capsys):
+    scan = str(sample_path("lung1"))
+    base = ["protect", scan, "-o", str(tmp_path / "o")]
+    _fails(capsys, base + ["--against", str(injector), "--budget-hu", "0"], "budget must be a positive")
+    _fails(capsys, base + ["--against", str(injector), "--action", "remove"], "trained to inject, not to remove")
+    not_model = tmp_path / "detector_run"
+    not_model.mkdir()
+    (not_model / "weights.pt").write_bytes(b"not a model")
+    _fails(capsys, base + ["--against", str(not_model)], "not a medfake tamper model")
+    bad = tmp_path / "bad_model" / "model"
+    bad.mkdir(parents=True)
+    (bad / "model.json").write_text((injector / "model" / "model.json").read_text())
+    (bad / "generator.pt").write_bytes(b"garbage")
+    _fails(capsys, base + ["--against", str(bad.parent)], "cannot load generator weights")
+    body = np.full((6, 96, 96), -1000, dtype=np.int16)  # air around a soft-tissue body: a CT without lungs
+    body[:, 8:88, 8:88] = 40
+    soft = lung1.with_voxels(body, spacing=(2.0, 1.0, 1.0))
+    phantom = save_scan(soft, tmp_path / "phantom.nrrd")
+    _fails(capsys, ["protect", str(phantom), "-o", str(tmp_path / "o2"), "--against", str(injector)],
+           "no lung")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o2").exists()
