@@ -133,3 +133,22 @@ def test_one_line_errors(injector, lung1, tmp_path, capsys):
     _fails(capsys, ["protect", str(phantom), "-o", str(tmp_path / "o2"), "--against", str(injector)],
            "no lung")
     assert not (tmp_path / "o").exists() and not (tmp_path / "o2").exists()
+
+
+def test_network_protector_trains_on_the_loop_and_protects_within_budget(injector, lung1_dicom, tmp_path):
+    run = tmp_path / "protector"
+    main(["train", "protector", "--scans", str(sample_path("lung1")), "--against", str(injector), "-o", str(run),
+          "--steps", "6", "--budget-hu", "6"])
+    losses = (run / "losses.csv").read_text().strip().splitlines()
+    assert len(losses) == 7 and (run / "model" / "protector.pt").exists() and (run / "run.json").exists()
+    out = tmp_path / "net"
+    main(["protect", str(lung1_dicom), "-o", str(out), "--against", str(injector), "--method", "network",
+          "--protector", str(run), "--budget-hu", "6"])
+    original, protected = load_scan(lung1_dicom), load_scan(out / "series_protected")
+    change = protected.voxels.astype(np.int32) - original.voxels.astype(np.int32)
+    assert 0 < np.abs(change).max() <= 6 and np.count_nonzero(change) > 10_000
+    record = json.loads((out / "series_protected.protection.json").read_text())["config"]
+    assert record["method"] == "network" and record["models"][-1].startswith("protector protector@6")
+    with pytest.raises(SystemExit):  # a tamper model is not a protector
+        main(["protect", str(lung1_dicom), "-o", str(tmp_path / "x"), "--against", str(injector), "--method",
+              "network", "--protector", str(injector)])

@@ -50,8 +50,30 @@ def protect(paths: list[Path] = typer.Argument(..., help="SCAN (DICOM folder/fil
     out.print(f"wrote {result.output} ({result.seconds:.0f} s); record {result.record}")
 
 
+def train_protector(scans: list[Path] = typer.Option(..., "--scans", help="Cohort: a folder of scans, a .txt list "
+                                                     "of paths, or a scan; repeatable."),
+                    against: list[Path] = typer.Option(..., "--against", help="Tamper model run folder(s)."),
+                    output: Path = typer.Option(..., "-o", "--output", help="New run folder."),
+                    budget: float = typer.Option(_P.budget_hu, "--budget-hu", help="L-inf budget (HU)."),
+                    region: str = typer.Option(_P.region, "--region", help="lungs | all"),
+                    steps: int = typer.Option(300, "--steps"),
+                    seed: int = typer.Option(0, "--seed"),
+                    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUTPUT.")):
+    """Train the feed-forward protector (`medfake protect --method network --protector RUN`)."""
+    from medfake.data.cohort import scan_paths
+    from medfake.io import load_scan
+    from medfake.protect.network import ProtectorConfig, train_protector as train
+    from medfake.protect.run import load_attackers
+
+    paths = [p for spec in scans for p in scan_paths(spec)]
+    config = ProtectorConfig(budget_hu=budget, region=region, steps=steps, seed=seed)
+    run = train([load_scan(p) for p in paths], load_attackers(against, None), output, config, resume=resume)
+    out.print(f"protector run {run} (model in {run / 'model'})")
+
+
 def register(app, data_app, train_app) -> None:
     if id(app) in _registered:
         return
     _registered.add(id(app))
     app.command("protect")(protect)
+    train_app.command("protector")(train_protector)

@@ -123,7 +123,7 @@ def protect_file(target: str | Path, outdir: str | Path, against, config: Protec
     if change.max() > config.budget_hu:  # the promise of the command: never store a voxel past the budget
         raise MedfakeError(f"internal error: a voxel moved {change.max():g} HU past the budget", target)
     outdir.mkdir(parents=True, exist_ok=True)
-    ids = [s.model_id for s in surrogates]
+    ids = [s.model_id for s in surrogates] + ([f"protector {protector.model_id}"] if protector else [])
     written = save_scan(protected, output_name(outdir, target), format=fmt, derivation=derivation_text(config, ids))
     seconds = time.monotonic() - start
     record = {"scan": str(target), "output": str(written), "method": config.method, "budget_hu": config.budget_hu,
