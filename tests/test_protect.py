@@ -137,7 +137,7 @@ def test_one_line_errors(injector, lung1, tmp_path, capsys):
 
 def test_network_protector_trains_on_the_loop_and_protects_within_budget(injector, lung1_dicom, tmp_path):
     run = tmp_path / "protector"
-    main(["train", "protector", "--scans", str(sample_path("lung1")), "--against", str(injector), "-o", str(run),
+    main(["train", "protector", "--scans", str(lung1_dicom), "--against", str(injector), "-o", str(run),
           "--steps", "6", "--budget-hu", "6"])
     losses = (run / "losses.csv").read_text().strip().splitlines()
     assert len(losses) == 7 and (run / "model" / "protector.pt").exists() and (run / "run.json").exists()
