@@ -42,6 +42,10 @@ MITSGAN_PUBLISHED = {"whole_image_psnr_db": 27.949, "whole_image_ssim": 0.983, "
 
 
 def tiny_injector(root: Path, steps: int, seed: int) -> Path:
+    """Trained once per (steps, seed) under the work folder and reused."""
+    root = root.with_name(f"{root.name}_s{seed}_{steps}")
+    if (root / "run" / "model" / "model.json").exists():
+        return root / "run"
     table = root / "locs.csv"
     root.mkdir(parents=True, exist_ok=True)
     table.write_text("filename,x,y,z\nlung1,-21.86,-120.54,-611.50\n")
