@@ -23,6 +23,7 @@ class OptimizeConfig:
     focus_zyx: list = field(default_factory=list)  # API/benchmarks: only tiles within focus_mm of these
     focus_mm: float = 12.0
     jitter_mm: float | None = None  # random shift of a tile per visit; None: half the tile stride
+    soft_views_hu: float | None = 20.0  # smooth max over the flip views (None: follow the attacker's argmax)
 
 
 @dataclass

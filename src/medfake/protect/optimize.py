@@ -29,11 +29,20 @@ def core_ball(surrogate: Surrogate, geo) -> torch.Tensor:
     return torch.from_numpy(d <= max(radius, float(d.min())))
 
 
-def site_loss(surrogate: Surrogate, volume: torch.Tensor, scan: Scan, geo, sigma: float) -> torch.Tensor:
-    """Mean HU in the core of the tampered block, signed so lower is better protection (in 100 HU)."""
+def site_loss(surrogate: Surrogate, volume: torch.Tensor, scan: Scan, geo, sigma: float,
+              soft_views_hu: float | None = None) -> torch.Tensor:
+    """Mean HU in the core of the tampered block, signed so lower is better protection (in 100 HU). The
+    attacker keeps its strongest flip view; with `soft_views_hu` the loss is a smooth maximum (log-sum-exp at
+    that temperature) over all views, so pushing one view down does not just hand the win to another."""
+    core = core_ball(surrogate, geo)
+    sign = 1.0 if surrogate.action == "inject" else -1.0
+    if soft_views_hu:
+        blocks, _ = surrogate.view_blocks(volume, scan, geo, sigma=sigma)
+        means = sign * blocks[:, core].mean(dim=1) / 100.0
+        t = soft_views_hu / 100.0
+        return t * torch.logsumexp(means / t, dim=0)
     block, _ = surrogate.tamper_block(volume, scan, geo, sigma=sigma)
-    mean = block[core_ball(surrogate, geo)].mean() / 100.0
-    return mean if surrogate.action == "inject" else -mean
+    return sign * block[core].mean() / 100.0
 
 
 def attack_sites(surrogate: Surrogate, scan: Scan, lung: np.ndarray, config: OptimizeConfig,
@@ -95,7 +104,7 @@ def optimize_perturbation(scan: Scan, surrogates: list[Surrogate], budget_hu: fl
             box, local_scan, local_zyx = local_crop(scan, surrogate, zyx)
             local = delta[box].clone().requires_grad_(True)
             geo = surrogate.geometry(local_scan, local_zyx)
-            loss = site_loss(surrogate, x[box] + local, local_scan, geo, noise_sigma)
+            loss = site_loss(surrogate, x[box] + local, local_scan, geo, noise_sigma, config.soft_views_hu)
             (g,) = torch.autograd.grad(loss, local)
             grad[box] += g
         delta = (delta - config.step_hu * torch.sign(grad)).clamp(-budget_hu, budget_hu) * mask

@@ -183,8 +183,21 @@ class Surrogate:
         if view is None:
             means = self.centre_means(generated.detach())
             view = int(torch.argmax(means) if self.action == "inject" else torch.argmin(means))
-        change = separable(generated[view] - cube, geo.from_iso)
         original = cut(volume, geo.region.start, geo.region.shape, scan.pad_value)
+        return self.finish(generated[view], cube, original, scan, geo, noise, sigma), original
+
+    def view_blocks(self, volume: torch.Tensor, scan: Scan, geo: SiteGeometry, views: int | None = None,
+                    sigma: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(views, region) tampered blocks, one per flip view (no fresh noise), and the original block."""
+        views = DEFAULT_VIEWS[self.action] if views is None else views
+        cube = self.iso_cube(volume, geo, scan.pad_value)
+        generated = self.generate(cube, views)
+        original = cut(volume, geo.region.start, geo.region.shape, scan.pad_value)
+        return torch.stack([self.finish(g, cube, original, scan, geo, None, sigma) for g in generated]), original
+
+    def finish(self, generated, cube, original, scan: Scan, geo: SiteGeometry, noise, sigma) -> torch.Tensor:
+        """One generated cube → the blended block (the pipeline after the generator)."""
+        change = separable(generated - cube, geo.from_iso)
         content = original + change
         if self.action == "inject":
             content = torch.maximum(content, original)
@@ -193,7 +206,7 @@ class Surrogate:
         block = w * content + (1.0 - w) * original
         if noise is not None:
             block = block + noise * torch.from_numpy(noise_gain(w.numpy(), ratio))
-        return block, original
+        return block
 
     def match_noise(self, content: torch.Tensor, spacing, geo: SiteGeometry, sigma: float | None):
         """`tamper.noise.match_noise` with the tone-down amount measured on the detached block."""
