@@ -31,10 +31,10 @@ from medfake.protect.evaluate import disruption, similarity
 from medfake.protect.run import protect_scan
 from medfake.protect.surrogate import Surrogate, load_tamper_model, tamper_scan
 from medfake.runinfo import write_run_record
-from medfake.tamper.model import TrainConfig
+from medfake.tamper.config import AugmentConfig, GanTrainConfig, TrainsetConfig
 from medfake.tamper.sites import pick_sites
 from medfake.tamper.train import train
-from medfake.tamper.trainset import AugmentConfig, TrainsetConfig, build_trainset
+from medfake.tamper.trainset import build_trainset
 
 RESULTS = Path(__file__).parent / "results"
 NODULE_ZYX = (33, 359, 218)
@@ -52,9 +52,9 @@ def tiny_injector(root: Path, steps: int, seed: int) -> Path:
     table.write_text("filename,x,y,z\nlung1,-21.86,-120.54,-611.50\n")
     data = build_trainset("inject", [sample_path("lung1")], root / "set", coords=table, seed=seed,
                           config=TrainsetConfig("inject", cube=16, augment=AugmentConfig(rotation_step_deg=90)))
-    config = TrainConfig.resolve("inject", "cpu-small", g_filters=(4, 8, 16, 16), d_filters=(4, 8, 16, 16),
-                                 batch_size=4, steps=steps, g_lr=2e-3, d_lr=2e-4, hole=8, val_every=steps,
-                                 snapshot_every=steps, checkpoint_every=steps, seed=seed)
+    config = GanTrainConfig.resolve("inject", "cpu-small", g_filters=(4, 8, 16, 16), d_filters=(4, 8, 16, 16),
+                                    batch_size=4, steps=steps, g_lr=2e-3, d_lr=2e-4, hole=8,
+                                    snapshot_every=steps, checkpoint_every=steps, seed=seed)
     return train(data, root / "run", config, show_progress=False)
 
 

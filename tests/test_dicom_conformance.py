@@ -3,7 +3,7 @@
 Criterion: no error line that the source did not already have (lines normalised: values dropped, so the
 same problem on another instance compares equal). Warnings are allowed. Kinds: a series converted from
 DICOM (a classic CT, a classic MR, an enhanced multi-frame MR), a standalone series written from a
-non-DICOM scan (lung1), and a tampered series. dciodvfy comes from the Debian package dicom3tools
+non-DICOM scan (lung1), a tampered series and a protected series. dciodvfy comes from the Debian package dicom3tools
 (`make system-deps`); without it the test fails under CI (CI=true) and is skipped, with the reason, elsewhere.
 """
 
@@ -16,13 +16,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from clihelp import run_cli
 from medfake.data.samples import sample_path
 
 VALUE = re.compile(r"= <[^>]*>")
-COVERED_WRITERS = {"convert", "standalone", "tamper"}  # add "protect" when medfake.protect exists
+COVERED_WRITERS = {"convert", "standalone", "tamper", "protect"}
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,32 @@ def test_a_tampered_series_adds_no_error(dciodvfy, lung1_dicom, tmp_path, capsys
                             "inpaint", "-c", "4,359,218", "-f", "dicom"], capsys)
     assert code == 0, err
     written = next(p for p in (tmp_path / "out").iterdir() if p.is_dir())
+    assert len(list(written.iterdir())) == 8
+    assert new_errors(dciodvfy, written, lung1_dicom) == set()
+
+
+def untrained_injector(folder: Path, lung1) -> Path:
+    """A tamper model folder with a tiny untrained generator: enough for protect to write a series."""
+    import torch
+
+    from medfake.tamper.config import GanTrainConfig
+    from medfake.tamper.equalizer import Equalizer
+    from medfake.tamper.model import build_generator, save_model_folder
+
+    config = GanTrainConfig.resolve("inject", "cpu-small", g_filters=(4, 8, 16, 16), d_filters=(4, 8, 16, 16),
+                                    cube=16, hole=8)
+    torch.manual_seed(0)
+    equalizer = Equalizer.fit(np.asarray(lung1.voxels[None, 30:46, 292:308, 142:158], dtype=np.float32))
+    save_model_folder(folder / "model", config, build_generator(config).eval(), equalizer, {"step": 0})
+    return folder
+
+
+def test_a_protected_series_adds_no_error(dciodvfy, lung1, lung1_dicom, tmp_path, capsys):
+    model = untrained_injector(tmp_path / "injector", lung1)
+    code, _, err = run_cli(["protect", lung1_dicom, "-o", tmp_path / "out", "--against", model, "--budget-hu", "4",
+                            "--passes", "1", "--focus", "1,300,150", "--focus-mm", "4", "-f", "dicom"], capsys)
+    assert code == 0, err
+    written = tmp_path / "out" / "series_protected"
     assert len(list(written.iterdir())) == 8
     assert new_errors(dciodvfy, written, lung1_dicom) == set()
 

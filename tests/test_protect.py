@@ -18,9 +18,9 @@ from medfake.protect.config import OptimizeConfig, ProtectConfig
 from medfake.protect.run import protect_scan
 from medfake.protect.surrogate import (Surrogate, TamperSite, ctgan_site, load_tamper_model, noise_free_context,
                                        tamper_scan)
-from medfake.tamper.model import TrainConfig
+from medfake.tamper.config import AugmentConfig, GanTrainConfig, TrainsetConfig
 from medfake.tamper.train import train
-from medfake.tamper.trainset import AugmentConfig, TrainsetConfig, build_trainset
+from medfake.tamper.trainset import build_trainset
 
 SITE = (30, 300, 150)  # healthy lung parenchyma of lung1 (about -890 HU)
 
@@ -34,9 +34,9 @@ def injector(tmp_path_factory):
     table.write_text("filename,x,y,z\nlung1,-21.86,-120.54,-611.50\n")
     config = TrainsetConfig("inject", cube=16, augment=AugmentConfig(rotation_step_deg=90))
     data = build_trainset("inject", [sample_path("lung1")], root / "set", coords=table, config=config)
-    train_config = TrainConfig.resolve("inject", "cpu-small", g_filters=(4, 8, 16, 16), d_filters=(4, 8, 16, 16),
-                                       batch_size=4, steps=60, g_lr=2e-3, d_lr=2e-4, hole=8, val_every=60,
-                                       snapshot_every=60, checkpoint_every=60)
+    train_config = GanTrainConfig.resolve("inject", "cpu-small", g_filters=(4, 8, 16, 16), d_filters=(4, 8, 16, 16),
+                                          batch_size=4, steps=60, g_lr=2e-3, d_lr=2e-4, hole=8,
+                                          snapshot_every=60, checkpoint_every=60)
     run = train(data, root / "run", train_config, show_progress=False)
     yield run
     torch.set_num_threads(before)

@@ -24,13 +24,14 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from medfake.scan import Scan, cube_bounds
+from medfake.scan import Scan, cube_bounds, overlap
 from medfake.tamper.blend import noise_gain, radial_weight
-from medfake.tamper.cube import IsoGrid, Region
-from medfake.tamper.model import ACTIONS, FLIP_VIEWS, TamperModel, hole_slices, load_tamper_model, model_folder
-from medfake.tamper.noise import (DETREND_MM, FLAT_MAX_HU, PARENCHYMA_SOFT_HU, estimate_noise, flat_parenchyma,
-                                  noise_level)
-from medfake.tamper.pipeline import DEFAULT_VIEWS, Context, blend_radii, ctgan_site, tamper_scan
+from medfake.tamper.config import ACTIONS, DEFAULT_VIEWS
+from medfake.tamper.cube import PLAIN_VIEW, IsoGrid, block_shape, offsets_mm, region_shape, scan_block
+from medfake.tamper.model import FLIP_VIEWS, TamperModel, hole_slices, load_tamper_model, model_folder
+from medfake.tamper.noise import (DETREND_MM, FLAT_MAX_HU, PARENCHYMA_SOFT_HU, ParenchymaNoise, estimate_noise,
+                                  flat_parenchyma, noise_level)
+from medfake.tamper.pipeline import Context, blend_radii, ctgan_site, tamper_scan
 from medfake.tamper.pipeline import Site as TamperSite
 
 __all__ = ["ACTIONS", "DEFAULT_VIEWS", "Context", "Surrogate", "TamperModel", "TamperSite", "ctgan_site",
@@ -85,12 +86,14 @@ class SiteGeometry:
     """What `ctgan_site` computes from the location and the scan geometry alone (no voxel values)."""
 
     zyx: tuple[int, int, int]
-    source_start: np.ndarray  # first scan voxel of the to_iso source cuboid
+    source_start: np.ndarray  # first scan voxel of the to_iso source cuboid (the plain view's region)
     source_shape: tuple[int, int, int]
     to_iso: tuple[torch.Tensor, ...]
-    region: Region
+    block_start: np.ndarray  # first scan voxel of the block the pipeline pastes (`tamper.cube.scan_block`)
+    block_shape: tuple[int, int, int]
+    distance: np.ndarray  # mm of every block voxel from the site
     from_iso: tuple[torch.Tensor, ...]
-    weight: torch.Tensor  # blend weight on the region
+    weight: torch.Tensor  # blend weight on the block
 
 
 def cut(volume: torch.Tensor, start, shape, pad: float) -> torch.Tensor:
@@ -131,20 +134,25 @@ class Surrogate:
         c = self.config
         grid = IsoGrid(tuple(int(v) for v in zyx), c.cube, c.iso_spacing)
         spacing = np.asarray(scan.spacing, dtype=float)
-        shape = grid.source_shape(spacing)
+        shape = region_shape(grid, spacing, [PLAIN_VIEW])
         start, _ = cube_bounds(grid.center, shape)
         centre = shape // 2
         to_iso = tuple(torch.from_numpy(spline_matrix(int(n), tuple(grid.offsets_mm() / s + k))).float()
                        for n, s, k in zip(shape, spacing, centre))
-        region = Region.of(scan, grid)
-        idx = [o / grid.spacing + (grid.size - 1) / 2.0 for o in region.offsets_mm]
+        b_shape = block_shape(spacing, grid)
+        b_start, _ = cube_bounds(grid.center, b_shape)
+        idx = [o / grid.spacing + (grid.size - 1) / 2.0 for o in offsets_mm(b_shape, spacing)]
         from_iso = tuple(torch.from_numpy(spline_matrix(grid.size, tuple(i))).float() for i in idx)
-        weight = torch.from_numpy(radial_weight(region.distance_mm(), *self.blend_mm))
-        return SiteGeometry(grid.center, start, tuple(int(v) for v in shape), to_iso, region, from_iso, weight)
+        zz, yy, xx = np.meshgrid(*offsets_mm(b_shape, spacing), indexing="ij")
+        distance = np.sqrt(zz ** 2 + yy ** 2 + xx ** 2)
+        weight = torch.from_numpy(radial_weight(distance, *self.blend_mm))
+        return SiteGeometry(grid.center, start, tuple(int(v) for v in shape), to_iso, b_start, b_shape, distance,
+                            from_iso, weight)
 
     def source_shape(self, scan: Scan) -> np.ndarray:
         c = self.config
-        return IsoGrid((0, 0, 0), c.cube, c.iso_spacing).source_shape(np.asarray(scan.spacing, dtype=float))
+        return region_shape(IsoGrid((0, 0, 0), c.cube, c.iso_spacing), np.asarray(scan.spacing, dtype=float),
+                            [PLAIN_VIEW])
 
     def to_net(self, hu: torch.Tensor) -> torch.Tensor:
         return (2.0 * interp(hu.double(), self.edges, self.cdf) - 1.0).float()
@@ -173,7 +181,7 @@ class Surrogate:
     def tamper_block(self, volume: torch.Tensor, scan: Scan, geo: SiteGeometry, views: int | None = None,
                      noise: torch.Tensor | None = None, sigma: float | None = None,
                      view: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tampered block, original block) on the site's region. `volume` is the scan as a float tensor
+        """(tampered block, original block) around the site. `volume` is the scan as a float tensor
         (the perturbed one). The view is the pipeline's strongest one (chosen without gradient) unless
         `view` names one. `sigma` is the site's noise level (for the generator's excess-noise tone-down);
         `noise`, a draw of the attacker's fresh noise at unit gain, is added with the pipeline's gain."""
@@ -183,16 +191,16 @@ class Surrogate:
         if view is None:
             means = self.centre_means(generated.detach())
             view = int(torch.argmax(means) if self.action == "inject" else torch.argmin(means))
-        original = cut(volume, geo.region.start, geo.region.shape, scan.pad_value)
+        original = cut(volume, geo.block_start, geo.block_shape, scan.pad_value)
         return self.finish(generated[view], cube, original, scan, geo, noise, sigma), original
 
     def view_blocks(self, volume: torch.Tensor, scan: Scan, geo: SiteGeometry, views: int | None = None,
                     sigma: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(views, region) tampered blocks, one per flip view (no fresh noise), and the original block."""
+        """(views, block) tampered blocks, one per flip view (no fresh noise), and the original block."""
         views = DEFAULT_VIEWS[self.action] if views is None else views
         cube = self.iso_cube(volume, geo, scan.pad_value)
         generated = self.generate(cube, views)
-        original = cut(volume, geo.region.start, geo.region.shape, scan.pad_value)
+        original = cut(volume, geo.block_start, geo.block_shape, scan.pad_value)
         return torch.stack([self.finish(g, cube, original, scan, geo, None, sigma) for g in generated]), original
 
     def finish(self, generated, cube, original, scan: Scan, geo: SiteGeometry, noise, sigma) -> torch.Tensor:
@@ -223,7 +231,8 @@ class Surrogate:
 
     def site_sigma(self, scan: Scan, geo: SiteGeometry, fallback: float) -> float:
         """The noise level the pipeline matches at this site (measured on the unperturbed scan)."""
-        original = geo.region.cut(np.asarray(scan.voxels, dtype=np.float32), scan.pad_value)
+        grid = IsoGrid(geo.zyx, self.config.cube, self.config.iso_spacing)
+        original = scan_block(scan, grid).voxels.astype(np.float32)
         flat = flat_parenchyma(original, scan.spacing)
         return (noise_level(original, scan.spacing, flat & (geo.weight.numpy() >= 0.99))
                 or noise_level(original, scan.spacing, flat) or fallback)
@@ -231,7 +240,7 @@ class Surrogate:
     def paste(self, volume: torch.Tensor, block: torch.Tensor, geo: SiteGeometry) -> torch.Tensor:
         """The volume with the block written where the blend weight is > 0 (as `ctgan_site`)."""
         out = volume.clone()
-        scan_sl, block_sl = geo.region.slices(volume.shape)
+        scan_sl, block_sl = overlap(geo.block_start, geo.block_start + np.asarray(geo.block_shape), volume.shape)
         touched = geo.weight[block_sl] > 0
         out[scan_sl] = torch.where(touched, block[block_sl], out[scan_sl])
         return out
@@ -245,8 +254,6 @@ def tone_down(block: torch.Tensor, spacing, amount: float) -> torch.Tensor:
 
 
 def noise_free_context(sigma: float, rng: np.random.Generator, blend_mm, views: int) -> Context:
-    """A pipeline Context whose noise model can never be sampled for a region (shape 1³): `ctgan_site`
+    """A pipeline Context whose noise model can never be sampled for a block (shape 1³): `ctgan_site`
     then skips the fresh noise and its settling, which the agreement test compares without."""
-    from medfake.tamper.noise import NoiseModel
-
-    return Context(NoiseModel(float(sigma), np.ones((1, 1, 1)), (1, 1, 1), 0), rng, tuple(blend_mm), views)
+    return Context(ParenchymaNoise(float(sigma), np.ones((1, 1, 1)), (1, 1, 1), 0), rng, tuple(blend_mm), views)
