@@ -1,6 +1,7 @@
 """Protection against tampering with a tiny injector trained here on lung1 (16³ cubes, 60 steps): the torch
 surrogate reproduces the numpy tamper step, the budget holds on every stored voxel, the white-box injector
-paints less tissue into a protected scan, DICOM in -> derived DICOM out + record, one-line errors."""
+paints less tissue into a protected scan, a tiny remover leaves more of the nodule in one, DICOM in -> derived
+DICOM out + record, one-line errors."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from medfake.tamper.train import train
 from medfake.tamper.trainset import build_trainset
 
 SITE = (30, 300, 150)  # healthy lung parenchyma of lung1 (about -890 HU)
+NODULE = (33, 359, 218)  # lung1's nodule (about +30 HU in its core)
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +41,23 @@ def injector(tmp_path_factory):
                                           snapshot_every=60, checkpoint_every=60)
     run = train(data, root / "run", train_config, show_progress=False)
     yield run
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def remover(tmp_path_factory):
+    """A tiny remover (16³ cubes, 60 steps) trained on two healthy lung spots of lung1."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("remover")
+    table = root / "locs.csv"
+    table.write_text("filename,x,y,z\nlung1,-78.70,-120.83,-662.50\nlung1,55.89,-139.08,-657.50\n")
+    config = TrainsetConfig("remove", cube=16, augment=AugmentConfig(rotation_step_deg=90))
+    data = build_trainset("remove", [sample_path("lung1")], root / "set", coords=table, config=config)
+    train_config = GanTrainConfig.resolve("remove", "cpu-small", g_filters=(4, 8, 16, 16), d_filters=(4, 8, 16, 16),
+                                          batch_size=4, steps=60, g_lr=2e-3, d_lr=2e-4, hole=8,
+                                          snapshot_every=60, checkpoint_every=60)
+    yield train(data, root / "run", train_config, show_progress=False)
     torch.set_num_threads(before)
 
 
@@ -83,6 +102,29 @@ def test_white_box_injector_paints_less_into_a_protected_scan(injector, lung1, l
     injected, injected_protected = core_mean(plain, SITE) - before, core_mean(guarded, SITE) - before
     assert injected > 250  # unprotected: a ~ -550 HU blob in -890 HU lung
     assert injected_protected < injected - 30  # the protection takes at least 30 HU off the injected tissue
+
+
+def test_remover_leaves_more_nodule_tissue_in_a_protected_scan(remover, lung1, lungs):
+    """At every attacker seed (its fresh noise), the remover keeps more of lung1's nodule in the protected
+    scan; random ±budget noise in the lungs (the trivial baseline) does not."""
+    model = load_tamper_model(remover)
+    config = ProtectConfig(16.0, optimize=OptimizeConfig(passes=16, sites_per_step=1, step_hu=2.0,
+                                                         focus_zyx=[NODULE], focus_mm=0.5, jitter_mm=0.0))
+    protected = protect_scan(lung1, [Surrogate(model)], config, lungs)
+    assert np.abs(protected.voxels.astype(np.int32) - lung1.voxels).max() == 16
+    signs = np.random.default_rng(1).choice([-16, 16], lung1.shape) * lungs
+    noisy = lung1.with_voxels((lung1.voxels.astype(np.int32) + signs).astype(lung1.voxels.dtype))
+
+    def kept(scan, seed):
+        removed, _ = tamper_scan(scan, [NODULE], "remove", model, rng=np.random.default_rng(seed), lung=lungs)
+        return core_mean(removed, NODULE)
+
+    plain = [kept(lung1, seed) for seed in range(3)]
+    assert max(plain) < core_mean(lung1, NODULE) - 800  # unprotected: the ~+30 HU nodule becomes lung
+    gain = [kept(protected, seed) - p for seed, p in enumerate(plain)]
+    baseline = [kept(noisy, seed) - p for seed, p in enumerate(plain)]
+    assert min(gain) > 4.0  # HU of nodule tissue kept, every time
+    assert min(baseline) < 4.0
 
 
 def test_cli_end_to_end_dicom_budget_tags_and_record(injector, lung1_dicom, tmp_path):
