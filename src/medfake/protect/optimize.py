@@ -23,7 +23,7 @@ from medfake.protect.surrogate import Surrogate
 from medfake.scan import Scan
 
 def core_ball(surrogate: Surrogate, geo) -> torch.Tensor:
-    """Region voxels within hole/4 of the site (at least the centre voxel)."""
+    """Block voxels within hole/4 of the site (at least the centre voxel)."""
     radius = surrogate.config.hole * surrogate.config.iso_spacing / 4.0
     d = geo.distance
     return torch.from_numpy(d <= max(radius, float(d.min())))
