@@ -1,0 +1,1 @@
+"""attack: audits of segmentation models (learned deformation + bias attacks, PGD/FGSM baselines)."""

@@ -1,0 +1,162 @@
+"""Generator mode (Chen et al. 2019): a VAE-like field generator trained against a fixed target and a WGAN-GP
+critic on the one training loop, then applied to new slices in one forward pass.
+
+Generator loss: L_att (α or drop, as in optimize.py) + λ₁‖∇u‖² + λ₂‖∇b‖² + folding penalty + β_KL·KL
+− w_adv·C(x̃); critic loss (n_critic steps per generator step): C(x̃) − C(x) + λ_GP·(‖∇C(x̂)‖ − 1)².
+RMSProp (decay 0.9), the same learning rate for both. RUN folder: generator.pt + generator.json (+ the loop's
+files).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medfake.attack.fields import transform
+from medfake.attack.optimize import AttackConfig, Outcome, Problem, attack_loss, evaluate, regulariser, scale_to_drop
+from medfake.errors import MedfakeError
+from medfake.nn.seg_attack import Critic, FieldGenerator
+
+GENERATOR, GENERATOR_JSON = "generator.pt", "generator.json"
+
+
+@dataclass
+class GeneratorConfig:
+    steps: int = 600
+    batch_size: int = 4
+    lr: float = 2e-4
+    n_critic: int = 5
+    lambda_gp: float = 10.0
+    w_adv: float = 0.05
+    beta_kl: float = 1e-3
+    width: int = 16
+    latent: int = 4
+    coarse: int = 8
+    critic_width: int = 16
+    seed: int = 0
+    snapshot_every: int = 500
+
+    def network(self, pixel_mm: float, std_hu: float, attack: AttackConfig) -> dict:
+        return {"width": self.width, "latent": self.latent, "depth": 4, "coarse": self.coarse,
+                "max_disp": attack.max_disp_mm / pixel_mm, "max_bias": attack.max_bias_hu / std_hu}
+
+
+@dataclass
+class GeneratorModel:
+    config: GeneratorConfig
+    attack: AttackConfig
+    problem: Problem
+    name: str = "seg-attack generator"
+    checkpoint_name: str = "checkpoints/generator.pt"
+    arch: dict = field(default_factory=dict)
+
+    def setup(self, accelerator) -> None:
+        self.accelerator = accelerator
+        self.arch = self.config.network(self.problem.pixel_mm, self.problem.std, self.attack)
+        self.gen, self.critic = FieldGenerator(**self.arch), Critic(self.config.critic_width)
+        rms = lambda net: torch.optim.RMSprop(net.parameters(), lr=self.config.lr, alpha=0.9)
+        self.opt_g, self.opt_c = rms(self.gen), rms(self.critic)
+        self.gen, self.critic, self.opt_g, self.opt_c = accelerator.prepare(self.gen, self.critic, self.opt_g,
+                                                                            self.opt_c)
+        self.rng = np.random.default_rng(self.config.seed)
+
+    def batch(self) -> Problem:
+        n = len(self.problem.x)
+        index = torch.from_numpy(self.rng.choice(n, size=min(self.config.batch_size, n), replace=False))
+        return self.problem.subset(index)
+
+    def critic_step(self, x: torch.Tensor) -> float:
+        with torch.no_grad():
+            u, b, _ = self.gen(x)
+            fake = transform(x, u, b)
+        mix = torch.rand(len(x), 1, 1, 1, device=x.device)
+        blend = (mix * x + (1 - mix) * fake).requires_grad_(True)
+        grad, = torch.autograd.grad(self.critic(blend).sum(), blend, create_graph=True)
+        penalty = (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
+        loss = self.critic(fake).mean() - self.critic(x).mean() + self.config.lambda_gp * penalty
+        self.opt_c.zero_grad(set_to_none=True)
+        self.accelerator.backward(loss)
+        self.opt_c.step()
+        return float(loss.detach())
+
+    def train_step(self, step: int) -> dict:
+        part = self.batch()
+        x = part.x
+        self.gen.train()
+        critic_loss = [self.critic_step(x) for _ in range(self.config.n_critic)][-1]
+        u, b, kl = self.gen(x)
+        x_adv = transform(x, u, b)
+        att = attack_loss(part, part.logits(x_adv), u, self.attack)
+        realism = -self.critic(x_adv).mean()
+        loss = att + regulariser(u, b, self.attack) + self.config.beta_kl * kl + self.config.w_adv * realism
+        self.opt_g.zero_grad(set_to_none=True)
+        self.accelerator.backward(loss)
+        self.opt_g.step()
+        return {"attack": float(att.detach()), "critic": critic_loss, "kl": float(kl.detach()),
+                "max_u_px": float(u.detach().abs().max())}
+
+    def state(self) -> dict:
+        unwrap = self.accelerator.unwrap_model
+        return {"gen": unwrap(self.gen).state_dict(), "critic": unwrap(self.critic).state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_c": self.opt_c.state_dict(),
+                "rng": self.rng.bit_generator.state}
+
+    def load_state(self, state: dict) -> None:
+        unwrap = self.accelerator.unwrap_model
+        unwrap(self.gen).load_state_dict(state["gen"])
+        unwrap(self.critic).load_state_dict(state["critic"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_c.load_state_dict(state["opt_c"])
+        self.rng.bit_generator.state = state["rng"]
+
+    def snapshot(self, folder: Path, step: int) -> None:
+        from medfake.training import save_checkpoint
+
+        save_checkpoint(folder / GENERATOR, self.accelerator.unwrap_model(self.gen).state_dict())
+        (folder / GENERATOR_JSON).write_text(json.dumps({"network": self.arch, "attack": asdict(self.attack),
+                                                         "std_hu": self.problem.std, "pixel_mm": self.problem.pixel_mm,
+                                                         "step": step}, indent=2))
+
+
+def train_generator(problem: Problem, out: Path, config: GeneratorConfig, attack: AttackConfig,
+                    resume: bool = False, show_progress: bool = True) -> Path:
+    from medfake.training import LoopConfig, fit
+
+    loop = LoopConfig(steps=config.steps, seed=config.seed, checkpoint_every=config.snapshot_every,
+                      snapshot_every=config.snapshot_every, show_progress=show_progress)
+    record = {"generator": asdict(config), "attack": asdict(attack), "target": problem.target.source,
+              "slices": len(problem.x), "scan": problem.slices.source}
+    return fit(GeneratorModel(config, attack, problem), out, loop, record, resume=resume)
+
+
+def load_generator(run: str | Path, device="cpu") -> tuple[FieldGenerator, dict]:
+    run = Path(run)
+    if not (run / GENERATOR_JSON).exists():
+        raise MedfakeError(f"no {GENERATOR_JSON}: not a generator run", run)
+    from medfake.training import load_checkpoint
+
+    info = json.loads((run / GENERATOR_JSON).read_text())
+    gen = FieldGenerator(**info["network"])
+    gen.load_state_dict(load_checkpoint(run / GENERATOR, trusted=False))
+    return gen.to(device).eval(), info
+
+
+@torch.no_grad()
+def apply_generator(problem: Problem, gen: FieldGenerator, attack: AttackConfig, stochastic: bool = False,
+                    seed: int = 0, rescale_bias: float = 1.0) -> Outcome:
+    """One forward pass per slice batch; with `attack.drop`, one scale on both fields is bisected to the drop.
+    `rescale_bias` converts b from the training stack's z-units to this stack's (std_train / std_here)."""
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    fields = [gen(problem.x[i:i + 8], stochastic=stochastic) for i in range(0, len(problem.x), 8)]
+    u = torch.cat([f[0] for f in fields])
+    b = torch.cat([f[1] for f in fields]) * rescale_bias
+    seconds = time.perf_counter() - start
+    if attack.drop is not None:
+        u, b = scale_to_drop(problem, u, b, attack.drop)
+    return evaluate(problem, u, b, "generator", seconds)
