@@ -262,7 +262,7 @@ def pgd(problem: Problem, eps_hu: float, steps: int = 10, fgsm: bool = False, se
 
 
 def pgd_at_drop(problem: Problem, drop: float, fgsm: bool = False, high_hu: float = 200.0,
-                iters: int = 7) -> Outcome:
+                iters: int = 6) -> Outcome:
     """The baseline with ε bisected so that its mean drop matches `drop` (equal-drop comparisons)."""
     cache = {}
 

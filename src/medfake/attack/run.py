@@ -80,10 +80,11 @@ def audit(target_path: Path, scan_path: Path, labels_path: Path, out: Path, atta
     if mode not in MODES:
         raise MedfakeError(f"mode must be generator or optimize, not '{mode}'")
     gen_config = gen_config or GeneratorConfig()
-    target = load_target(target_path)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the generator's loop picks the same (accelerate)
+    target = load_target(target_path, device)
     scan, labels = load_labelled(scan_path, labels_path)
     stack = axial_slices(scan, labels, target.organs, target.pixel_mm, z=slice_range(slices, scan.shape[0]))
-    problem = Problem(target, stack, attack.margin)
+    problem = Problem(target, stack, attack.margin, device)
     with atomic_dir(out, overwrite) as tmp:
         main = run_attack(problem, mode, attack, generator, gen_config, tmp / "generator", show_progress)
         rows = [main]

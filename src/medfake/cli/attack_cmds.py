@@ -67,8 +67,8 @@ def segmentation(target: Path = typer.Option(..., "--target", help="Segmenter ru
                     baselines=not no_baselines, table=table, overwrite=overwrite, slices=slices)
     drops = ", ".join(f"{k} {v['dice_before']:.2f}→{v['dice_after']:.2f}" for k, v in results["organs"].items()
                       if v["dice_before"] is not None and v["dice_after"] is not None)
-    out.print(f"{output}: {drops}; mean drop {results['mean_drop']:.3f}, P {results['perceptibility']:.4f}; "
-              f"report {output / 'report.html'}")
+    mean = "n/a" if results["mean_drop"] is None else f"{results['mean_drop']:.3f}"
+    out.print(f"{output}: {drops}; mean drop {mean}, P {results['perceptibility']:.4f}; report {output / 'report.html'}")
 
 
 def register(app, data_app, train_app) -> None:

@@ -1,0 +1,145 @@
+"""Segmentation audit benchmark (issue #13, after Chen et al. 2019), small scale on 2 shared CPU cores.
+
+Target: a 2-D MONAI U-Net (16-32-64-128) trained on TotalSegmentator's example_ct (3 mm) for liver, spleen,
+kidneys, stomach and pancreas, with every 4th block of 4 slices held out. Test sets: the held-out example_ct
+slices (same patient) and the DICOM patient (another patient, contrast CT, resampled to 3 mm; no kidneys).
+Per test set: the requested 30 % drop (optimize and generator modes) vs the achieved drop per organ;
+deformation-only and bias-only; PGD and FGSM with ε bisected to the same mean drop (perceptibility at equal
+drop); Gaussian noise with the same perceptibility (trivial baseline); Chen's Table 1 over α on the held-out
+slices; time per 512² slice for both modes. Labels are model-made (TotalSegmentator's own outputs), one or two
+patients: small-scale figures. Prints and saves benchmarks/results/seg_attack.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medfake.attack.data import axial_slices, load_labelled
+from medfake.attack.generator import GeneratorConfig, apply_generator, load_generator, train_generator
+from medfake.attack.optimize import (AttackConfig, Outcome, Problem, evaluate, mean_drop, optimize_fields,
+                                     pgd_at_drop)
+from medfake.attack.run import chen_table, summarise
+from medfake.attack.segmenter import SegmenterConfig, split_slices, train_segmenter
+from medfake.attack.target import load_target
+from medfake.data.samples import fetch
+from medfake.nn.seg_attack import FieldGenerator
+from medfake.runinfo import write_run_record
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CLASSES = "liver,spleen,kidneys,stomach,pancreas"
+
+
+def noise_at_same_p(problem: Problem, perceptibility: float, seed: int = 0) -> Outcome:
+    """Trivial baseline: i.i.d. Gaussian noise whose RMS equals the attack's perceptibility."""
+    rng = torch.Generator().manual_seed(seed)
+    b = torch.randn(problem.x.shape, generator=rng) * perceptibility  # x is z-scored: RMS = P
+    return evaluate(problem, torch.zeros(len(b), 2, *b.shape[-2:]), b, "gaussian noise (same P)")
+
+
+def block(problem: Problem, outcomes: list[Outcome]) -> dict:
+    return {"slices": len(problem.x), "size": list(problem.x.shape[-2:]),
+            "dice_before": dict(zip([o.name for o in problem.target.organs], np.round(problem.dice_before, 4).tolist())),
+            "methods": [summarise(problem, o) for o in outcomes]}
+
+
+def audit_set(problem: Problem, attack: AttackConfig, gen_run: Path, label: str) -> dict:
+    print(f"[{label}] optimize, requested drop {attack.drop}", flush=True)
+    main = optimize_fields(problem, attack)
+    gen, info = load_generator(gen_run)
+    generated = apply_generator(problem, gen, attack, rescale_bias=info["std_hu"] / problem.std)
+    achieved = mean_drop(problem, main)
+    print(f"[{label}] u-only, b-only, PGD, FGSM at drop {achieved:.3f}", flush=True)
+    rows = [main, generated, *(optimize_fields(problem, replace(attack, components=c)) for c in ("deformation", "bias")),
+            pgd_at_drop(problem, achieved), pgd_at_drop(problem, achieved, fgsm=True)]
+    rows.append(noise_at_same_p(problem, summarise(problem, main)["perceptibility"]))
+    return block(problem, rows)
+
+
+def time_512(target, gen_run: Path, attack: AttackConfig, steps: int) -> dict:
+    """One 512² slice of the DICOM patient at its native 0.98 mm (the model is fully convolutional; speed only)."""
+    d = fetch("totalsegmentator")
+    scan, labels = load_labelled(d / "example_ct_dicom", d / "example_seg_dicom.nii.gz")
+    stack = axial_slices(scan, labels, target.organs, scan.spacing[1], z=[10])
+    stack.pixel_mm = scan.spacing[1]
+    problem = Problem(target, stack)
+    gen, info = load_generator(gen_run)
+    gen512 = FieldGenerator(**{**info["network"], "max_disp": info["network"]["max_disp"] * 3.0 / stack.pixel_mm})
+    gen512.load_state_dict(gen.state_dict())
+    gen512.eval()
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        with torch.no_grad():
+            u, b, _ = gen512(problem.x)
+            evaluate(problem, u, b, "")  # warp + the target's prediction on x̃
+        times.append(time.perf_counter() - start)
+    optimized = optimize_fields(problem, replace(attack, steps=steps))
+    return {"shape": list(problem.x.shape[-2:]), "generator_seconds": round(min(times), 3),
+            "generator_seconds_all": [round(t, 3) for t in times],
+            "optimize_seconds": round(optimized.seconds, 2), "optimize_steps": steps,
+            "note": "generator: one forward pass + warp + the target's forward on x̃ (no drop calibration); "
+                    "optimize: the full drop-mode run (its iterations, hard-Dice checks and scale bisection)"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seg-steps", type=int, default=600)
+    parser.add_argument("--gen-steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=60, help="optimize-mode iterations")
+    parser.add_argument("--chen-steps", type=int, default=40, help="optimize iterations per Chen-table row")
+    parser.add_argument("--channels", default="8,16,32,64", help="target U-Net channels (small: 2 shared cores)")
+    parser.add_argument("--dicom-every", type=int, default=4, help="every N-th DICOM slice (load)")
+    parser.add_argument("--out", default=str(RESULTS / "seg_attack.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    t0 = time.time()
+    result = {"load_average_1min_before": os.getloadavg()[0], "args": vars(args), "classes": CLASSES}
+    d = fetch("totalsegmentator")
+    work = Path(tempfile.mkdtemp(prefix="seg_attack_"))
+    config = SegmenterConfig(classes=CLASSES, steps=args.seg_steps, holdout_every=4, snapshot_every=args.seg_steps,
+                             channels=tuple(int(c) for c in args.channels.split(",")))
+    print("training the target U-Net", flush=True)
+    start = time.perf_counter()
+    run = train_segmenter([d / "example_ct.nii.gz"], [d / "example_seg_fast_force_split.nii.gz"], work / "seg", config,
+                          show_progress=False)
+    result["segmenter"] = {"seconds": round(time.perf_counter() - start, 1),
+                           "validation": json.loads((run / "validation.json").read_text()),
+                           "config": {k: getattr(config, k) for k in ("channels", "steps", "batch_size", "crop", "lr")}}
+    target = load_target(run)
+    scan, labels = load_labelled(d / "example_ct.nii.gz", d / "example_seg_fast_force_split.nii.gz")
+    train_set, held = split_slices(axial_slices(scan, labels, target.organs, 3.0), 4)
+    dscan, dlabels = load_labelled(d / "example_ct_dicom", d / "example_seg_dicom.nii.gz")
+    dicom = axial_slices(dscan, dlabels, target.organs, 3.0, z=list(range(0, dscan.shape[0], args.dicom_every)))
+    attack = AttackConfig(drop=0.3, steps=args.steps)
+    print("training the generator (drop 0.3) on the training slices", flush=True)
+    start = time.perf_counter()
+    gen_run = train_generator(Problem(target, train_set), work / "gen", GeneratorConfig(steps=args.gen_steps, n_critic=2),
+                              attack, show_progress=False)
+    result["generator_training_seconds"] = round(time.perf_counter() - start, 1)
+    held_problem = Problem(target, held)
+    result["held_out_slices"] = audit_set(held_problem, attack, gen_run, "held-out slices")
+    result["dicom_patient"] = audit_set(Problem(target, dicom), attack, gen_run, "DICOM patient")
+    print("Chen table (optimize mode) on the held-out slices", flush=True)
+    result["chen_table_held_out"] = chen_table(held_problem, "optimize", replace(attack, drop=None, alpha=2.0, steps=args.chen_steps),
+                                               GeneratorConfig(), work, False)
+    print("timing one 512² slice", flush=True)
+    result["timing_512"] = time_512(target, gen_run, attack, args.steps)
+    result["wall_seconds"] = round(time.time() - t0, 1)
+    result["load_average_1min_after"] = os.getloadavg()[0]
+    RESULTS.mkdir(exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+    write_run_record(RESULTS, vars(args), 0, name=Path(args.out).stem + ".run.json")
+    print(json.dumps({k: result[k] for k in ("segmenter", "timing_512", "wall_seconds")}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
