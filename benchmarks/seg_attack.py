@@ -36,6 +36,7 @@ from medfake.runinfo import write_run_record
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CLASSES = "liver,spleen,kidneys,stomach,pancreas"
+ITERS = 5
 
 
 def noise_at_same_p(problem: Problem, perceptibility: float, seed: int = 0) -> Outcome:
@@ -59,7 +60,7 @@ def audit_set(problem: Problem, attack: AttackConfig, gen_run: Path, label: str)
     achieved = mean_drop(problem, main)
     print(f"[{label}] u-only, b-only, PGD, FGSM at drop {achieved:.3f}", flush=True)
     rows = [main, generated, *(optimize_fields(problem, replace(attack, components=c)) for c in ("deformation", "bias")),
-            pgd_at_drop(problem, achieved), pgd_at_drop(problem, achieved, fgsm=True)]
+            pgd_at_drop(problem, achieved, iters=ITERS), pgd_at_drop(problem, achieved, fgsm=True, iters=ITERS)]
     rows.append(noise_at_same_p(problem, summarise(problem, main)["perceptibility"]))
     return block(problem, rows)
 
@@ -98,22 +99,34 @@ def main() -> None:
     parser.add_argument("--chen-steps", type=int, default=40, help="optimize iterations per Chen-table row")
     parser.add_argument("--channels", default="8,16,32,64", help="target U-Net channels (small: 2 shared cores)")
     parser.add_argument("--dicom-every", type=int, default=4, help="every N-th DICOM slice (load)")
+    parser.add_argument("--target", help="reuse a `medfake train segmenter` run (trained with --holdout-every 4)")
+    parser.add_argument("--pgd-iters", type=int, default=5, help="bisection iterations on PGD/FGSM's ε")
     parser.add_argument("--out", default=str(RESULTS / "seg_attack.json"))
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    global ITERS
+    ITERS = args.pgd_iters
     t0 = time.time()
     result = {"load_average_1min_before": os.getloadavg()[0], "args": vars(args), "classes": CLASSES}
     d = fetch("totalsegmentator")
     work = Path(tempfile.mkdtemp(prefix="seg_attack_"))
     config = SegmenterConfig(classes=CLASSES, steps=args.seg_steps, holdout_every=4, snapshot_every=args.seg_steps,
                              channels=tuple(int(c) for c in args.channels.split(",")))
-    print("training the target U-Net", flush=True)
     start = time.perf_counter()
-    run = train_segmenter([d / "example_ct.nii.gz"], [d / "example_seg_fast_force_split.nii.gz"], work / "seg", config,
-                          show_progress=False)
-    result["segmenter"] = {"seconds": round(time.perf_counter() - start, 1),
+    if args.target:
+        run = Path(args.target)
+        used = json.loads((run / "config.json").read_text())
+        if used.get("holdout_every") != 4:
+            raise SystemExit("--target must be trained with --holdout-every 4 (the held-out slices)")
+    else:
+        print("training the target U-Net", flush=True)
+        run = train_segmenter([d / "example_ct.nii.gz"], [d / "example_seg_fast_force_split.nii.gz"], work / "seg",
+                              config, show_progress=False)
+        used = json.loads((run / "config.json").read_text())
+    result["segmenter"] = {"seconds": round(time.perf_counter() - start, 1), "reused_run": args.target,
                            "validation": json.loads((run / "validation.json").read_text()),
-                           "config": {k: getattr(config, k) for k in ("channels", "steps", "batch_size", "crop", "lr")}}
+                           "config": {k: used[k] for k in ("channels", "steps", "batch_size", "crop", "lr")},
+                           "trained_at_commit": json.loads((run / "run.json").read_text()).get("git_commit")}
     target = load_target(run)
     scan, labels = load_labelled(d / "example_ct.nii.gz", d / "example_seg_fast_force_split.nii.gz")
     train_set, held = split_slices(axial_slices(scan, labels, target.organs, 3.0), 4)
