@@ -10,6 +10,15 @@ A model is the pix2pix `set_input/optimize_parameters` idea reduced to four meth
     state() / load_state(s)   everything an exact resume needs (weights, optimisers, data position, own RNGs)
     snapshot(folder, step)    pictures, validation, exported model; called on the main process only
 
+Several processes (`accelerate launch`, see the README): every process builds the same initial weights (one seed
+before `setup`), then draws its own batches (the global RNGs are reseeded per process; a model with its own data
+order must shard it by `accelerator.process_index`), `accelerator.prepare` wraps the networks in DDP so gradients
+are averaged, and only the main process writes (run record, losses.csv with the losses averaged over processes,
+checkpoints, snapshots). The checkpoint holds every process's RNG states, so a resume with the same number of
+processes continues exactly. `snapshot` runs on the main process alone: it must use
+`accelerator.unwrap_model(net)`, never the prepared (DDP) net, whose forward may synchronise buffers with
+processes that are not there.
+
 Run folder: config.json (resolved), run.json (seed, versions, commit, command), losses.csv, losses.png, the
 checkpoint (its name is the model's: BTD keeps `checkpoints/model-latest.pt`), and whatever snapshot() writes.
 """
@@ -82,10 +91,10 @@ def fit(model: TrainableModel, out: str | Path, loop: LoopConfig, config: dict, 
     accelerator = make_accelerator(loop.mixed_precision, cpu=loop.cpu)
     main = accelerator.is_main_process
     checkpoint = out / model.checkpoint_name
-    if resume and not checkpoint.exists():
-        raise MedfakeError(f"nothing to resume ({model.checkpoint_name} missing)", out)
-    if not resume and out.exists() and any(out.iterdir()) and main:
-        raise MedfakeError("run folder is not empty (use --resume to continue it)", out)
+    problem = run_folder_problem(out, model.checkpoint_name, resume) if main else None
+    problem = from_main_process(accelerator, problem)  # every process stops, or none does
+    if problem:
+        raise MedfakeError(problem, out)
     seed_everything(loop.seed)  # same initial weights on every process
     model.setup(accelerator)
     step = 0
@@ -93,9 +102,10 @@ def fit(model: TrainableModel, out: str | Path, loop: LoopConfig, config: dict, 
         state = load_checkpoint(checkpoint)
         model.load_state(state)
         step = int(state[LOOP_KEY]["step"])
-        set_rng_state(state[LOOP_KEY]["rng"])
+        restore_rng(state[LOOP_KEY], accelerator, loop.seed, step)
     else:
         seed_everything(loop.seed + accelerator.process_index)  # each process draws its own batches
+    accelerator.wait_for_everyone()  # nobody looks at the folder after the main process starts writing
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
@@ -108,9 +118,9 @@ def fit(model: TrainableModel, out: str | Path, loop: LoopConfig, config: dict, 
     with progress_bar(disable=not (loop.show_progress and main)) as bar:
         task = bar.add_task(f"train {model.name}", total=loop.steps, completed=step, status="")
         while step < loop.steps:
-            losses = model.train_step(step)
+            losses = mean_over_processes(accelerator, model.train_step(step))
             step += 1
-            last = step >= loop.steps or time.monotonic() >= deadline
+            last = step >= loop.steps or any_process(accelerator, time.monotonic() >= deadline, loop.max_minutes)
             if log is not None:
                 log.write(step, losses)
             if step % loop.checkpoint_every == 0 or last:
@@ -132,12 +142,70 @@ def fit(model: TrainableModel, out: str | Path, loop: LoopConfig, config: dict, 
     return out
 
 
+def run_folder_problem(out: Path, checkpoint_name: str, resume: bool) -> str | None:
+    if resume and not (out / checkpoint_name).exists():
+        return f"nothing to resume ({checkpoint_name} missing)"
+    if not resume and out.exists() and any(out.iterdir()):
+        return "run folder is not empty (use --resume to continue it)"
+    return None
+
+
 def save_run_checkpoint(model: TrainableModel, accelerator, path: Path, step: int) -> None:
+    """All processes give their state and RNG states (a collective); the main process writes them."""
     state = model.state()
-    accelerator.wait_for_everyone()
+    rngs = gather_objects(accelerator, rng_state())
     if accelerator.is_main_process:
-        state[LOOP_KEY] = {"step": step, "rng": rng_state()}
+        state[LOOP_KEY] = {"step": step, "rng": rngs[0], "rng_per_process": rngs}
         save_checkpoint(path, state)
+    accelerator.wait_for_everyone()
+
+
+def restore_rng(loop_state: dict, accelerator, seed: int, step: int) -> None:
+    """Each process takes back its own RNG states; with another number of processes the run goes on, reseeded
+    per process from the step reached (not bit-exact: the batches are split differently anyway)."""
+    rngs = loop_state.get("rng_per_process") or [loop_state["rng"]]
+    if len(rngs) == accelerator.num_processes:
+        set_rng_state(rngs[accelerator.process_index])
+    else:
+        accelerator.print(f"note: checkpoint written by {len(rngs)} process(es), resumed on "
+                          f"{accelerator.num_processes}: the run goes on, not bit-exactly")
+        seed_everything(seed + 1_000_003 * step + accelerator.process_index)
+
+
+# --- talking between processes (no-ops on one) -----------------------------------------------------------
+def gather_objects(accelerator, value) -> list:
+    if accelerator.num_processes == 1:
+        return [value]
+    from accelerate.utils import gather_object
+
+    return gather_object([value])
+
+
+def from_main_process(accelerator, value):
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
+
+
+def mean_over_processes(accelerator, losses: dict) -> dict:
+    """Float losses (and scalar tensors) averaged over processes, so the log describes the whole batch."""
+    if accelerator.num_processes == 1:
+        return losses
+    names = [k for k, v in losses.items() if isinstance(v, float) or (isinstance(v, torch.Tensor) and v.numel() == 1)]
+    if not names:
+        return losses
+    values = torch.tensor([float(losses[k]) for k in names], dtype=torch.float64, device=accelerator.device)
+    means = accelerator.reduce(values, reduction="mean").tolist()
+    return {**losses, **dict(zip(names, means))}
+
+
+def any_process(accelerator, flag: bool, needed: object = True) -> bool:
+    """True on every process when it is true on one (the wall-clock deadline); free when `needed` is None."""
+    if accelerator.num_processes == 1 or needed is None:
+        return flag
+    return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), reduction="sum").item())
 
 
 def describe(losses: dict[str, float]) -> str:
