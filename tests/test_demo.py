@@ -123,3 +123,41 @@ def test_bad_configs_are_one_line_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown detector 'magic'" in err and str(bad) in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+KEPT_CELLS = ("cohort-", "trainset-", "model-", "detector-")  # training: carried over from the serial run
+
+
+def test_the_matrix_on_a_local_dask_cluster_gives_the_serial_results(tiny_run, tmp_path):
+    """The training cells are carried over (a resume); every tampering, the evaluation, the screening and the CAD
+    cells run again on 2 Dask worker processes and must give exactly what the serial run gave."""
+    import filecmp
+
+    from medfake.io.tables import read_manifest
+
+    config, serial = tiny_run
+    run = tmp_path / "dask"
+    (run / "cells").mkdir(parents=True)
+    for cell in (serial / "cells").iterdir():
+        if cell.name.startswith(KEPT_CELLS):
+            (run / "cells" / cell.name).symlink_to(cell, target_is_directory=True)
+    main(["bench", str(config), "-o", str(run), "--workers", "2"])
+
+    def same_paths(value):
+        return json.loads(json.dumps(value).replace(str(run), str(serial)))
+
+    redone = sorted(c.name for c in (serial / "cells").iterdir() if c.is_dir() and not c.name.startswith(KEPT_CELLS))
+    assert len(redone) >= 12 and sorted(c.name for c in (run / "cells").iterdir() if c.is_dir()
+                                        and not c.is_symlink()) == redone
+    for name in redone:
+        ours, theirs = (json.loads((r / "cells" / name / "done.json").read_text())["result"] for r in (run, serial))
+        assert same_paths(ours) == theirs, name
+    rows = {name: read_manifest(r / "cells" / "manifest-test.csv") for name, r in (("dask", run), ("serial", serial))}
+    assert len(rows["dask"]) == len(rows["serial"]) > 0
+    for ours, theirs in zip(rows["dask"], rows["serial"]):
+        assert same_paths(ours.output) == theirs.output and ours.parameters == theirs.parameters
+        assert (ours.voxel_z, ours.voxel_y, ours.voxel_x) == (theirs.voxel_z, theirs.voxel_y, theirs.voxel_x)
+        assert filecmp.cmp(ours.output, theirs.output, shallow=False)  # the tampered scans, byte for byte
+    ours, theirs = (json.loads((r / "results.json").read_text()) for r in (run, serial))
+    for key in ("auc", "counts", "cad_success", "screening_top3", "screening"):
+        assert same_paths(ours[key]) == theirs[key], key

@@ -2,13 +2,15 @@
 
 Every step is a *cell* with its own folder under RUN; a finished cell leaves `done.json` (its result and
 timing) and is skipped when the run is resumed. An unfinished cell's folder is wiped and redone, so an
-interruption never leaves a half-written result in the matrix.
+interruption never leaves a half-written result in the matrix. Cells of one stage are independent and may run
+on a Dask cluster (`bench.cluster`).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -76,36 +78,63 @@ def validate(config: dict, path) -> dict:
 
 @dataclass
 class Cells:
-    """Resumable steps: `run(name, fn)` calls `fn(folder)` once and remembers its JSON-able result."""
+    """Resumable steps: `run(name, fn)` calls `fn(folder)` once and remembers its JSON-able result;
+    `run_all({name: fn})` runs independent cells together, on the `executor` (in-process by default, a Dask
+    cluster with `bench.cluster.DaskCells`)."""
 
     root: Path
     timings: dict[str, float] = field(default_factory=dict)
     log: Callable[[str], None] = print
+    executor: Any = None  # runs {name: fn} and yields (name, result, seconds) as cells finish; None: here, in order
 
     def folder(self, name: str) -> Path:
         return self.root / name
 
     def done(self, name: str) -> dict | None:
-        marker = self.folder(name) / "done.json"
+        marker = self.folder(name) / DONE
         return json.loads(marker.read_text()) if marker.exists() else None
 
     def run(self, name: str, fn: Callable[[Path], Any]) -> Any:
-        finished = self.done(name)
-        if finished is not None:
+        return self.run_all({name: fn})[name]
+
+    def run_all(self, jobs: dict[str, Callable[[Path], Any]]) -> dict[str, Any]:
+        """Run the unfinished cells of `jobs` (independent of each other); returns every cell's result."""
+        results, todo = {}, {}
+        for name, fn in jobs.items():
+            finished = self.done(name)
+            if finished is None:
+                todo[name] = fn
+                continue
             self.timings[name] = finished["seconds"]
             self.log(f"[dim]cached[/dim] {name}")
-            return finished["result"]
-        folder = self.folder(name)
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        start = time.perf_counter()
-        result = fn(folder)
-        seconds = time.perf_counter() - start
-        self.timings[name] = seconds
-        (folder / "done.json").write_text(json.dumps({"result": result, "seconds": seconds}, indent=1, default=str))
-        self.log(f"{name}: {seconds:.1f} s")
-        return result
+            results[name] = finished["result"]
+        finished_cells = self.executor.run(self.root, todo) if self.executor else \
+            ((name, *execute_cell(self.root, name, fn)) for name, fn in todo.items())
+        for name, result, seconds in finished_cells:
+            self.timings[name] = seconds
+            results[name] = result
+            if self.executor is None:
+                self.log(f"{name}: {seconds:.1f} s")
+        return {name: results[name] for name in jobs}
+
+
+DONE = "done.json"
+
+
+def execute_cell(root: Path, name: str, fn: Callable[[Path], Any]) -> tuple[Any, float]:
+    """Run one cell in a wiped folder; `done.json` is renamed into place last, so a cell interrupted anywhere
+    (a killed worker included) has none and is wiped and redone."""
+    folder = Path(root) / name
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    start = time.perf_counter()
+    result = fn(folder)
+    seconds = time.perf_counter() - start
+    partial = folder / f".{DONE}.partial"
+    partial.write_text(json.dumps({"result": result, "seconds": seconds}, indent=1, default=str))
+    os.replace(partial, folder / DONE)
+    return json.loads(json.dumps(result, default=str)), seconds
 
 
 def prepare_run(run: Path, config: dict, fresh: bool) -> None:

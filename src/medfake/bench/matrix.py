@@ -23,14 +23,15 @@ def build_cohort(cells: Cells, config: dict) -> dict:
     spec = config["cohort"]["synthetic"]
     options = {k: v for k, v in spec.items() if k not in ("n_train", "n_test", "seed")}
 
-    def cohort(split: str, n: int, seed: int):
+    def cohort(n: int, seed: int):
         def make(folder: Path):
             write_cohort(folder / "scans", n, seed, **options)
             return str(folder / "scans")
-        return cells.run(f"cohort-{split}", make)
+        return make
 
-    return {"train": cohort("train", spec["n_train"], spec["seed"]),
-            "test": cohort("test", spec["n_test"], spec["seed"] + 7919)}
+    made = cells.run_all({"cohort-train": cohort(spec["n_train"], spec["seed"]),
+                          "cohort-test": cohort(spec["n_test"], spec["seed"] + 7919)})
+    return {"train": made["cohort-train"], "test": made["cohort-test"]}
 
 
 def real_test_scans(config: dict) -> list[dict]:
@@ -63,7 +64,7 @@ def train_tamper_models(cells: Cells, config: dict, train_dir: str) -> dict:
     spec = config["tamper_models"]
     augment = AugmentConfig(**spec.get("augment", {}))
     annotations = str(Path(train_dir) / "annotations.csv")
-    models = {}
+    plans = {}
     for action in ACTIONS:
         options = dict(spec.get(action, {}))
         auto_healthy = options.pop("auto_healthy", 4 if action == "remove" else 0)
@@ -73,15 +74,20 @@ def train_tamper_models(cells: Cells, config: dict, train_dir: str) -> dict:
                            seed=config["seed"], config=TrainsetConfig(action, augment=augment))
             return str(folder / "set")
 
-        data = cells.run(f"trainset-{action}", make_set)
+        plans[action] = (make_set, options)
+    sets = cells.run_all({f"trainset-{action}": make_set for action, (make_set, _) in plans.items()})
+    jobs = {}
+    for action, (_, options) in plans.items():
+        data = sets[f"trainset-{action}"]
 
         def fit(folder: Path, action=action, options=options, data=data):
             cfg = GanTrainConfig.resolve(action, spec.get("preset", "cpu-small"), seed=config["seed"], **options)
             train(data, folder / "run", cfg)
             return str(folder / "run")
 
-        models[action] = cells.run(f"model-{action}", fit)
-    return models
+        jobs[f"model-{action}"] = fit
+    models = cells.run_all(jobs)
+    return {name.removeprefix("model-"): run for name, run in models.items()}
 
 
 def tamper_all(cells: Cells, config: dict, scans: list[dict], models: dict, split: str) -> str:
@@ -90,7 +96,7 @@ def tamper_all(cells: Cells, config: dict, scans: list[dict], models: dict, spli
     from medfake.tamper.model import load_tamper_model
     from medfake.tamper.run import tamper_file
 
-    loaded = {}
+    loaded, jobs = {}, {}
     for scan in scans:
         for k, attack in enumerate(config["attacks"]):
             action, method = attack["action"], attack["method"]
@@ -107,7 +113,8 @@ def tamper_all(cells: Cells, config: dict, scans: list[dict], models: dict, spli
                 result = tamper_file(request, model=loaded.get(action))
                 return {"output": str(result.output), "rows": len(result.rows)}
 
-            cells.run(name, make)
+            jobs[name] = make
+    cells.run_all(jobs)
     return merge_manifests(cells, split)
 
 
@@ -128,7 +135,7 @@ def train_detectors(cells: Cells, config: dict, train_dir: str, train_manifest: 
     from medfake.detect.config import DetectorTrainConfig
     from medfake.detect.train import train_detector
 
-    runs = {}
+    jobs = {}
     for method, options in config["detectors"].items():
         def fit(folder: Path, method=method, options=dict(options or {})):
             cfg = DetectorTrainConfig(method=method, modality="ct", seed=config["seed"],
@@ -137,8 +144,8 @@ def train_detectors(cells: Cells, config: dict, train_dir: str, train_manifest: 
             train_detector([Path(train_dir)], folder / "run", cfg, tampered=tampered)
             return str(folder / "run")
 
-        runs[method] = cells.run(f"detector-{method}", fit)
-    return runs
+        jobs[f"detector-{method}"] = fit
+    return {name.removeprefix("detector-"): run for name, run in cells.run_all(jobs).items()}
 
 
 def evaluate_detectors(cells: Cells, config: dict, manifest: str, detector_runs: dict, test_scans: list[dict]) -> dict:
@@ -187,7 +194,7 @@ def screen_real(cells: Cells, config: dict, manifest: str, detector_runs: dict) 
     rows = read_manifest(Path(manifest))
     outputs = sorted({r.output for r in rows if any(name in Path(r.scan).name for name in spec.get("scans", []))
                       and r.method in spec.get("methods", ["ctgan"])})
-    found = []
+    jobs = {}
     for k, output in enumerate(outputs):
         def run(folder: Path, output=output):
             scan = load_scan(output)
@@ -198,8 +205,8 @@ def screen_real(cells: Cells, config: dict, manifest: str, detector_runs: dict) 
             return {"output": output, "folder": str(folder / "screen"), "scan_score": result.scan_score,
                     "ranks": ranks, "actions": [f"{t.action}/{t.method}" for t in truth]}
 
-        found.append(cells.run(f"screen-{k}", run))
-    return found
+        jobs[f"screen-{k}"] = run
+    return list(cells.run_all(jobs).values())
 
 
 def screen_rank(findings, scan, zyx, radius_mm: float = 15.0) -> int | None:
@@ -236,12 +243,13 @@ def cad_verdicts(cells: Cells, manifest: str) -> list[dict]:
     return cells.run("cad", run)
 
 
-def run_matrix(config: dict, run: Path, fresh: bool = False, log=print) -> dict:
-    """Run (or resume) the whole matrix; returns everything the report needs."""
+def run_matrix(config: dict, run: Path, fresh: bool = False, log=print, executor=None) -> dict:
+    """Run (or resume) the whole matrix; returns everything the report needs. `executor` runs each stage's
+    independent cells (default: here, one after the other; `bench.cluster.DaskCells`: on a Dask cluster)."""
     from medfake.detect.detectors import detector_class
 
     prepare_run(run, config, fresh)
-    cells = Cells(run / "cells", log=log)
+    cells = Cells(run / "cells", log=log, executor=executor)
     cohort = build_cohort(cells, config)
     models = train_tamper_models(cells, config, cohort["train"])
     test_scans = synthetic_test_scans(cohort["test"]) + real_test_scans(config)
