@@ -64,12 +64,10 @@ def detect_nodules(scan: Scan, lung: np.ndarray | None = None, min_diameter_mm: 
     scales = [s for s in SCALES_MM if min_diameter_mm / 3.46 * 0.8 <= s <= max_diameter_mm / 3.46 * 1.2]
     smoothed = [ndimage.gaussian_filter(work, [s / sp for sp in spacing]) for s in scales]
     responses = np.stack([-(s ** 2) * laplacian_mm(sm, spacing) for s, sm in zip(scales, smoothed)])
-    peaks = (responses >= min_score) & inside[None]
-    peaks &= responses == ndimage.maximum_filter(responses, size=3)
     candidates = []
-    for k, z, y, x in np.argwhere(peaks):
-        nodule = _judge(smoothed[k], work, spacing, (z, y, x), scales[k], float(responses[k, z, y, x]))
-        if nodule is None or not min_diameter_mm <= nodule.diameter_mm <= max_diameter_mm:
+    for nodule, (k, z, y, x) in _judge_all(smoothed, work, spacing, scales, responses, local_maxima(
+            responses, (responses >= min_score) & inside[None])):
+        if not min_diameter_mm <= nodule.diameter_mm <= max_diameter_mm:
             continue
         full = np.minimum((np.array([z, y, x]) * step + step // 2) + offset, np.asarray(scan.shape) - 1)
         nodule.center_zyx = tuple(int(v) for v in full)
@@ -105,56 +103,95 @@ def laplacian_mm(volume: np.ndarray, spacing) -> np.ndarray:
     return out
 
 
-def _judge(smooth, work, spacing, zyx, sigma_mm: float, score: float) -> Nodule | None:
-    """Keep a scale-space peak if the Hessian says blob (not tube or sheet) and the core is dense."""
-    core_now = smooth[zyx]
-    if core_now < MIN_CORE_HU - 250:
-        return None
-    eig = _hessian_eigenvalues(smooth, spacing, zyx)
-    if eig is None or np.any(eig >= 0):
-        return None
-    blobness = float(np.min(np.abs(eig)) / np.max(np.abs(eig)))
-    if blobness < MIN_BLOBNESS:
-        return None
-    radius = np.sqrt(3.0) * sigma_mm
-    core, ring, crowded = _ball_means(work, spacing, zyx, radius)
-    if core < MIN_CORE_HU or core - ring < MIN_CONTRAST_HU or crowded > MAX_CROWDING:
-        return None
-    return Nodule((0, 0, 0), (0.0, 0.0, 0.0), 2 * radius, score * blobness, blobness, core)
+def local_maxima(values: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """Indices (in `np.argwhere` order) of the `where` points that are ≥ all their 3^ndim neighbours: the same
+    points as `values == ndimage.maximum_filter(values, size=3)` (its reflected border repeats the edge value,
+    as clipping does), at the cost of the few thresholded points instead of the whole stack."""
+    points = np.argwhere(where)
+    upper = np.asarray(values.shape) - 1
+    centre = values[tuple(points.T)]
+    for offset in np.ndindex(*(3,) * values.ndim):  # each test drops most points: the later ones are cheap
+        shift = np.asarray(offset) - 1
+        if not shift.any():
+            continue
+        keep = centre >= values[tuple(np.clip(points + shift, 0, upper).T)]
+        points, centre = points[keep], centre[keep]
+    return points
 
 
-def _hessian_eigenvalues(smooth: np.ndarray, spacing, zyx) -> np.ndarray | None:
-    """Eigenvalues (mm⁻²) of the Hessian of the smoothed image at one voxel, by central differences."""
-    c = np.asarray(zyx)
-    if np.any(c < 1) or np.any(c > np.asarray(smooth.shape) - 2):
-        return None
+def _judge_all(smoothed, work, spacing, scales, responses, peaks):
+    """`(nodule, peak)` for the peaks that pass `_judge`, in the order of `peaks`: the cheap tests (core density,
+    Hessian) on all peaks of a scale at once, the ball means on the survivors."""
+    kept: dict[int, Nodule] = {}
+    balls: dict = {}
+    for k, sigma_mm in enumerate(scales):
+        rows = np.flatnonzero(peaks[:, 0] == k)
+        if not rows.size:
+            continue
+        points = peaks[rows, 1:]
+        smooth = smoothed[k]
+        core_now = smooth[tuple(points.T)]
+        interior = np.all((points >= 1) & (points <= np.asarray(smooth.shape) - 2), axis=1)
+        alive = (core_now >= MIN_CORE_HU - 250) & interior
+        eig = np.ones((len(points), 3))
+        if alive.any():
+            eig[alive] = _hessian_eigenvalues(smooth, spacing, points[alive])
+        alive &= np.all(eig < 0, axis=1)
+        magnitude = np.abs(eig)
+        blobness = np.min(magnitude, axis=1) / np.max(magnitude, axis=1)
+        alive &= blobness >= MIN_BLOBNESS
+        radius = np.sqrt(3.0) * sigma_mm
+        for row, point, blob in zip(rows[alive], points[alive], blobness[alive]):
+            core, ring, crowded = _ball_means(work, spacing, tuple(point), radius, balls)
+            if core < MIN_CORE_HU or core - ring < MIN_CONTRAST_HU or crowded > MAX_CROWDING:
+                continue
+            score = float(responses[k, point[0], point[1], point[2]])
+            kept[row] = Nodule((0, 0, 0), (0.0, 0.0, 0.0), 2 * radius, score * float(blob), float(blob), core)
+    return [(kept[row], peaks[row]) for row in sorted(kept)]
+
+
+def _hessian_eigenvalues(smooth: np.ndarray, spacing, points: np.ndarray) -> np.ndarray:
+    """Eigenvalues (mm⁻², ascending) of the Hessian of the smoothed image at interior voxels (N, 3), by central
+    differences in float64."""
     def at(offset):
-        return float(smooth[tuple(c + offset)])
-    hessian = np.empty((3, 3))
+        return smooth[tuple((points + offset).T)].astype(np.float64)
+
+    hessian = np.empty((len(points), 3, 3))
+    unit = np.eye(3, dtype=int)
     for i in range(3):
-        ei = np.eye(3, dtype=int)[i]
-        hessian[i, i] = (at(ei) - 2 * at(0 * ei) + at(-ei)) / spacing[i] ** 2
+        ei = unit[i]
+        hessian[:, i, i] = (at(ei) - 2 * at(0 * ei) + at(-ei)) / spacing[i] ** 2
         for j in range(i + 1, 3):
-            ej = np.eye(3, dtype=int)[j]
+            ej = unit[j]
             mixed = (at(ei + ej) - at(ei - ej) - at(-ei + ej) + at(-ei - ej)) / (4 * spacing[i] * spacing[j])
-            hessian[i, j] = hessian[j, i] = mixed
+            hessian[:, i, j] = hessian[:, j, i] = mixed
     return np.linalg.eigvalsh(hessian)
 
 
-def _ball_means(work, spacing, zyx, radius_mm):
+def _ball_means(work, spacing, zyx, radius_mm, cache: dict | None = None):
     """Mean HU inside the ball of `radius_mm`, mean HU of the shell out to twice the radius, and the share of
     dense (> -500 HU) shell voxels: a nodule sits in air, a vessel crossing or the hilum is crowded."""
     reach = np.ceil(2 * radius_mm / spacing).astype(int) + 1
     lo = np.maximum(np.asarray(zyx) - reach, 0)
     hi = np.minimum(np.asarray(zyx) + reach + 1, work.shape)
     patch = work[tuple(slice(a, b) for a, b in zip(lo, hi))]
-    grid = np.meshgrid(*[(np.arange(a, b) - c) * s for a, b, c, s in zip(lo, hi, zyx, spacing)], indexing="ij")
-    d = np.sqrt(sum(g ** 2 for g in grid))
-    core = d <= max(radius_mm, 0.6 * np.max(spacing))
-    ring = (d > radius_mm * 1.3) & (d <= 2 * radius_mm + np.max(spacing))
+    core, ring = _ball_masks(spacing, radius_mm, reach, {} if cache is None else cache)
+    window = tuple(slice(a - c + r, b - c + r) for a, b, c, r in zip(lo, hi, zyx, reach))
+    core, ring = core[window], ring[window]
     if not core.any() or not ring.any():
         return -1000.0, -1000.0, 1.0
     return float(patch[core].mean()), float(patch[ring].mean()), float(np.mean(patch[ring] > -500.0))
+
+
+def _ball_masks(spacing, radius_mm, reach, cache: dict):
+    """Core ball and shell around a voxel, over the whole ±reach box (cropped by the caller at the borders)."""
+    key = (radius_mm, tuple(reach))
+    if key not in cache:
+        grid = np.meshgrid(*[np.arange(-r, r + 1) * s for r, s in zip(reach, spacing)], indexing="ij")
+        d = np.sqrt(sum(g ** 2 for g in grid))
+        cache[key] = (d <= max(radius_mm, 0.6 * np.max(spacing)),
+                      (d > radius_mm * 1.3) & (d <= 2 * radius_mm + np.max(spacing)))
+    return cache[key]
 
 
 def _overlaps(nodule: Nodule, found: list[Nodule], scan: Scan) -> bool:
