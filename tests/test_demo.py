@@ -125,12 +125,12 @@ def test_bad_configs_are_one_line_errors(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-KEPT_CELLS = ("cohort-", "trainset-", "model-", "detector-")  # training: carried over from the serial run
+KEPT_CELLS = ("cohort-", "trainset-", "model-", "detector-", "tamper-train-", "evaluate", "screen-")  # resumed
 
 
 def test_the_matrix_on_a_local_dask_cluster_gives_the_serial_results(tiny_run, tmp_path):
-    """The training cells are carried over (a resume); every tampering, the evaluation, the screening and the CAD
-    cells run again on 2 Dask worker processes and must give exactly what the serial run gave."""
+    """The slow cells are carried over from the serial run (a resume); every tampering of a test scan and the CAD
+    verdicts on them run again on 2 Dask worker processes and must give exactly what the serial run gave."""
     import filecmp
 
     from medfake.io.tables import read_manifest
@@ -147,7 +147,7 @@ def test_the_matrix_on_a_local_dask_cluster_gives_the_serial_results(tiny_run, t
         return json.loads(json.dumps(value).replace(str(run), str(serial)))
 
     redone = sorted(c.name for c in (serial / "cells").iterdir() if c.is_dir() and not c.name.startswith(KEPT_CELLS))
-    assert len(redone) >= 12 and sorted(c.name for c in (run / "cells").iterdir() if c.is_dir()
+    assert len(redone) >= 10 and sorted(c.name for c in (run / "cells").iterdir() if c.is_dir()
                                         and not c.is_symlink()) == redone
     for name in redone:
         ours, theirs = (json.loads((r / "cells" / name / "done.json").read_text())["result"] for r in (run, serial))

@@ -38,9 +38,9 @@ def lung_labels(scan: Scan, threshold: float = AIR_THRESHOLD_HU, closing_mm: flo
     junction). A single air region that cannot be split is labelled 1."""
     if scan.modality not in ("CT", "", None):
         raise MedfakeError(f"lung mask needs a CT scan, got modality {scan.modality}", scan.path)
-    hu = np.asarray(scan.voxels, dtype=np.float32)
+    voxels = np.asarray(scan.voxels)
     factor = coarse_factor(scan.spacing)
-    coarse = block_mean(hu, factor)
+    coarse = block_mean(voxels, factor)
     spacing = (scan.spacing[0], scan.spacing[1] * factor, scan.spacing[2] * factor)
     inner = inside_air(coarse < threshold)
     airway = airway_tree(coarse, inner, spacing, superior_is_last(scan))
@@ -49,7 +49,7 @@ def lung_labels(scan: Scan, threshold: float = AIR_THRESHOLD_HU, closing_mm: flo
     if lungs.max() == 0:
         raise MedfakeError("no lung found (no large air region inside the body)", scan.path)
     filled = fill_lungs(lungs, spacing, closing_mm)
-    mask = refine_border(filled > 0, hu < threshold, factor)
+    mask = refine_border(filled > 0, voxels, threshold, factor)
     return order_by_side(fine_labels(mask, filled, factor), scan)
 
 
@@ -81,14 +81,30 @@ def coarse_factor(spacing) -> int:
 
 
 def block_mean(volume: np.ndarray, factor: int) -> np.ndarray:
-    """In-plane block average by an integer factor (edges padded by replication)."""
+    """In-plane float32 block average by an integer factor (edges padded by replication)."""
     if factor == 1:
-        return volume
+        return np.asarray(volume, dtype=np.float32)
     z, y, x = volume.shape
     pad = ((0, 0), (0, -y % factor), (0, -x % factor))
     padded = np.pad(volume, pad, mode="edge")
     zz, yy, xx = padded.shape
-    return padded.reshape(zz, yy // factor, factor, xx // factor, factor).mean(axis=(2, 4))
+    if not (np.issubdtype(padded.dtype, np.integer) and padded.dtype.itemsize <= 2 and factor <= 16):
+        blocks = np.asarray(padded, dtype=np.float32).reshape(zz, yy // factor, factor, xx // factor, factor)
+        return blocks.mean(axis=(2, 4))
+    # integer HU: float32 sums of ≤ 256 16-bit values are exact in any order, so adding the strided views
+    # gives numpy's mean bit for bit (same division, by an intp count) without a float copy of the volume
+    total = np.zeros((zz, yy // factor, xx // factor), np.float32)
+    for dy in range(factor):
+        for dx in range(factor):
+            total += padded[:, dy::factor, dx::factor]
+    return np.true_divide(total, np.intp(factor * factor), out=total, casting="unsafe")
+
+
+def below(volume: np.ndarray, threshold: float) -> np.ndarray:
+    """volume < threshold as the float32 comparison (integers compare exactly as they are)."""
+    if np.issubdtype(volume.dtype, np.integer):
+        return volume < threshold
+    return np.asarray(volume, dtype=np.float32) < np.float32(threshold)
 
 
 def upsample(mask: np.ndarray, factor: int, shape) -> np.ndarray:
@@ -252,17 +268,38 @@ def close_disk(mask2d: np.ndarray, pixel, radius_mm: float) -> np.ndarray:
     return ndimage.distance_transform_edt(grown, sampling=pixel) > radius_mm
 
 
-def refine_border(filled: np.ndarray, fine_air: np.ndarray, factor: int) -> np.ndarray:
-    """Full-resolution mask: the coarse interior, plus fine air voxels in a one-coarse-pixel band."""
+def refine_border(filled: np.ndarray, voxels: np.ndarray, threshold: float, factor: int) -> np.ndarray:
+    """Full-resolution mask: the coarse interior, plus fine air voxels (< threshold) in a one-coarse-pixel band."""
     if factor == 1:
         return filled
-    shape = fine_air.shape
-    core = upsample(ndimage.binary_erosion(filled, IN_PLANE), factor, shape)
-    band = upsample(ndimage.binary_dilation(filled, IN_PLANE), factor, shape)
-    mask = core | (band & fine_air)
-    labels, _ = ndimage.label(mask)
-    attached = np.unique(labels[core])
-    return np.isin(labels, attached[attached > 0])
+    shape = voxels.shape
+    dilated = ndimage.binary_dilation(filled, IN_PLANE)
+    out = np.zeros(shape, bool)
+    if not dilated.any():
+        return out
+    # everything happens inside the band, so work in its bounding box (at full resolution)
+    box = tuple(slice(int(lo), int(hi)) for lo, hi in zip(*bounds(dilated)))
+    fine_box = (box[0], *(slice(b.start * factor, min(b.stop * factor, n)) for b, n in zip(box[1:], shape[1:])))
+    crop_shape = tuple(b.stop - b.start for b in fine_box)
+    core = upsample(ndimage.binary_erosion(filled, IN_PLANE)[box], factor, crop_shape)
+    band = upsample(dilated[box], factor, crop_shape)
+    mask = core | (band & below(voxels[fine_box], threshold))
+    labels, count = ndimage.label(mask)
+    attached = np.zeros(count + 1, bool)
+    attached[labels[core]] = True
+    attached[0] = False
+    out[fine_box] = attached[labels]
+    return out
+
+
+def bounds(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first, last + 1) index of the True voxels along each axis."""
+    lo, hi = [], []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        lo.append(hit[0])
+        hi.append(hit[-1] + 1)
+    return np.array(lo), np.array(hi)
 
 
 def fine_labels(mask: np.ndarray, coarse_labels: np.ndarray, factor: int) -> np.ndarray:
