@@ -57,22 +57,20 @@ def detect_nodules(scan: Scan, lung: np.ndarray | None = None, min_diameter_mm: 
     if not inside_full.any():
         return []
     box = _bounding_box(inside_full, step, margin=4)
-    hu = _in_plane_blocks(np.asarray(scan.voxels[box], dtype=np.float32), step, np.mean)
+    hu = _in_plane_blocks(np.asarray(scan.voxels[box]), step, np.mean)
     inside = _in_plane_blocks(inside_full[box], step, np.any)
     offset = np.array([sl.start for sl in box])
     work = np.where(inside, np.clip(hu, -1000.0, 200.0), -1000.0).astype(np.float32)
     scales = [s for s in SCALES_MM if min_diameter_mm / 3.46 * 0.8 <= s <= max_diameter_mm / 3.46 * 1.2]
-    smoothed = [ndimage.gaussian_filter(work, [s / sp for sp in spacing]) for s in scales]
-    responses = np.stack([-(s ** 2) * laplacian_mm(sm, spacing) for s, sm in zip(scales, smoothed)])
-    candidates = []
-    for nodule, (k, z, y, x) in _judge_all(smoothed, work, spacing, scales, responses, local_maxima(
-            responses, (responses >= min_score) & inside[None])):
-        if not min_diameter_mm <= nodule.diameter_mm <= max_diameter_mm:
-            continue
-        full = np.minimum((np.array([z, y, x]) * step + step // 2) + offset, np.asarray(scan.shape) - 1)
-        nodule.center_zyx = tuple(int(v) for v in full)
-        nodule.center_xyz = tuple(float(v) for v in scan.voxel_to_world(full))
-        candidates.append(nodule)
+    candidates, balls = [], {}
+    for k, smooth, response, peaks in _scale_space_peaks(work, inside, spacing, scales, min_score):
+        for nodule, (z, y, x) in _judge_all(smooth, response, work, spacing, scales[k], peaks, balls):
+            if not min_diameter_mm <= nodule.diameter_mm <= max_diameter_mm:
+                continue
+            full = np.minimum((np.array([z, y, x]) * step + step // 2) + offset, np.asarray(scan.shape) - 1)
+            nodule.center_zyx = tuple(int(v) for v in full)
+            nodule.center_xyz = tuple(float(v) for v in scan.voxel_to_world(full))
+            candidates.append(nodule)
     found: list[Nodule] = []
     for nodule in sorted(candidates, key=lambda n: -n.score):
         if not _overlaps(nodule, found, scan):
@@ -103,51 +101,66 @@ def laplacian_mm(volume: np.ndarray, spacing) -> np.ndarray:
     return out
 
 
-def local_maxima(values: np.ndarray, where: np.ndarray) -> np.ndarray:
-    """Indices (in `np.argwhere` order) of the `where` points that are ≥ all their 3^ndim neighbours: the same
-    points as `values == ndimage.maximum_filter(values, size=3)` (its reflected border repeats the edge value,
-    as clipping does), at the cost of the few thresholded points instead of the whole stack."""
+def _scale_space_peaks(work, inside, spacing, scales, min_score):
+    """Per scale, in order: (k, smoothed image, scale-normalised LoG response, its peaks (N, 3)): points inside
+    with a response ≥ min_score that are maxima of the whole (scale, z, y, x) stack, holding three scales at a time."""
+    levels: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def level(k):
+        if k not in levels:
+            smooth = ndimage.gaussian_filter(work, [scales[k] / sp for sp in spacing])
+            levels[k] = (smooth, -(scales[k] ** 2) * laplacian_mm(smooth, spacing))
+        return levels[k]
+
+    for k in range(len(scales)):
+        for old in [j for j in levels if j < k - 1]:
+            del levels[old]
+        near = list(range(max(k - 1, 0), min(k + 2, len(scales))))
+        smooth, response = level(k)
+        responses = [level(j)[1] for j in near]
+        yield k, smooth, response, local_maxima(responses, near.index(k), (response >= min_score) & inside)
+
+
+def local_maxima(levels: list[np.ndarray], centre: int, where: np.ndarray) -> np.ndarray:
+    """The `where` points (N, 3, `np.argwhere` order) of level `centre` that are ≥ all their 3⁴ neighbours in the
+    stack of `levels`: the points where `stack == ndimage.maximum_filter(stack, size=3)` (its reflected border
+    repeats the edge value, as clipping does), at the cost of the thresholded points instead of the stack."""
     points = np.argwhere(where)
-    upper = np.asarray(values.shape) - 1
-    centre = values[tuple(points.T)]
-    for offset in np.ndindex(*(3,) * values.ndim):  # each test drops most points: the later ones are cheap
-        shift = np.asarray(offset) - 1
-        if not shift.any():
+    upper = np.asarray(where.shape) - 1
+    value = levels[centre][tuple(points.T)]
+    for offset in np.ndindex(3, 3, 3, 3):  # each test drops most points: the later ones are cheap
+        shift = np.asarray(offset[1:]) - 1
+        other = min(max(centre + offset[0] - 1, 0), len(levels) - 1)
+        if other == centre and not shift.any():
             continue
-        keep = centre >= values[tuple(np.clip(points + shift, 0, upper).T)]
-        points, centre = points[keep], centre[keep]
+        keep = value >= levels[other][tuple(np.clip(points + shift, 0, upper).T)]
+        points, value = points[keep], value[keep]
     return points
 
 
-def _judge_all(smoothed, work, spacing, scales, responses, peaks):
-    """`(nodule, peak)` for the peaks that pass `_judge`, in the order of `peaks`: the cheap tests (core density,
-    Hessian) on all peaks of a scale at once, the ball means on the survivors."""
-    kept: dict[int, Nodule] = {}
-    balls: dict = {}
-    for k, sigma_mm in enumerate(scales):
-        rows = np.flatnonzero(peaks[:, 0] == k)
-        if not rows.size:
+def _judge_all(smooth, response, work, spacing, sigma_mm, points, balls: dict):
+    """`(nodule, point)` for the peaks of one scale that are blobs (Hessian) with a dense core standing out of
+    its surroundings, in the order of `points`: the cheap tests on all peaks at once, the ball means on the few
+    survivors."""
+    core_now = smooth[tuple(points.T)]
+    interior = np.all((points >= 1) & (points <= np.asarray(smooth.shape) - 2), axis=1)
+    alive = (core_now >= MIN_CORE_HU - 250) & interior
+    eig = np.ones((len(points), 3))
+    if alive.any():
+        eig[alive] = _hessian_eigenvalues(smooth, spacing, points[alive])
+    alive &= np.all(eig < 0, axis=1)
+    magnitude = np.abs(eig)
+    blobness = np.min(magnitude, axis=1) / np.max(magnitude, axis=1)
+    alive &= blobness >= MIN_BLOBNESS
+    radius = np.sqrt(3.0) * sigma_mm
+    kept = []
+    for point, blob in zip(points[alive], blobness[alive]):
+        core, ring, crowded = _ball_means(work, spacing, tuple(point), radius, balls)
+        if core < MIN_CORE_HU or core - ring < MIN_CONTRAST_HU or crowded > MAX_CROWDING:
             continue
-        points = peaks[rows, 1:]
-        smooth = smoothed[k]
-        core_now = smooth[tuple(points.T)]
-        interior = np.all((points >= 1) & (points <= np.asarray(smooth.shape) - 2), axis=1)
-        alive = (core_now >= MIN_CORE_HU - 250) & interior
-        eig = np.ones((len(points), 3))
-        if alive.any():
-            eig[alive] = _hessian_eigenvalues(smooth, spacing, points[alive])
-        alive &= np.all(eig < 0, axis=1)
-        magnitude = np.abs(eig)
-        blobness = np.min(magnitude, axis=1) / np.max(magnitude, axis=1)
-        alive &= blobness >= MIN_BLOBNESS
-        radius = np.sqrt(3.0) * sigma_mm
-        for row, point, blob in zip(rows[alive], points[alive], blobness[alive]):
-            core, ring, crowded = _ball_means(work, spacing, tuple(point), radius, balls)
-            if core < MIN_CORE_HU or core - ring < MIN_CONTRAST_HU or crowded > MAX_CROWDING:
-                continue
-            score = float(responses[k, point[0], point[1], point[2]])
-            kept[row] = Nodule((0, 0, 0), (0.0, 0.0, 0.0), 2 * radius, score * float(blob), float(blob), core)
-    return [(kept[row], peaks[row]) for row in sorted(kept)]
+        score = float(response[tuple(point)])
+        kept.append((Nodule((0, 0, 0), (0.0, 0.0, 0.0), 2 * radius, score * float(blob), float(blob), core), point))
+    return kept
 
 
 def _hessian_eigenvalues(smooth: np.ndarray, spacing, points: np.ndarray) -> np.ndarray:
@@ -203,12 +216,22 @@ def _overlaps(nodule: Nodule, found: list[Nodule], scan: Scan) -> bool:
 
 
 def _in_plane_blocks(volume: np.ndarray, step, reduce) -> np.ndarray:
-    """Reduce each ky×kx in-plane block (remainder rows/columns dropped) with `reduce` (np.mean, np.any)."""
+    """Reduce each ky×kx in-plane block (remainder rows/columns dropped) with `reduce` (np.mean: float32, np.any)."""
     if np.all(step == 1):
-        return volume
+        return volume.astype(np.float32) if reduce is np.mean else volume
     z, y, x = volume.shape
     ky, kx = int(step[1]), int(step[2])
     cropped = volume[:, : y - y % ky, : x - x % kx]
+    if reduce is np.mean and np.issubdtype(cropped.dtype, np.integer) and cropped.dtype.itemsize <= 2 and ky * kx <= 256:
+        # integer HU: float32 sums of the strided views are exact, so this is numpy's float32 mean bit for bit
+        # (same division by an intp count) without a float copy of the crop
+        total = np.zeros((z, y // ky, x // kx), np.float32)
+        for dy in range(ky):
+            for dx in range(kx):
+                total += cropped[:, dy::ky, dx::kx]
+        return np.true_divide(total, np.intp(ky * kx), out=total, casting="unsafe")
+    if reduce is np.mean:
+        cropped = np.asarray(cropped, dtype=np.float32)
     return reduce(cropped.reshape(z, y // ky, ky, x // kx, kx), axis=(2, 4))
 
 

@@ -86,7 +86,7 @@ def block_mean(volume: np.ndarray, factor: int) -> np.ndarray:
         return np.asarray(volume, dtype=np.float32)
     z, y, x = volume.shape
     pad = ((0, 0), (0, -y % factor), (0, -x % factor))
-    padded = np.pad(volume, pad, mode="edge")
+    padded = np.pad(volume, pad, mode="edge") if any(p for _, p in pad) else volume
     zz, yy, xx = padded.shape
     if not (np.issubdtype(padded.dtype, np.integer) and padded.dtype.itemsize <= 2 and factor <= 16):
         blocks = np.asarray(padded, dtype=np.float32).reshape(zz, yy // factor, factor, xx // factor, factor)
@@ -284,12 +284,21 @@ def refine_border(filled: np.ndarray, voxels: np.ndarray, threshold: float, fact
     core = upsample(ndimage.binary_erosion(filled, IN_PLANE)[box], factor, crop_shape)
     band = upsample(dilated[box], factor, crop_shape)
     mask = core | (band & below(voxels[fine_box], threshold))
-    labels, count = ndimage.label(mask)
+    labels, count = label_small(mask)
     attached = np.zeros(count + 1, bool)
     attached[labels[core]] = True
     attached[0] = False
     out[fine_box] = attached[labels]
     return out
+
+
+def label_small(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """`ndimage.label` into uint16 when the components fit (half the memory of int32 on a full volume)."""
+    try:
+        labels = np.empty(mask.shape, np.uint16)
+        return labels, ndimage.label(mask, output=labels)
+    except RuntimeError:  # more than 65535 components
+        return ndimage.label(mask)
 
 
 def bounds(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,127 @@
+"""Peak memory of tampering and of its parts on a 512² × 300 CT series (lung1 interpolated along z), against
+the volume's own int16 size. Target: ≤ 4× that size.
+
+Each case runs in a fresh subprocess (`--case NAME`), which reports
+  tracemalloc_peak_mb  the largest Python/numpy heap during the case (torch's allocator is not traced)
+  rss_extra_mb         peak resident memory (ru_maxrss) minus the resident memory after the imports
+Cases: the CLI's `tamper_file` on the DICOM series (classical inpaint removal at lung1's nodule; copy-move
+injection at 3 automatic sites, which adds the lung mask and the CAD), and the lung mask and CAD alone on the
+volume in memory. Prints and saves benchmarks/results/memory.json (+ run record)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(os.environ.get("MEDFAKE_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
+SLICES = 300
+NODULE_48 = (33, 359, 218)  # lung1's nodule, voxel z,y,x in the original 48 slices
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def resampled_lung1(slices: int):
+    from medfake.data.samples import sample_path
+    from medfake.io import load_scan
+
+    scan = load_scan(sample_path("lung1"))
+    z = np.linspace(0, scan.shape[0] - 1, slices)
+    low = np.floor(z).astype(int)
+    high = np.minimum(low + 1, scan.shape[0] - 1)
+    voxels = np.empty((slices, *scan.shape[1:]), np.int16)
+    for k, (a, b, w) in enumerate(zip(low, high, z - low)):  # slice by slice: no float copy of the volume
+        voxels[k] = np.rint((1 - w) * scan.voxels[a] + w * scan.voxels[b])
+    spacing = (scan.spacing[0] * (scan.shape[0] - 1) / (slices - 1), *scan.spacing[1:])
+    return scan.with_voxels(voxels, spacing=spacing)
+
+
+def nodule_voxel(slices: int) -> str:
+    z, y, x = NODULE_48
+    return f"{round(z * (slices - 1) / 47)},{y},{x}"
+
+
+def run_case(case: str, series: Path, out: Path) -> dict:
+    """In this (fresh) process: import, measure the baseline, run the case under tracemalloc."""
+    from medfake.cad import detect_nodules
+    from medfake.io import load_scan
+    from medfake.lungmask import lung_mask
+    from medfake.tamper.run import tamper_file
+
+    scan = load_scan(series) if case in ("lung_mask", "cad") else None
+    lung = lung_mask(scan) if case == "cad" else None
+    baseline = rss_mb()
+    tracemalloc.start()
+    if case == "tamper_remove_inpaint":
+        tamper_file(series, out, "remove", coords=[nodule_voxel(SLICES)], method="inpaint", fmt="dicom")
+    elif case == "tamper_inject_auto3_copy_move":
+        tamper_file(series, out, "inject", auto=3, method="copy-move", fmt="dicom")
+    elif case == "lung_mask":
+        lung_mask(scan)
+    elif case == "cad":
+        detect_nodules(scan, lung)
+    else:
+        raise SystemExit(f"unknown case {case}")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return {"tracemalloc_peak_mb": peak / 2**20, "rss_baseline_mb": baseline, "rss_peak_mb": peak_rss_mb(),
+            "rss_extra_mb": peak_rss_mb() - baseline, "volume_loaded_before": scan is not None}
+
+
+CASES = ("tamper_remove_inpaint", "tamper_inject_auto3_copy_move", "lung_mask", "cad")
+
+
+def main() -> dict:
+    from medfake.io import save_scan
+
+    scan = resampled_lung1(SLICES)
+    volume_mb = scan.voxels.nbytes / 2**20
+    out: dict = {"scan": f"lung1 interpolated to {SLICES} slices, DICOM series", "shape": list(scan.shape),
+                 "volume_int16_mb": volume_mb, "target_mb": 4 * volume_mb, "cases": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        series = save_scan(scan, Path(tmp) / "series", format="dicom")
+        del scan
+        for case in CASES:
+            done = subprocess.run([sys.executable, __file__, "--case", case, "--series", str(series), "--out",
+                                   str(Path(tmp) / case)], capture_output=True, text=True)
+            if done.returncode != 0:
+                out["cases"][case] = {"error": done.stderr.strip().splitlines()[-1:]}
+                continue
+            figures = json.loads(done.stdout.strip().splitlines()[-1])
+            figures["tracemalloc_vs_volume"] = round(figures["tracemalloc_peak_mb"] / volume_mb, 2)
+            figures["rss_extra_vs_volume"] = round(figures["rss_extra_mb"] / volume_mb, 2)
+            out["cases"][case] = figures
+    return out
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--case")
+    parser.add_argument("--series", type=Path)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(run_case(args.case, args.series, args.out)))
+    else:
+        from medfake.runinfo import write_run_record
+
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        result = main()
+        (RESULTS / "memory.json").write_text(json.dumps(result, indent=1))
+        write_run_record(RESULTS, {"benchmark": "memory", "slices": SLICES}, seed=None, name="memory.run.json")
+        print(json.dumps(result, indent=1))
