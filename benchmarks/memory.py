@@ -64,7 +64,7 @@ def run_case(case: str, series: Path, out: Path) -> dict:
     from medfake.tamper.run import tamper_file
 
     scan = load_scan(series) if case in ("lung_mask", "cad") else None
-    lung = lung_mask(scan) if case == "cad" else None
+    lung = np.load(out.parent / "lung.npy") if case == "cad" else None  # saved by the lung_mask case
     baseline = rss_mb()
     tracemalloc.start()
     if case == "tamper_remove_inpaint":
@@ -72,13 +72,15 @@ def run_case(case: str, series: Path, out: Path) -> dict:
     elif case == "tamper_inject_auto3_copy_move":
         tamper_file(series, out, "inject", auto=3, method="copy-move", fmt="dicom")
     elif case == "lung_mask":
-        lung_mask(scan)
+        lung = lung_mask(scan)
     elif case == "cad":
         detect_nodules(scan, lung)
     else:
         raise SystemExit(f"unknown case {case}")
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
+    if case == "lung_mask":
+        np.save(out.parent / "lung.npy", lung)
     return {"tracemalloc_peak_mb": peak / 2**20, "rss_baseline_mb": baseline, "rss_peak_mb": peak_rss_mb(),
             "rss_extra_mb": peak_rss_mb() - baseline, "volume_loaded_before": scan is not None}
 
