@@ -138,7 +138,8 @@ class Pix2Pix(Base):
 
 
 class Diffusion(Base):
-    """The DDPM detector's training step (noise prediction, random t from the global torch RNG) on 16² patches."""
+    """The DDPM detector's training step (noise prediction) on 16² patches; like the detector, it draws the
+    diffusion times and noise from a generator of its own, one stream per process (`process_state`)."""
 
     name = "ddpm"
 
@@ -147,11 +148,12 @@ class Diffusion(Base):
         model = build_diffusion("tiny", image_size=16)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         self.model, self.opt = accelerator.prepare(model, opt)
+        self.generator = torch.Generator().manual_seed(100 + accelerator.process_index)
 
     def train_step(self, step):
         patches = (random_crops(self.volume, (1, 16, 16), 2)[:, :, 0] + 1) / 2  # [0, 1] as the detector feeds it
         self.keep_first(patches)
-        loss = self.model(patches)
+        loss = self.model(patches, generator=self.generator)
         self.opt.zero_grad()
         self.accelerator.backward(loss)
         self.opt.step()
@@ -166,6 +168,12 @@ class Diffusion(Base):
 
     def nets(self):
         return {"model": self.accelerator.unwrap_model(self.model)}
+
+    def process_state(self):
+        return {"generator": self.generator.get_state()}
+
+    def load_process_state(self, state):
+        self.generator.set_state(state["generator"])
 
 
 def watch_writes(runs: Path, seen: list[str]) -> None:

@@ -15,7 +15,9 @@ before `setup`), then draws its own batches (the global RNGs are reseeded per pr
 order must shard it by `accelerator.process_index`), `accelerator.prepare` wraps the networks in DDP so gradients
 are averaged, and only the main process writes (run record, losses.csv with the losses averaged over processes,
 checkpoints, snapshots). The checkpoint holds every process's RNG states, so a resume with the same number of
-processes continues exactly. `snapshot` runs on the main process alone: it must use
+processes continues exactly; a model with RNGs or a data position of its own that differ per process adds the
+optional `process_state() -> dict` / `load_process_state(dict)` (small, gathered into the checkpoint; its
+`state()` is the main process's, `load_process_state` runs after `load_state` on every process). `snapshot` runs on the main process alone: it must use
 `accelerator.unwrap_model(net)`, never the prepared (DDP) net, whose forward may synchronise buffers with
 processes that are not there.
 
@@ -102,7 +104,7 @@ def fit(model: TrainableModel, out: str | Path, loop: LoopConfig, config: dict, 
         state = load_checkpoint(checkpoint)
         model.load_state(state)
         step = int(state[LOOP_KEY]["step"])
-        restore_rng(state[LOOP_KEY], accelerator, loop.seed, step)
+        restore_rng(state[LOOP_KEY], accelerator, loop.seed, step, model)
     else:
         seed_everything(loop.seed + accelerator.process_index)  # each process draws its own batches
     accelerator.wait_for_everyone()  # nobody looks at the folder after the main process starts writing
@@ -154,18 +156,24 @@ def save_run_checkpoint(model: TrainableModel, accelerator, path: Path, step: in
     """All processes give their state and RNG states (a collective); the main process writes them."""
     state = model.state()
     rngs = gather_objects(accelerator, rng_state())
+    own = gather_objects(accelerator, model.process_state()) if hasattr(model, "process_state") else None
     if accelerator.is_main_process:
         state[LOOP_KEY] = {"step": step, "rng": rngs[0], "rng_per_process": rngs}
+        if own is not None:
+            state[LOOP_KEY]["model_per_process"] = own
         save_checkpoint(path, state)
     accelerator.wait_for_everyone()
 
 
-def restore_rng(loop_state: dict, accelerator, seed: int, step: int) -> None:
-    """Each process takes back its own RNG states; with another number of processes the run goes on, reseeded
+def restore_rng(loop_state: dict, accelerator, seed: int, step: int, model=None) -> None:
+    """Each process takes back its own RNG states (and the model its `process_state`); with another number of processes the run goes on, reseeded
     per process from the step reached (not bit-exact: the batches are split differently anyway)."""
     rngs = loop_state.get("rng_per_process") or [loop_state["rng"]]
     if len(rngs) == accelerator.num_processes:
         set_rng_state(rngs[accelerator.process_index])
+        own = loop_state.get("model_per_process")
+        if own is not None and hasattr(model, "load_process_state"):
+            model.load_process_state(own[accelerator.process_index])
     else:
         accelerator.print(f"note: checkpoint written by {len(rngs)} process(es), resumed on "
                           f"{accelerator.num_processes}: the run goes on, not bit-exactly")
