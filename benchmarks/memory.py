@@ -3,7 +3,8 @@ the volume's own int16 size. Target: ≤ 4× that size.
 
 Each case runs in a fresh subprocess (`--case NAME`), which reports
   tracemalloc_peak_mb  the largest Python/numpy heap during the case (torch's allocator is not traced)
-  rss_extra_mb         peak resident memory (ru_maxrss) minus the resident memory after the imports
+  rss_extra_mb         peak resident memory during the case (VmHWM, reset at its start) minus the resident
+                       memory at its start (after the imports, and the input volume where the case gets one)
 Cases: the CLI's `tamper_file` on the DICOM series (classical inpaint removal at lung1's nodule; copy-move
 injection at 3 automatic sites, which adds the lung mask and the CAD), and the lung mask and CAD alone on the
 volume in memory. Prints and saves benchmarks/results/memory.json (+ run record)."""
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,8 +32,16 @@ def rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets the peak resident size (VmHWM) to the current one."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    with open("/proc/self/status") as fh:
+        line = next(l for l in fh if l.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024  # kB
 
 
 def resampled_lung1(slices: int):
@@ -66,6 +74,7 @@ def run_case(case: str, series: Path, out: Path) -> dict:
     scan = load_scan(series) if case in ("lung_mask", "cad") else None
     lung = np.load(out.parent / "lung.npy") if case == "cad" else None  # saved by the lung_mask case
     baseline = rss_mb()
+    reset_peak_rss()
     tracemalloc.start()
     if case == "tamper_remove_inpaint":
         tamper_file(series, out, "remove", coords=[nodule_voxel(SLICES)], method="inpaint", fmt="dicom")

@@ -44,8 +44,9 @@ def lung_labels(scan: Scan, threshold: float = AIR_THRESHOLD_HU, closing_mm: flo
     spacing = (scan.spacing[0], scan.spacing[1] * factor, scan.spacing[2] * factor)
     inner = inside_air(coarse < threshold)
     airway = airway_tree(coarse, inner, spacing, superior_is_last(scan))
-    candidates = inner & ~ndimage.binary_dilation(airway, IN_PLANE, iterations=2)
-    lungs = lung_components(candidates, spacing)
+    del coarse  # the full-resolution steps below are the memory peak: hold nothing they do not need
+    lungs = lung_components(inner & ~ndimage.binary_dilation(airway, IN_PLANE, iterations=2), spacing)
+    del inner, airway
     if lungs.max() == 0:
         raise MedfakeError("no lung found (no large air region inside the body)", scan.path)
     filled = fill_lungs(lungs, spacing, closing_mm)
@@ -123,11 +124,12 @@ def superior_is_last(scan: Scan) -> bool:
 # --- steps --------------------------------------------------------------------------------------
 def inside_air(air: np.ndarray) -> np.ndarray:
     """Air not connected to the in-plane border of the volume (the air around the patient)."""
-    labels, _ = ndimage.label(air)
+    labels, count = label_small(air)
     border = np.unique(np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(),
                                        labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
-    outside = np.isin(labels, border[border > 0])
-    return air & ~outside
+    outside = np.zeros(count + 1, bool)
+    outside[border[border > 0]] = True
+    return air & ~outside[labels]
 
 
 def trachea_seed(coarse: np.ndarray, inner: np.ndarray, spacing, superior_last: bool):
@@ -193,7 +195,7 @@ def airway_tree(coarse: np.ndarray, inner: np.ndarray, spacing, superior_last: b
     voxel_ml = float(np.prod(spacing)) / 1000.0
     previous = 0.0
     for threshold in AIRWAY_THRESHOLDS_HU:
-        labels, _ = ndimage.label(inner & (coarse < threshold))
+        labels, _ = label_small(inner & (coarse < threshold))
         if labels[seed] == 0:
             continue
         grown = labels == labels[seed]
@@ -207,7 +209,7 @@ def airway_tree(coarse: np.ndarray, inner: np.ndarray, spacing, superior_last: b
 def lung_components(candidates: np.ndarray, spacing, keep_fraction: float = 0.15) -> np.ndarray:
     """Label image of the lungs: the largest air components inside the body (≥ keep_fraction of the
     largest, at most two), and the largest split in two when the lungs touch."""
-    labels, count = ndimage.label(candidates)
+    labels, count = label_small(candidates)
     if count == 0:
         return labels
     sizes = np.bincount(labels.ravel())[1:]
@@ -281,15 +283,26 @@ def refine_border(filled: np.ndarray, voxels: np.ndarray, threshold: float, fact
     box = tuple(slice(int(lo), int(hi)) for lo, hi in zip(*bounds(dilated)))
     fine_box = (box[0], *(slice(b.start * factor, min(b.stop * factor, n)) for b, n in zip(box[1:], shape[1:])))
     crop_shape = tuple(b.stop - b.start for b in fine_box)
-    core = upsample(ndimage.binary_erosion(filled, IN_PLANE)[box], factor, crop_shape)
-    band = upsample(dilated[box], factor, crop_shape)
-    mask = core | (band & below(voxels[fine_box], threshold))
+    eroded = ndimage.binary_erosion(filled, IN_PLANE)[box]
+    dilated = dilated[box]
+    fine = voxels[fine_box]
+    mask = np.empty(crop_shape, bool)
+    for z in slabs(crop_shape[0]):  # a few slices at a time: no full-size temporaries
+        core = upsample(eroded[z], factor, mask[z].shape)
+        mask[z] = core | (upsample(dilated[z], factor, mask[z].shape) & below(fine[z], threshold))
     labels, count = label_small(mask)
     attached = np.zeros(count + 1, bool)
-    attached[labels[core]] = True
+    for z in slabs(crop_shape[0]):
+        attached[labels[z][upsample(eroded[z], factor, mask[z].shape)]] = True
     attached[0] = False
-    out[fine_box] = attached[labels]
+    target = out[fine_box]
+    for z in slabs(crop_shape[0]):
+        target[z] = attached[labels[z]]
     return out
+
+
+def slabs(depth: int, size: int = 16):
+    return [slice(z, min(z + size, depth)) for z in range(0, depth, size)]
 
 
 def label_small(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -316,8 +329,12 @@ def fine_labels(mask: np.ndarray, coarse_labels: np.ndarray, factor: int) -> np.
     if factor == 1:
         return np.where(mask, coarse_labels, 0).astype(np.uint8)
     spread = ndimage.grey_dilation(coarse_labels, footprint=IN_PLANE)
-    up = upsample(coarse_labels, factor, mask.shape)
-    return np.where(mask, np.where(up > 0, up, upsample(spread, factor, mask.shape)), 0).astype(np.uint8)
+    out = np.zeros(mask.shape, np.uint8)
+    for z in slabs(mask.shape[0]):
+        shape = mask[z].shape
+        up = upsample(coarse_labels[z], factor, shape)
+        out[z] = np.where(mask[z], np.where(up > 0, up, upsample(spread[z], factor, shape)), 0)
+    return out
 
 
 def order_by_side(labels: np.ndarray, scan: Scan) -> np.ndarray:
