@@ -176,6 +176,59 @@ class Diffusion(Base):
         self.generator.set_state(state["generator"])
 
 
+class Detector(Base):
+    """The BTD detector's own trainer (`detect.train.DetectorTraining`: tiny DDPM, 16² patches, EMA, gradient
+    clipping) with its per-process noise generator and patch sampler handed to the loop as `process_state`."""
+
+    name = "detector"
+    checkpoint_name = "checkpoint.pt"
+
+    def __init__(self, volume: np.ndarray):
+        from medfake.detect.config import DetectorTrainConfig
+        from medfake.detect.detectors import DetectorConfig
+        from medfake.detect.patches import Volume
+        from medfake.detect.train import DetectorTraining
+
+        super().__init__(volume)
+        det = DetectorConfig("btd", "ct", 16, (-1000.0, 400.0), "tiny")
+        config = DetectorTrainConfig(method="btd", preset="tiny", batch_size=2, samples=0, ema_start=2, ema_every=1,
+                                     patch_size=16)
+        unit = np.clip((volume + 1000.0) / 1400.0, 0, 1).astype(np.float32)
+        centres = np.argwhere(np.ones((volume.shape[0], volume.shape[1] - 16, volume.shape[2] - 16), bool))
+        self.trainer = DetectorTraining(det, config, [Volume("crop", unit, centres + [0, 8, 8])])
+
+    def setup(self, accelerator):
+        self.accelerator = accelerator
+        self.trainer.setup(accelerator)
+        draw = self.trainer.batch
+
+        def batch():
+            patches, labels = draw()
+            self.keep_first(patches)
+            return patches, labels
+
+        self.trainer.batch = batch
+
+    def train_step(self, step):
+        return self.trainer.train_step(step)
+
+    def state(self):
+        return self.trainer.state()
+
+    def load_state(self, state):
+        self.trainer.load_state(state)
+
+    def process_state(self):
+        return {"generator": self.trainer.generator.get_state(), "sampler": self.trainer.sampler.rng.bit_generator.state}
+
+    def load_process_state(self, state):
+        self.trainer.generator.set_state(state["generator"])
+        self.trainer.sampler.rng.bit_generator.state = state["sampler"]
+
+    def nets(self):
+        return {"model": self.accelerator.unwrap_model(self.trainer.net), "ema": self.trainer.ema.model}
+
+
 def watch_writes(runs: Path, seen: list[str]) -> None:
     """Record every file this process opens for writing, renames, makes or removes under `runs`."""
     prefix = str(runs)
@@ -198,7 +251,7 @@ def main(out: Path, crop: Path) -> None:
     seen: list[str] = []
     watch_writes(runs, seen)
     rank = None
-    for kind in (Toy, Pix2Pix, Diffusion):
+    for kind in (Toy, Pix2Pix, Diffusion, Detector):
         for label, steps, resume in (("whole", STEPS, False), ("part", STEPS // 2, False), ("part", STEPS, True)):
             model = kind(volume)
             loop = LoopConfig(steps=steps, seed=3, cpu=True, checkpoint_every=2, snapshot_every=2,

@@ -19,7 +19,7 @@ import torch
 
 from medfake.training import load_checkpoint
 
-MODELS = ("toy", "pix2pix3d", "ddpm")
+MODELS = ("toy", "pix2pix3d", "ddpm", "detector")  # detector: the BTD detector's own trainer
 WORKER = Path(__file__).with_name("multiprocess_worker.py")
 STEPS = 6
 
@@ -46,6 +46,14 @@ def launched(tmp_path_factory, lung1):
     return out
 
 
+OPTIMISERS = ("opt", "opt_g", "opt_d", "medfake_loop")
+
+
+def checkpoint_path(out: Path, model: str, run: str) -> Path:
+    folder = out / "runs" / f"{model}-{run}"
+    return folder / ("checkpoint.pt" if model == "detector" else "checkpoints/latest.pt")
+
+
 def saved(out: Path, name: str) -> dict:
     return torch.load(out / "ranks" / f"{name}.pt")
 
@@ -65,10 +73,10 @@ def test_both_processes_hold_the_same_weights_after_training_on_their_own_batche
     assert not any(torch.equal(v, rank0["initial"][k]) for k, v in parameters.items())  # DDP averaged the grads
     # batch-norm running statistics stay per process under DDP; the main process's are broadcast before every
     # forward and are the ones checkpointed
-    checkpoint = load_checkpoint(launched / "runs" / f"{model}-whole" / "checkpoints" / "latest.pt")
-    stored = {f"{net}.{k}": v for net, sd in checkpoint.items() if net not in ("opt", "opt_g", "opt_d", "medfake_loop")
-              for k, v in sd.items()}
-    assert same_tensors(stored, rank0["weights"])
+    checkpoint = load_checkpoint(checkpoint_path(launched, model, "whole"))
+    nets = ("model",) if model == "detector" else [k for k in checkpoint if k not in OPTIMISERS]
+    stored = {f"{net}.{k}": v for net in nets for k, v in checkpoint[net].items()}
+    assert same_tensors(stored, {k: v for k, v in rank0["weights"].items() if k.split(".")[0] in nets})
     loop = checkpoint["medfake_loop"]
     assert loop["step"] == STEPS and len(loop["rng_per_process"]) == 2
     assert not torch.equal(loop["rng_per_process"][0]["torch"], loop["rng_per_process"][1]["torch"])
@@ -93,7 +101,8 @@ def test_only_the_main_process_writes(launched):
     assert writes[1] == []
     for model in MODELS:  # the hook did see the main process's checkpoints, logs, snapshots and run record
         run = str(launched / "runs" / f"{model}-whole")
-        for name in ("checkpoints/latest.pt", "losses.csv", "run.json", "config.json", f"snapshots/step_{STEPS}.txt"):
+        checkpoint = str(checkpoint_path(launched, model, "whole").relative_to(run))
+        for name in (checkpoint, "losses.csv", "run.json", "config.json", f"snapshots/step_{STEPS}.txt"):
             folder, _, file = str(Path(run) / name).rpartition(os.sep)
             assert any(folder in w and file in w for w in writes[0]), name  # checkpoints: via a .partial
     record = json.loads((launched / "runs" / "toy-whole" / "run.json").read_text())
