@@ -147,7 +147,7 @@ def test_the_matrix_on_a_local_dask_cluster_gives_the_serial_results(tiny_run, t
         return json.loads(json.dumps(value).replace(str(run), str(serial)))
 
     redone = sorted(c.name for c in (serial / "cells").iterdir() if c.is_dir() and not c.name.startswith(KEPT_CELLS))
-    assert len(redone) >= 10 and sorted(c.name for c in (run / "cells").iterdir() if c.is_dir()
+    assert len(redone) >= 9 and sorted(c.name for c in (run / "cells").iterdir() if c.is_dir()
                                         and not c.is_symlink()) == redone
     for name in redone:
         ours, theirs = (json.loads((r / "cells" / name / "done.json").read_text())["result"] for r in (run, serial))
