@@ -17,9 +17,9 @@ are averaged, and only the main process writes (run record, losses.csv with the 
 checkpoints, snapshots). The checkpoint holds every process's RNG states, so a resume with the same number of
 processes continues exactly; a model with RNGs or a data position of its own that differ per process adds the
 optional `process_state() -> dict` / `load_process_state(dict)` (small, gathered into the checkpoint; its
-`state()` is the main process's, `load_process_state` runs after `load_state` on every process). `snapshot` runs on the main process alone: it must use
-`accelerator.unwrap_model(net)`, never the prepared (DDP) net, whose forward may synchronise buffers with
-processes that are not there.
+`state()` is the main process's, `load_process_state` runs after `load_state` on every process). `snapshot`
+runs on the main process alone: it must use `accelerator.unwrap_model(net)`, never the prepared (DDP) net,
+whose forward may synchronise buffers with processes that are not there.
 
 Run folder: config.json (resolved), run.json (seed, versions, commit, command), losses.csv, losses.png, the
 checkpoint (its name is the model's: BTD keeps `checkpoints/model-latest.pt`), and whatever snapshot() writes.
@@ -166,8 +166,9 @@ def save_run_checkpoint(model: TrainableModel, accelerator, path: Path, step: in
 
 
 def restore_rng(loop_state: dict, accelerator, seed: int, step: int, model=None) -> None:
-    """Each process takes back its own RNG states (and the model its `process_state`); with another number of processes the run goes on, reseeded
-    per process from the step reached (not bit-exact: the batches are split differently anyway)."""
+    """Each process takes back its own RNG states (and the model its `process_state`); with another number of
+    processes the run goes on, reseeded per process from the step reached (not bit-exact: the batches are split
+    differently anyway)."""
     rngs = loop_state.get("rng_per_process") or [loop_state["rng"]]
     if len(rngs) == accelerator.num_processes:
         set_rng_state(rngs[accelerator.process_index])
