@@ -69,6 +69,7 @@ def run_case(case: str, series: Path, out: Path) -> dict:
     from medfake.cad import detect_nodules
     from medfake.io import load_scan
     from medfake.lungmask import lung_mask
+    from medfake.tamper.config import TamperRequest
     from medfake.tamper.run import tamper_file
 
     scan = load_scan(series) if case in ("lung_mask", "cad") else None
@@ -77,9 +78,11 @@ def run_case(case: str, series: Path, out: Path) -> dict:
     reset_peak_rss()
     tracemalloc.start()
     if case == "tamper_remove_inpaint":
-        tamper_file(series, out, "remove", coords=[nodule_voxel(SLICES)], method="inpaint", fmt="dicom")
+        tamper_file(TamperRequest(target=series, outdir=out, action="remove", coords=[nodule_voxel(SLICES)],
+                                  method="inpaint", fmt="dicom"))
     elif case == "tamper_inject_auto3_copy_move":
-        tamper_file(series, out, "inject", auto=3, method="copy-move", fmt="dicom")
+        tamper_file(TamperRequest(target=series, outdir=out, action="inject", auto=3, method="copy-move",
+                                  fmt="dicom"))
     elif case == "lung_mask":
         lung = lung_mask(scan)
     elif case == "cad":
