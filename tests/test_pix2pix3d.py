@@ -127,3 +127,17 @@ def test_train_command_resumes_and_refuses_a_full_folder(tmp_path, capsys, one_t
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "inject", "--data", str(tmp_path / "set"), "-o", str(run), "--steps", "4"])
     assert exit_info.value.code == 2 and "--resume" in capsys.readouterr().err
+
+
+def test_data_order_gives_each_process_its_own_batches_in_step():
+    from medfake.tamper.train import DataOrder
+
+    indices = np.arange(40)
+    main, other = DataOrder(indices, 8, seed=3), DataOrder(indices, 8, seed=3, rank=1)
+    first = [main.next_batch() for _ in range(7)]
+    second = [other.next_batch() for _ in range(7)]
+    assert (main.epoch, main.position) == (other.epoch, other.position) == (1, 16)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, second))
+    assert np.array_equal(np.sort(np.concatenate(second[:5])), indices)  # still every index once an epoch
+    single = DataOrder(indices, 8, seed=3)  # rank 0 shuffles exactly as a single process always did
+    assert np.array_equal(single.permutation(), np.random.default_rng([3, 0]).permutation(indices))

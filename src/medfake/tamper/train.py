@@ -38,18 +38,22 @@ PREVIEW_HU = (-1000.0, 400.0)  # lung window of the snapshot
 
 
 class DataOrder:
-    """Per-epoch reshuffled batches of training indices; its (epoch, position) is all a resume needs."""
+    """Per-epoch reshuffled batches of training indices; its (epoch, position) is all a resume needs. Each
+    process (`rank`) shuffles with its own stream, so processes train on different batches while their epoch
+    and position stay in step (the main process's pair resumes them all)."""
 
-    def __init__(self, indices: np.ndarray, batch_size: int, seed: int, epoch: int = 0, position: int = 0):
-        self.indices, self.batch_size, self.seed = np.asarray(indices), batch_size, seed
+    def __init__(self, indices: np.ndarray, batch_size: int, seed: int, epoch: int = 0, position: int = 0,
+                 rank: int = 0):
+        self.indices, self.batch_size, self.seed, self.rank = np.asarray(indices), batch_size, seed, rank
         self.epoch, self.position = epoch, position
 
     def permutation(self) -> np.ndarray:
-        return np.random.default_rng([self.seed, self.epoch]).permutation(self.indices)
+        stream = [self.seed, self.epoch] + ([self.rank] if self.rank else [])  # rank 0: as a single process
+        return np.random.default_rng(stream).permutation(self.indices)
 
     def upcoming(self, count: int) -> list[np.ndarray]:
         """The next `count` batches, without moving on."""
-        ahead = DataOrder(self.indices, self.batch_size, self.seed, self.epoch, self.position)
+        ahead = DataOrder(self.indices, self.batch_size, self.seed, self.epoch, self.position, self.rank)
         return [ahead.next_batch() for _ in range(count)]
 
     def next_batch(self) -> np.ndarray:
@@ -84,7 +88,7 @@ class InpaintingGan:
         train_idx, val_idx = self.data.split(c.val_fraction, c.seed)
         if len(train_idx) < 2:
             raise MedfakeError("the training set has fewer than 2 training cubes", self.data.folder)
-        self.order = DataOrder(train_idx, c.batch_size, c.seed)
+        self.order = DataOrder(train_idx, c.batch_size, c.seed, rank=accelerator.process_index)
         self.feed = CubeFeed(self.data, c.data_workers)
         preview = val_idx if len(val_idx) else train_idx
         self.preview_idx = np.sort(preview[np.linspace(0, len(preview) - 1, 3).astype(int)])
@@ -149,24 +153,24 @@ class InpaintingGan:
         """Mean absolute error inside the hole on held-out locations (network units)."""
         if not len(self.val_subset):
             return float("nan")
-        self.G.eval()
+        generator = self.accelerator.unwrap_model(self.G).eval()  # the main process alone: no DDP collectives
         region = (..., *hole_slices(self.config.cube, self.config.hole))
         errors = []
         for chunk in np.array_split(self.val_subset, max(1, len(self.val_subset) // 16)):
             real = self.batch(chunk)
-            fake = self.G(mask_hole(real, self.config.hole))
+            fake = generator(mask_hole(real, self.config.hole))
             errors.append(torch.mean(torch.abs(fake[region] - real[region])).item() * len(chunk))
         return float(sum(errors) / len(self.val_subset))
 
     @torch.no_grad()
     def save_preview(self, path: Path, step: int) -> Path:
         """Rows condition / generated / original, one column per sample, middle z-slice, lung window."""
-        self.G.eval()
+        generator = self.accelerator.unwrap_model(self.G).eval()
         real = self.batch(self.preview_idx)
         cond = mask_hole(real, self.config.hole)
         lo, hi = PREVIEW_HU
         rows = []
-        for cubes in (cond, self.G(cond), real):
+        for cubes in (cond, generator(cond), real):
             hu = self.data.equalizer.to_hu(cubes[:, 0].float().cpu().numpy())
             rows.append((hu[:, None, hu.shape[1] // 2] - lo) / (hi - lo))
         return save_patch_grid(rows, [f"condition (step {step})", "generated", "original"], path)
