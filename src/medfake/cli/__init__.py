@@ -24,10 +24,11 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 
 def _register() -> None:
-    from medfake.cli import (attack_cmds, data_cmds, detect_cmds, io_cmds, protect_cmds, run_cmds, tamper_cmds,
-                             viewer_cmds)
+    from medfake.cli import (attack_cmds, cyclegan_cmds, data_cmds, detect_cmds, io_cmds, protect_cmds, run_cmds,
+                             tamper_cmds, viewer_cmds)
 
-    for module in (io_cmds, data_cmds, tamper_cmds, detect_cmds, run_cmds, viewer_cmds, protect_cmds, attack_cmds):
+    for module in (io_cmds, data_cmds, tamper_cmds, cyclegan_cmds, detect_cmds, run_cmds, viewer_cmds, protect_cmds,
+                   attack_cmds):
         module.register(app, data_app, train_app)
 
 

@@ -110,7 +110,7 @@ def tamper(target: Path = typer.Option(..., "-t", "--target", help="Scan: DICOM 
            coords: Path = typer.Option(None, "--coords", help=COORDS_HELP),
            auto: int = typer.Option(TamperRequest.auto, "--auto", help="Choose N locations automatically (recorded chosen_by=auto)."),
            label: Path = typer.Option(None, "--label", help="Nodule label volume on the scan's grid: removal targets for --auto."),
-           model: Path = typer.Option(None, "--model", help="Run folder of `medfake train` (method ctgan)."),
+           model: Path = typer.Option(None, "--model", help="Run folder of `medfake train` (methods ctgan, cyclegan)."),
            fmt: str = typer.Option(TamperRequest.fmt, "-f", "--format", help="same | dicom | mhd | nrrd | nifti | npz"),
            seed: int = typer.Option(TamperRequest.seed, "--seed", help="Seed for noise and automatic locations."),
            method: str = typer.Option(TamperRequest.method, "--method", help=" | ".join(METHODS)),

@@ -20,7 +20,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, PYDICOM_IMPLEMENTATION_UID,
-                         generate_uid)
+                         SecondaryCaptureImageStorage, generate_uid)
 from pydicom.valuerep import format_number_as_ds
 
 from medfake.errors import MedfakeError
@@ -29,6 +29,9 @@ from medfake.scan import Scan
 log = logging.getLogger("medfake")
 DEFAULT_DERIVATION = "medfake: converted"
 CLASSIC_STORAGE = {"CT": CTImageStorage, "MR": MRImageStorage}
+# 2-D projection images (a tampered mammogram) are written as Secondary Capture, keeping their modality
+PROJECTION = ("MG", "CR", "DX")
+CLASSIC_STORAGE.update({m: SecondaryCaptureImageStorage for m in PROJECTION})
 # tags never copied from a source header: identity of the new instances, geometry, pixel encoding
 REGENERATED = {
     "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "SeriesDate",
@@ -97,7 +100,9 @@ class Encoding:
 
 
 def classic_modality(scan: Scan) -> str:
-    """The classic IOD the scan is written as: CT, or MR for anything else."""
+    """The classic IOD the scan is written as: CT, a one-slice projection image (SC), or MR for anything else."""
+    if scan.modality.upper() in PROJECTION and scan.shape[0] == 1:
+        return scan.modality.upper()
     return "CT" if scan.modality.upper() == "CT" else "MR"
 
 
@@ -180,7 +185,7 @@ def is_unpaired_part(ds: Dataset) -> bool:
 
 
 def fill_required(ds: Dataset, modality: str) -> None:
-    extra = CT_TYPE2 if modality == "CT" else MR_REQUIRED
+    extra = CT_TYPE2 if modality == "CT" else {"ConversionType": "WSD"} if modality in PROJECTION else MR_REQUIRED
     for keyword, value in {**TYPE2_DEFAULTS, **extra}.items():
         # Laterality (type 2C) is for paired body parts: present (empty: unknown) unless the body part is unpaired
         if keyword not in ds and not (keyword == "Laterality" and is_unpaired_part(ds)):

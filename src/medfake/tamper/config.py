@@ -13,7 +13,7 @@ import numpy as np
 from medfake.errors import MedfakeError
 
 ACTIONS = ("inject", "remove")
-METHODS = ("ctgan", "copy-move", "inpaint")
+METHODS = ("ctgan", "copy-move", "inpaint", "cyclegan")
 COORD_SYSTEMS = ("vox", "world")
 DEFAULT_VIEWS = {"inject": 4, "remove": 1}  # generator views per location; a faint injection gets 4 tries
 

@@ -96,6 +96,8 @@ def load_tamper_model(run_dir: str | Path, action: str | None = None) -> TamperM
     folder = model_folder(run_dir)
     try:
         meta = json.loads((folder / "model.json").read_text())
+        if meta.get("kind", "ctgan") != "ctgan":
+            raise MedfakeError(f"this is a {meta['kind']} model, not a CT-GAN one (use --method {meta['kind']})", folder)
         config = GanTrainConfig.from_dict(meta["config"])
     except (ValueError, KeyError, TypeError) as exc:
         raise MedfakeError(f"unreadable model.json ({exc.__class__.__name__})", folder / "model.json") from None

@@ -82,6 +82,10 @@ def tamper_scan(scan: Scan, locations, action: str, model: TamperModel | None = 
     require_action(action)
     require_method(method)
     rng = np.random.default_rng(0) if rng is None else rng
+    if method == "cyclegan":  # 2-D images, or CT slice-wise through the ctgan paste below
+        from medfake.tamper.cyclegan.apply import cyclegan_scan
+
+        return cyclegan_scan(scan, locations, action, model, rng, lung, blend_mm, views)
     sites = as_sites(scan, locations)
     voxels = np.asarray(scan.voxels, dtype=np.float32).copy()
     if method == "ctgan":

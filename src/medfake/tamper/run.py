@@ -25,6 +25,7 @@ from medfake.io.tables import ManifestRow, append_manifest, read_locations
 from medfake.lungmask import lung_mask
 from medfake.scan import Scan
 from medfake.tamper.config import TamperRequest, require_system
+from medfake.tamper.cyclegan.apply import load_cyclegan
 from medfake.tamper.model import TamperModel, load_tamper_model
 from medfake.tamper.pipeline import Site, tamper_scan
 from medfake.tamper.sites import pick_sites
@@ -129,9 +130,14 @@ def tamper_file(request: TamperRequest, model: TamperModel | None = None) -> Tam
         if r.model_dir is None:
             raise MedfakeError("method ctgan needs --model RUN (a folder written by `medfake train`)")
         model = load_tamper_model(r.model_dir, r.action)
+    if r.method == "cyclegan" and model is None:
+        if r.model_dir is None:
+            raise MedfakeError("method cyclegan needs --model RUN (a folder written by `medfake train cyclegan`)")
+        model = load_cyclegan(r.model_dir, r.action)
     scan = load_scan(target, series=r.series)
     rng = np.random.default_rng(r.seed)
-    sites = resolve_sites(scan, target, r.action, parsed, r.system, r.table, require=not r.auto)
+    whole_image = r.method == "cyclegan" and scan.shape[0] == 1  # a 2-D image: no location = all of it
+    sites = resolve_sites(scan, target, r.action, parsed, r.system, r.table, require=not r.auto and not whole_image)
     labelled = label_nodules(scan, r.label) if r.auto and r.label else []
     lung = lung_mask(scan) if r.auto else None  # user locations need no lung segmentation
     if r.auto:
