@@ -44,7 +44,7 @@ def throughput(args) -> dict:
 
     torch.set_num_threads(args.threads)
     out = {}
-    for preset in HERE_PRESETS:
+    for preset in args.presets:
         config = CycleGANConfig.resolve(preset)
         data = FakeSet(config.size)
         model = CycleGANModel(data, config)
@@ -63,7 +63,7 @@ def throughput(args) -> dict:
                        "steps_timed": args.steps}
         print(preset, out[preset], flush=True)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() and not args.cpu else f"cpu, {args.threads} threads"
-    return {"device": device, "presets": out}
+    return {"device": device, "load_average": list(__import__("os").getloadavg()), "presets": out}
 
 
 class FakeSet:
@@ -279,7 +279,8 @@ def main() -> None:
                         choices=("all", "throughput", "sets", "train-ct", "train-mammo", "judge-ct", "mammo-figure",
                                  "grid-figure"))
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--presets", nargs="+", default=list(HERE_PRESETS))
     parser.add_argument("--cpu", action="store_true")
     parser.add_argument("--upsample", default="transposed")
     parser.add_argument("--preset", default="cpu-small")

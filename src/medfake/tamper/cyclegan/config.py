@@ -68,10 +68,6 @@ class CycleGANConfig:
         config.validate()
         return config
 
-    @property
-    def generator_blocks(self) -> int:
-        return self.n_blocks
-
     def validate(self) -> None:
         if self.upsample not in UPSAMPLE_MODES:
             raise MedfakeError(f"upsample must be {' or '.join(UPSAMPLE_MODES)}, not '{self.upsample}'")

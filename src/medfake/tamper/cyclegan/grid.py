@@ -3,10 +3,10 @@
 Becker et al. saw grid-like patterns appear late in training (~160k steps at 256², ~45-50k at 512×408) and
 chose checkpoints by eye. Two stride-2 transposed convolutions leave periodic patterns of period 2 and 4
 pixels (uneven kernel overlap, Odena et al. 2016), i.e. peaks at the frequencies 0, ±1/4 and 1/2 cycles/pixel
-on each axis. The score of one image is the strongest peak over those positions (except the DC term), as
-log10 of its power over the median power of the ring of bins around it; for a run, the spectra of the
-held-out images' changes are averaged first. Natural images and a smooth change have no such isolated peaks (score ≈ 0-0.5); a visible
-grid gives ≥ 1 (10× its surroundings).
+on each axis. The score is the strongest peak over those positions (except the DC term), as log10 of its
+power over the median power of the ring of bins around it; for a run, the spectra of the held-out images'
+changes are averaged first. Natural images and a smooth change have no such isolated peaks (score ≈ 0.3-0.7);
+a visible grid gives ≥ 1 (10× its surroundings).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""2-D images for the CycleGAN: DICOM (MG, CR, DX, CT/MR slices) and PNG/TIFF/JPEG, and the mammography
+"""2-D images for the CycleGAN: DICOM (MG, CR, DX: single-frame projection images) and PNG/TIFF/JPEG, and the mammography
 pre-processing of Becker et al. (their experiment-1 code and the MVA reproduction, reference §C).
 
 Mammograms: pydicom decodes the 16-bit RLE Lossless pixels; MONOCHROME1 is inverted so tissue is bright;
@@ -123,7 +123,6 @@ def breast_mask(image: np.ndarray) -> np.ndarray:
 
 
 def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
-    h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
     if factor == 1:
         return image.astype(np.float32)
     pad = np.pad(image, ((0, (-image.shape[0]) % factor), (0, (-image.shape[1]) % factor)), mode="edge")

@@ -1,7 +1,7 @@
 """`medfake trainset cyclegan`: two domains of 2-D images for unpaired translation, A = healthy, B = lesion.
 
-Inputs per domain (any mix of): 2-D image files or folders of them (DICOM MG/CR/DX or a single CT/MR slice,
-PNG/TIFF/JPEG), and 3-D scans (any format `load_scan` reads). From a 3-D scan, domain B takes in-plane patches
+Inputs per domain (any mix of): 2-D image files or folders of them (single-frame DICOM MG/CR/DX,
+PNG/TIFF/JPEG), and 3-D scans (CT/MR in any format `load_scan` reads). From a 3-D scan, domain B takes in-plane patches
 through each lesion (rows of `--coords` naming the scan, and the components of a sibling label volume
 `<name>_label.*`), at the centre slice and ±¼ diameter; domain A takes patches at automatic healthy lung sites
 away from every lesion. Patches are `patch` points at `pixel_mm` (isotropic grid, one interpolation),
@@ -93,11 +93,10 @@ def collect(key: str, paths, options: TrainsetOptions, rng, progress=None) -> tu
     for path in flat:
         image = read_image2d(path)
         mammogram = is_mammogram(image, options.mammogram)
-        ct_slice = image.modality in ("CT", "MR")
-        prepared = prepare(image, tuple(options.size), mammogram, options.window if image.modality == "CT" else None)
+        prepared = prepare(image, tuple(options.size), mammogram)
         images.append(prepared.net)
         entries.append({"source": str(path), "patient": image.patient, **prepared.info})
-        kinds.add("mammogram" if mammogram else "ct" if ct_slice else "image")
+        kinds.add("mammogram" if mammogram else "image")
         _advance(progress, task)
     for path in scans:
         patches, rows = scan_patches(key, path, options, rng)
