@@ -147,7 +147,7 @@ def image_of(scan: Scan) -> Image2D:
         slope, intercept = float(header.get("RescaleSlope", 1) or 1), float(header.get("RescaleIntercept", 0) or 0)
         max_stored = float((1 << int(header.get("BitsStored", 16) or 16)) - 1) * slope + intercept
         pixels, inverted = max_stored - pixels, True
-    return Image2D(pixels[None], Path(str(scan.meta.get("path", ""))), scan.modality.upper(), inverted=inverted,
+    return Image2D(pixels[None], Path(str(scan.path or "")), scan.modality.upper(), inverted=inverted,
                    max_stored=max_stored)
 
 
@@ -162,7 +162,7 @@ def tamper_image(scan: Scan, sites: list, action: str, model: CycleGANTamper,
     image = image_of(scan)
     if image.channels != model.config.channels:
         raise MedfakeError(f"the model translates {model.config.channels}-channel images, this one has "
-                           f"{image.channels}", scan.meta.get("path"))
+                           f"{image.channels}", scan.path)
     mammogram = model.source == "mammogram"
     prepared = prepare(image, tuple(model.config.size), mammogram)
     net_out = model.translate_net(prepared.net[None])[0]
