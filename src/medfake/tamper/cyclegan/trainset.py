@@ -185,7 +185,7 @@ def ct_patch(scan, zyx, offset_mm: float, options: TrainsetOptions) -> np.ndarra
     from medfake.tamper.cube import IsoGrid, to_iso
 
     grid = IsoGrid(tuple(int(v) for v in zyx), options.patch, options.pixel_mm)
-    cube = to_iso(scan, grid, order=1)
+    cube = to_iso(scan, grid)
     index = int(round((options.patch - 1) / 2.0 + offset_mm / options.pixel_mm))
     return hu_to_net(cube[int(np.clip(index, 0, options.patch - 1))], options.window)[None]
 
