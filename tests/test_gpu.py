@@ -157,7 +157,10 @@ def synthetic_chest(tmp_path_factory):
     from medfake.data.synth import synthesize
     from medfake.io import save_scan
 
-    result = synthesize(5, n_xy=192, max_slices=24, slice_mm=2.5)
+    reads = {"diameter_mm": np.array([8.0, 12.0]), "texture": np.array([5.0, 5.0]), "lobulation": np.ones(2),
+             "spiculation": np.ones(2), "malignancy": np.full(2, 3.0), "slice_thickness": np.ones(2),
+             "pixel_spacing": np.full(2, 0.7)}  # the LIDC table is not fetched there
+    result = synthesize(5, n_xy=192, max_slices=24, slice_mm=2.5, reads=reads)
     return save_scan(result.scan, tmp_path_factory.mktemp("gpu_chest") / "chest.npz", format="npz")
 
 
