@@ -22,6 +22,7 @@ import yaml
 
 from medfake.detect.config import METHODS
 from medfake.errors import MedfakeError
+from medfake.tamper.config import ACTIONS
 from medfake.runinfo import write_run_record
 
 EXAMPLE = "demo.yaml"
@@ -71,7 +72,7 @@ def validate(config: dict, path) -> dict:
         if name not in DETECTOR_METHODS:
             raise MedfakeError(f"unknown detector '{name}' (choose from {', '.join(DETECTOR_METHODS)})", path)
     for attack in config.get("attacks", []):
-        if attack.get("action") not in ("inject", "remove") or attack.get("method") not in ATTACK_METHODS:
+        if attack.get("action") not in ACTIONS or attack.get("method") not in ATTACK_METHODS:
             raise MedfakeError(f"attack needs action inject|remove and method {'|'.join(ATTACK_METHODS)}: {attack}", path)
     return config
 

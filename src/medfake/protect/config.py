@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medfake.errors import MedfakeError
+from medfake.tamper.config import ACTIONS
 
 METHODS = ("optimize", "network")
 REGIONS = ("lungs", "all")
@@ -41,5 +42,5 @@ class ProtectConfig:
             raise MedfakeError(f"unknown protection method '{self.method}' (choose from {', '.join(METHODS)})")
         if self.region not in REGIONS:
             raise MedfakeError(f"region must be {' or '.join(REGIONS)}, not '{self.region}'")
-        if self.action not in (None, "inject", "remove"):
+        if self.action not in (None, *ACTIONS):
             raise MedfakeError(f"action must be inject or remove, not '{self.action}'")
