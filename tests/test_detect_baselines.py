@@ -67,7 +67,8 @@ def test_registry_names_every_method_once():
     # config.METHODS (torch-free, for the CLI) must list exactly the registry's detectors
     assert tuple(DETECTORS) == METHODS
     assert [m for m, kind in DETECTORS.items() if kind.trains_on_tampered] == ["supervised"]
-    assert [m for m, kind in DETECTORS.items() if not issubclass(kind, NetDetector)] == ["noise"]
+    assert [m for m, kind in DETECTORS.items() if not issubclass(kind, NetDetector)] == ["noise", "selfref"]
+    assert [m for m, kind in DETECTORS.items() if kind.scan_level] == ["selfref", "residual"]
 
 
 def test_robust_sigma_is_the_normal_sigma_and_ignores_outliers():

@@ -18,7 +18,8 @@ TRAIN, SCORE, SCREEN = DetectorTrainConfig(), ScoreOptions(), ScreenOptions()  #
 EVALUATION_BATCH = 32  # patches per forward pass when evaluating (many patches per scan)
 
 SCANS_HELP = "A folder of genuine scans, a .txt list of paths, or a scan; repeatable."
-MODEL_HELP = "Detector: a `medfake train detector` run folder or a checkpoint (ours, or BTD's CT_model.pt/MRI_model.pt)."
+MODEL_HELP = ("Detector: a `medfake train detector` run folder, a checkpoint (ours, or BTD's CT_model.pt/MRI_model.pt), "
+              "or the name of a training-free detector (selfref).")
 
 
 def _parse_zyx(text: str) -> tuple[int, int, int]:
@@ -49,7 +50,7 @@ def train_detector_cmd(
         scans: list[Path] = typer.Option(..., "--scans", help=SCANS_HELP),
         run: Path = typer.Option(..., "-o", "--output", help="Run folder (config, checkpoints, PNGs)."),
         modality: str = typer.Option(TRAIN.modality, "--modality", help=" | ".join(MODALITIES)),
-        method: str = typer.Option(TRAIN.method, "--method", help=" | ".join(METHODS)),
+        method: str = typer.Option(TRAIN.method, "--method", help=" | ".join(METHODS) + " (default: the benchmark's best)."),
         preset: str = typer.Option(TRAIN.preset, "--preset", help="U-Net width for btd: btd (the paper's) | cpu-small | tiny"),
         exclude: Path = typer.Option(None, "--exclude", help="Locations (CT-GAN/LUNA16/manifest table) never used for training."),
         tampered: Path = typer.Option(None, "--tampered", help="Tamper manifest: positives for --method supervised."),
@@ -58,6 +59,7 @@ def train_detector_cmd(
         batch_size: int = typer.Option(TRAIN.batch_size, "--batch-size"),
         lr: float = typer.Option(TRAIN.lr, "--lr", help="Adam learning rate (BTD: 8e-6 over 700k steps)."),
         patch_size: int = typer.Option(TRAIN.patch_size, "--patch-size", help="Default 96 (CT), 128 (MRI), 64 (supervised)."),
+        context: int = typer.Option(TRAIN.context, "--context", help="2.5-D: neighbouring slices per side as input channels (default: the method's; btd-forensic 0, residual 1)."),
         anywhere: bool = typer.Option(not TRAIN.in_lung, "--anywhere", help="CT: sample patch centres anywhere, not only in the lungs."),
         save_every: int = typer.Option(TRAIN.save_every, "--save-every", help="Checkpoint and samples.png interval (steps)."),
         max_minutes: float = typer.Option(TRAIN.max_minutes, "--max-minutes", help="Stop (and save) after this wall time."),
@@ -69,7 +71,8 @@ def train_detector_cmd(
 
     config = DetectorTrainConfig(method=method, modality=modality.lower(), preset=preset, steps=steps,
                                  batch_size=batch_size, lr=lr, seed=seed, save_every=save_every,
-                                 max_minutes=max_minutes, in_lung=not anywhere, samples=samples, patch_size=patch_size)
+                                 max_minutes=max_minutes, in_lung=not anywhere, samples=samples, patch_size=patch_size,
+                                 context=context)
     folder = train_detector(scans, run, config, exclude=exclude, tampered=tampered, resume=resume)
     out.print(f"{folder}: {method} detector ({modality}); checkpoint {folder / CHECKPOINT}")
 
@@ -96,6 +99,7 @@ def detect_cmd(
         stride: int = typer.Option(SCREEN.stride, "--stride", help="Screening tile stride (default: half a patch)."),
         slice_step: int = typer.Option(SCREEN.slice_step, "--slice-step", help="Screen every n-th slice."),
         top: int = typer.Option(SCREEN.top, "--top", help="Findings reported by screening."),
+        step_mm: float = typer.Option(SCREEN.step_mm, "--step-mm", help="Screening grid of scan-level detectors (selfref, residual), in mm."),
         overwrite: bool = typer.Option(False, "--overwrite")):
     """Score a scan for tampering: patches at given locations (BTD protocol) or a whole-scan screening."""
     from medfake.data.cohort import location_voxel, locations_for
@@ -111,7 +115,7 @@ def detect_cmd(
     if screen:
         with progress_bar() as bar:
             result = detect_screen(scan, detector, output, overwrite, progress=bar, stride=stride,
-                                   slice_step=slice_step, top=top)
+                                   slice_step=slice_step, top=top, step_mm=step_mm)
         out.print(f"{output}: scan score {result.scan_score:.2f}; top finding "
                   + (f"z,y,x={result.findings[0].voxel_zyx}" if result.findings else "none"))
         return

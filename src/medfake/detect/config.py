@@ -9,14 +9,17 @@ from dataclasses import dataclass
 
 from medfake.errors import MedfakeError
 
-METHODS = ("btd", "dae", "noise", "supervised")  # the registry's names (detectors.DETECTORS)
+# the registry's names (detectors.DETECTORS)
+METHODS = ("btd", "btd-forensic", "dae", "noise", "supervised", "selfref", "residual")
+# `medfake train detector` without --method: the best detector on benchmarks/detect_quality.py (README)
+BEST_METHOD = "selfref"
 MODALITIES = ("ct", "mri")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
 class DetectorTrainConfig:
-    method: str = "btd"
+    method: str = BEST_METHOD
     modality: str = "ct"
     preset: str = "cpu-small"
     steps: int = 2000
@@ -35,6 +38,7 @@ class DetectorTrainConfig:
     sample_steps: int = 50
     noise_patches: int = 400  # patches used to fit the noise statistics
     patch_size: int | None = None  # default: 96 CT, 128 MRI (64 for the supervised classifier)
+    context: int | None = None  # 2.5-D neighbouring slices per side; default: the method's (residual 1)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -71,3 +75,4 @@ class ScreenOptions:
     top: int = 5  # findings reported
     separation_mm: float = 20.0  # minimum distance between findings
     batch_tiles: int = 64
+    step_mm: float = 2.0  # scan-level detectors: grid of their anomaly map (in-plane)

@@ -1,11 +1,14 @@
 """The detectors behind `medfake detect --method`, and the registry that names them.
 
 - `btd`: Back-in-Time Diffusion residual (unsupervised, our runs or BTD's published checkpoints);
+- `btd-forensic`: BTD's network in a lung window without clamp, small t, centre vs ring (two-sided);
 - `dae`: denoising-autoencoder reconstruction error (unsupervised);
 - `noise`: noise-residual statistics (unsupervised, fitted rather than trained);
-- `supervised`: a CNN trained on tampered examples (upper bound; needs tampered training data).
+- `supervised`: a CNN trained on tampered examples (upper bound; needs tampered training data);
+- `selfref`, `residual`: scan-level detectors (`detect.scanlevel`): self-referenced local statistics,
+  training-free or on a learned noise residual.
 
-Every detector turns [0, 1] patches (N, 1, P, P), cut with its own intensity `window`, into per-pixel
+Every patch detector turns [0, 1] patches (N, C, P, P), cut with its own intensity `window`, into per-pixel
 anomaly maps and per-patch scores (higher = more suspicious). Each class is one registry entry (`DETECTORS`):
 it knows how to build its network, its training objective (or its fit, for statistics) and how to score.
 """
@@ -13,18 +16,17 @@ it knows how to build its network, its training objective (or its fit, for stati
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medfake.detect.btd import BTDScorer, ScoreOptions, batched, reduce_maps
+from medfake.detect.base import Detector, DetectorConfig, NetDetector
+from medfake.detect.btd import BTDScorer, ScoreOptions, batched
+from medfake.detect.scanlevel import SCAN_LEVEL
 from medfake.detect.noise import NOISE_WINDOW, NoiseStatistics, fit_noise_statistics
-from medfake.detect.patches import CT_WINDOW, PATCH_SIZE
 from medfake.errors import MedfakeError
 from medfake.nn import autoencoder
 from medfake.nn.ddpm import build_diffusion
@@ -32,90 +34,6 @@ from medfake.training import load_checkpoint
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoints/model-latest.pt"  # BTD's Trainer layout: {'step','model','opt','ema','scaler','version'}
-
-
-@dataclass
-class DetectorConfig:
-    method: str = "btd"
-    modality: str = "ct"  # ct | mri
-    patch_size: int = 96
-    window: tuple[float, float] = CT_WINDOW
-    preset: str = "cpu-small"
-    unet: dict = field(default_factory=dict)  # explicit Unet arguments (override the preset)
-
-    @classmethod
-    def default(cls, method: str, modality: str, preset: str = "cpu-small") -> "DetectorConfig":
-        kind = detector_class(method)
-        window = kind.ct_window if modality == "ct" else CT_WINDOW
-        return cls(method, modality, kind.patch_size or PATCH_SIZE[modality], window, preset)
-
-    def as_dict(self) -> dict:
-        return {"method": self.method, "modality": self.modality, "patch_size": self.patch_size,
-                "window": list(self.window), "preset": self.preset, "unet": self.unet}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "DetectorConfig":
-        return cls(data["method"], data["modality"], int(data["patch_size"]), tuple(data["window"]),
-                   data.get("preset", "cpu-small"), data.get("unet", {}))
-
-
-class Detector:
-    """Base: subclasses implement `anomaly_maps`; scores reduce the maps (region, mean/top-k)."""
-
-    method: ClassVar[str]
-    patch_size: ClassVar[int | None] = None  # None: the modality's (96² CT, 128² MRI, as BTD)
-    ct_window: ClassVar[tuple[float, float]] = CT_WINDOW
-    trains_on_tampered: ClassVar[bool] = False
-
-    def __init__(self, config: DetectorConfig, options: ScoreOptions | None = None, source: str = ""):
-        self.config = config
-        self.options = options or ScoreOptions()
-        self.source = source
-
-    @classmethod
-    def from_state(cls, config: DetectorConfig, state: dict, options=None, source="", device=None) -> "Detector":
-        raise NotImplementedError
-
-    def anomaly_maps(self, patches01: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def scores_from_maps(self, maps: np.ndarray) -> np.ndarray:
-        return reduce_maps(maps, self.options)
-
-    def scores(self, patches01: np.ndarray) -> np.ndarray:
-        return self.scores_from_maps(self.anomaly_maps(patches01))
-
-
-class NetDetector(Detector):
-    """A detector around one torch network (in eval mode), trained by `medfake.training.fit` on `loss`."""
-
-    def __init__(self, config, net, options=None, source="", device=None):
-        super().__init__(config, options, source)
-        self.net = net.eval()
-
-    @classmethod
-    def build(cls, config: DetectorConfig) -> nn.Module:
-        raise NotImplementedError
-
-    @classmethod
-    def from_state(cls, config, state, options=None, source="", device=None):
-        net = cls.build(config)
-        try:
-            net.load_state_dict(state["model"], strict=True)
-        except (RuntimeError, KeyError) as exc:
-            raise MedfakeError(f"checkpoint weights do not fit a {config.method} detector "
-                               f"({' '.join(str(exc).split())[:160]})", source) from None
-        return cls(config, net, options, source, device)
-
-    @staticmethod
-    def loss(net, patches: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
-        """The training objective on a batch of [0, 1] patches (labels: 1 tampered, for supervised methods)."""
-        raise NotImplementedError
-
-    @staticmethod
-    def picture(net, real: np.ndarray, seed: int, sample_steps: int) -> tuple[np.ndarray, str] | None:
-        """What samples.png shows beside the training patches (None: nothing)."""
-        return None
 
 
 class BTDDetector(NetDetector):
@@ -129,7 +47,7 @@ class BTDDetector(NetDetector):
     @classmethod
     def build(cls, config):
         unet = {**config.unet, "dim_mults": tuple(config.unet["dim_mults"])} if "dim_mults" in config.unet else config.unet
-        return build_diffusion(config.preset, config.patch_size, channels=1, **unet)
+        return build_diffusion(config.preset, config.patch_size, channels=2 * config.context + 1, **unet)
 
     def anomaly_maps(self, patches01):
         return self.scorer.anomaly_maps(patches01)
@@ -144,6 +62,54 @@ class BTDDetector(NetDetector):
         generator = torch.Generator(device=net.device).manual_seed(seed)
         generated = net.ddim_sample(len(real), generator=generator).float().cpu().numpy()
         return generated, f"EMA samples ({sample_steps} DDIM steps)"
+
+
+class ForensicBTDDetector(BTDDetector):
+    """BTD in forensic mode: a lung window in float (no clamp: parenchyma and its noise are not erased), the
+    noise-prediction error at several small t with fixed noise draws, trained with t biased to small values,
+    and a two-sided score: |log(error in the centre disc / error in the ring around it)| — an in-painted
+    site that is too smooth and one that is too noisy both stand out from their own surroundings."""
+
+    method = "btd-forensic"
+    ct_window = (-1150.0, -350.0)
+    clip = False
+    steps = (1, 3, 10)  # the small t scored (the sigmoid schedule's σ_t ≈ 0.017–0.04 in [−1, 1] units)
+    inside_px, ring_px = 16, (24, 40)  # centre disc radius and ring radii (pixels of a 96² patch)
+    noise_seed = 0
+
+    @torch.inference_mode()
+    def anomaly_maps(self, patches01):
+        d, scorer = self.diffusion, self.scorer
+        generator = torch.Generator().manual_seed(self.noise_seed)
+        draws = [torch.randn((1,) + patches01.shape[1:], generator=generator) for _ in self.steps]
+
+        def error(x01):
+            x = x01.to(scorer.device, torch.float32) * 2 - 1
+            total = torch.zeros(x.shape[0], *x.shape[2:], device=scorer.device)
+            for t, noise in zip(self.steps, draws):
+                noise = noise.to(scorer.device).expand_as(x)
+                tt = torch.full((x.shape[0],), t, device=scorer.device, dtype=torch.long)
+                eps = scorer.net(d.q_sample(x, tt, noise).to(scorer.dtype).contiguous(memory_format=torch.channels_last), tt)
+                total += ((eps.float() - noise) ** 2).mean(dim=1)
+            return total / len(self.steps)
+
+        return batched(patches01, self.options.batch_size, error, (0,) + patches01.shape[2:])
+
+    def scores_from_maps(self, maps):
+        p = maps.shape[-1]
+        yy, xx = np.mgrid[:p, :p] - (p - 1) / 2
+        radius = np.hypot(yy, xx) * 96 / p
+        inside = maps[:, radius <= self.inside_px].mean(axis=1)
+        ring = maps[:, (radius >= self.ring_px[0]) & (radius <= self.ring_px[1])].mean(axis=1)
+        return np.abs(np.log(np.maximum(inside, 1e-12) / np.maximum(ring, 1e-12)))
+
+    @staticmethod
+    def loss(net, patches, labels, generator):
+        """DDPM loss with t = ⌊T·u³⌋: about a fifth of the samples at t ≤ 10 (uniform t: 1%)."""
+        u = torch.rand(patches.shape[0], generator=generator, device=patches.device)
+        t = (u ** 3 * net.num_timesteps).long().clamp(max=net.num_timesteps - 1)
+        noise = torch.randn(patches.shape, device=patches.device, generator=generator)
+        return net.p_losses(net.normalize(patches), t, noise)
 
 
 class DAEDetector(NetDetector):
@@ -226,8 +192,8 @@ class NoiseDetector(Detector):
 
 
 # the registry; config.METHODS lists the same names without importing torch (a test keeps them equal)
-DETECTORS: dict[str, type[Detector]] = {kind.method: kind for kind in
-                                        (BTDDetector, DAEDetector, NoiseDetector, ClassifierDetector)}
+DETECTORS: dict[str, type[Detector]] = {kind.method: kind for kind in (
+    BTDDetector, ForensicBTDDetector, DAEDetector, NoiseDetector, ClassifierDetector, *SCAN_LEVEL)}
 
 
 def detector_class(method: str) -> type[Detector]:
@@ -268,6 +234,11 @@ def load_detector(path, modality: str | None = None, options: ScoreOptions | Non
     `weights` = model (the online weights, as BTD) or ema. Keys a detector does not use (our resume state,
     the training loop's) are ignored."""
     path = Path(path)
+    if not path.exists() and str(path) in DETECTORS and DETECTORS[str(path)].training_free:
+        kind = DETECTORS[str(path)]  # a training-free detector by name, with its default settings
+        config = DetectorConfig.default(kind.method, modality or "ct")
+        config.params = kind.fit(None, 0)
+        return kind(config, options, kind.method)
     if path.is_dir():
         config_path, ckpt_path = path / CONFIG, path / CHECKPOINT
         if not config_path.exists() or not ckpt_path.exists():
@@ -276,7 +247,8 @@ def load_detector(path, modality: str | None = None, options: ScoreOptions | Non
         checkpoint = load_checkpoint(ckpt_path, trusted=False)
     else:
         checkpoint = load_checkpoint(path, trusted=False)
-        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model", checkpoint.get("noise_model")), dict):
+        if not isinstance(checkpoint, dict) or not (isinstance(checkpoint.get("model", checkpoint.get("noise_model")), dict)
+                                                    or "medfake_config" in checkpoint):
             raise MedfakeError("not a detector checkpoint (no 'model' state dict inside)", path)
         if "medfake_config" in checkpoint:
             config = DetectorConfig.from_dict(checkpoint["medfake_config"])

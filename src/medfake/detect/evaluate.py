@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from medfake.detect.detectors import Detector
-from medfake.detect.patches import modality_key, patches_at, to_unit
+from medfake.detect.patches import modality_key
 from medfake.detect.samples import (CLAIMS, Sample, genuine_samples, known_nodules, nodule_samples, removal_targets,
                                     tampered_samples)
 from medfake.detect.selfref import dense_fraction
@@ -66,8 +66,7 @@ def score_samples(samples: list[Sample], detectors: dict[str, Detector], progres
         for name, det in detectors.items():
             if det.config.modality != modality:
                 continue
-            unit = to_unit(scan, det.config.window)
-            scores[name][index] = det.scores(patches_at(unit, centres, det.config.patch_size, "btd"))
+            scores[name][index] = det.score_sites(scan, centres)
         if task is not None:
             progress.advance(task, len(index))
     return scores

@@ -26,15 +26,17 @@ def modality_key(scan_or_name) -> str:
     return "ct" if name.upper() == "CT" else "mri"
 
 
-def to_unit(scan: Scan, window: tuple[float, float] = CT_WINDOW) -> np.ndarray:
-    """The whole volume as float32 in [0, 1] (CT: HU window; MRI: per-scan percentile scaling)."""
+def to_unit(scan: Scan, window: tuple[float, float] = CT_WINDOW, clip: bool = True) -> np.ndarray:
+    """The whole volume as float32 in [0, 1] (CT: HU window; MRI: per-scan percentile scaling). With `clip`
+    off the window only scales: values beyond it keep their (float) distance, nothing is erased."""
     voxels = np.asarray(scan.voxels, dtype=np.float32)
     if modality_key(scan) == "ct":
         lo, hi = window
     else:
         lo, hi = (float(v) for v in np.percentile(voxels, (0.5, 99.5)))
         hi = hi if hi > lo else lo + 1.0
-    return np.clip((voxels - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    scaled = (voxels - lo) / (hi - lo)
+    return (np.clip(scaled, 0.0, 1.0) if clip else scaled).astype(np.float32)
 
 
 def btd_crop(plane: np.ndarray, y: int, x: int, size: int) -> np.ndarray:
@@ -54,12 +56,18 @@ def centred_crop(plane: np.ndarray, y: int, x: int, size: int, pad: float = 0.0)
     return cut_cube(plane, (y, x), (size, size), pad).astype(np.float32, copy=False)
 
 
-def patches_at(unit: np.ndarray, centres_zyx, size: int, protocol: str = "btd") -> np.ndarray:
-    """(N, 1, size, size) float32 patches from axial slices of a [0, 1] volume at z,y,x centres."""
+def slab_indices(z: int, context: int, depth: int) -> list[int]:
+    """Slices z−context … z+context (2.5-D input channels), repeating the edge slice beyond the volume."""
+    return [min(max(z + k, 0), depth - 1) for k in range(-context, context + 1)]
+
+
+def patches_at(unit: np.ndarray, centres_zyx, size: int, protocol: str = "btd", context: int = 0) -> np.ndarray:
+    """(N, 2·context + 1, size, size) float32 patches from axial slices of a [0, 1] volume at z,y,x centres."""
     crop = btd_crop if protocol == "btd" else centred_crop
-    out = np.empty((len(centres_zyx), 1, size, size), dtype=np.float32)
-    for i, (z, y, x) in enumerate(np.asarray(centres_zyx, dtype=int)):
-        out[i, 0] = crop(unit[z], int(y), int(x), size)
+    out = np.empty((len(centres_zyx), 2 * context + 1, size, size), dtype=np.float32)
+    for i, (z, y, x) in enumerate(np.asarray(centres_zyx, dtype=int).reshape(-1, 3)):
+        for c, k in enumerate(slab_indices(int(z), context, unit.shape[0])):
+            out[i, c] = crop(unit[k], int(y), int(x), size)
     return out
 
 
@@ -112,23 +120,25 @@ class PatchSampler:
     size: int
     flips: bool = True
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+    context: int = 0  # 2.5-D: neighbouring slices as channels
 
     def batch(self, n: int) -> np.ndarray:
-        out = np.empty((n, 1, self.size, self.size), dtype=np.float32)
+        out = np.empty((n, 2 * self.context + 1, self.size, self.size), dtype=np.float32)
         for i in range(n):
             vol = self.volumes[self.rng.integers(len(self.volumes))]
             z, y, x = vol.centres[self.rng.integers(len(vol.centres))]
-            patch = centred_crop(vol.unit[z], int(y), int(x), self.size)
+            patch = np.stack([centred_crop(vol.unit[k], int(y), int(x), self.size)
+                              for k in slab_indices(int(z), self.context, vol.unit.shape[0])])
             if self.flips and self.rng.random() < 0.5:
-                patch = patch[:, ::-1]
+                patch = patch[:, :, ::-1]
             if self.flips and self.rng.random() < 0.5:
-                patch = patch[::-1, :]
-            out[i, 0] = patch
+                patch = patch[:, ::-1, :]
+            out[i] = patch
         return out
 
 
 def training_volume(scan: Scan, name: str, size: int, window=CT_WINDOW, in_lung: bool = True,
-                    exclude_zyx=(), exclude_radius_mm: float = 20.0) -> Volume:
+                    exclude_zyx=(), exclude_radius_mm: float = 20.0, clip: bool = True) -> Volume:
     """Allowed centres: inside the lung mask for CT (if `in_lung`), else any pixel whose patch stays inside
     the slice; never near an excluded (tampered/nodule) location."""
     shape = scan.shape
@@ -147,4 +157,4 @@ def training_volume(scan: Scan, name: str, size: int, window=CT_WINDOW, in_lung:
     centres = np.argwhere(allowed[:, ::step, ::step]) * np.array([1, step, step])
     if len(centres) == 0:
         raise MedfakeError("no genuine patch centre left in this scan (all excluded or no lung)", scan.path)
-    return Volume(name, to_unit(scan, window), centres.astype(np.int32))
+    return Volume(name, to_unit(scan, window, clip), centres.astype(np.int32))

@@ -15,10 +15,14 @@ from scipy import ndimage
 
 from medfake.detect.config import ScreenOptions
 from medfake.detect.detectors import Detector
-from medfake.detect.patches import centred_crop, lung_mask_or_none, patches_at, to_unit
+from medfake.detect.patches import lung_mask_or_none, patches_at, to_unit
 from medfake.errors import MedfakeError
 from medfake.scan import Scan
 from medfake.stats import robust_sigma
+
+
+LUNG_WINDOW = (-1150.0, -350.0)  # what the patches of scan-level detectors show
+VIEW_PATCH = 64
 
 
 @dataclass
@@ -28,12 +32,18 @@ class LocationScore:
     score: float
 
 
-def score_locations(scan: Scan, detector: Detector, centres_zyx, protocol: str = "btd") -> tuple[list[LocationScore], np.ndarray, np.ndarray]:
-    """Scores of patches at z,y,x centres (BTD crops by default), with the patches and anomaly maps."""
+def score_locations(scan: Scan, detector: Detector, centres_zyx, protocol: str = "btd") -> tuple[list[LocationScore], np.ndarray, np.ndarray | None]:
+    """Scores at z,y,x centres, with the patches (BTD crops by default) and anomaly maps (None for scan-level
+    detectors, which score from the scan itself; their patches show the lung window)."""
     centres = [tuple(int(v) for v in scan.require_inside(c, "detection location")) for c in centres_zyx]
-    patches = patches_at(to_unit(scan, detector.config.window), centres, detector.config.patch_size, protocol)
-    maps = detector.anomaly_maps(patches)
-    scores = detector.scores_from_maps(maps)
+    if detector.scan_level:
+        scores = detector.score_sites(scan, centres)
+        patches = patches_at(to_unit(scan, LUNG_WINDOW), centres, VIEW_PATCH, protocol)
+        maps = None
+    else:
+        patches = detector.patches(detector.unit(scan), centres)
+        maps = detector.anomaly_maps(patches)
+        scores = detector.scores_from_maps(maps)
     rows = [LocationScore(c, tuple(float(v) for v in scan.voxel_to_world(c)), float(s)) for c, s in zip(centres, scores)]
     return rows, patches, maps
 
@@ -68,8 +78,10 @@ def screen_scan(scan: Scan, detector: Detector, progress=None, **options) -> Scr
         opts = ScreenOptions(**options)
     except TypeError as exc:
         raise MedfakeError(f"bad screening options ({exc})") from None
-    unit = to_unit(scan, detector.config.window)
-    region = screening_region(scan, unit)
+    region = screening_region(scan, to_unit(scan))
+    if detector.scan_level:
+        return screen_scan_level(scan, detector, region, opts)
+    unit = detector.unit(scan)
     size = detector.config.patch_size
     stride = opts.stride or size // 2
     batch_tiles = opts.batch_tiles
@@ -86,8 +98,8 @@ def screen_scan(scan: Scan, detector: Detector, progress=None, **options) -> Scr
     task = progress.add_task("screening", total=len(tiles), status="") if progress else None
     for start in range(0, len(tiles), batch_tiles):
         chunk = tiles[start: start + batch_tiles]
-        patches = np.stack([centred_crop(unit[slices[k]], y0 + size // 2, x0 + size // 2, size)[None]
-                            for k, y0, x0 in chunk])
+        patches = np.concatenate([patches_at(unit, [(slices[k], y0 + size // 2, x0 + size // 2)], size, "centred",
+                                             detector.config.context) for k, y0, x0 in chunk])
         for (k, y0, x0), amap in zip(chunk, detector.anomaly_maps(patches)):
             h, w = total[k, y0:y0 + size, x0:x0 + size].shape
             total[k, y0:y0 + h, x0:x0 + w] += amap[:h, :w]
@@ -102,6 +114,16 @@ def screen_scan(scan: Scan, detector: Detector, progress=None, **options) -> Scr
         volume = anomaly[nearest] * region
     findings = peaks(volume, region, scan, opts.top, opts.separation_mm)
     return Screening(volume, region, findings, findings[0].score if findings else 0.0, len(tiles), slices)
+
+
+def screen_scan_level(scan: Scan, detector: Detector, region: np.ndarray, opts: ScreenOptions) -> Screening:
+    """A scan-level detector's own 3-D map, standardised inside the lung like the tiled one."""
+    raw = detector.screen_map(scan, region, opts)
+    measured = region & np.isfinite(raw)
+    volume = np.where(measured, standardise(np.nan_to_num(raw), measured), 0.0).astype(np.float32)
+    findings = peaks(volume, measured, scan, opts.top, opts.separation_mm)
+    slices = [int(z) for z in np.flatnonzero(measured.any(axis=(1, 2)))]
+    return Screening(volume, region, findings, findings[0].score if findings else 0.0, 0, slices)
 
 
 def smooth_slices(maps: np.ndarray, spacing, smooth_mm: float) -> np.ndarray:

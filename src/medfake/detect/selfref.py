@@ -41,6 +41,10 @@ class SelfRefConfig:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "SelfRefConfig":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
 
 def band_stack(crop: Scan, config: SelfRefConfig) -> np.ndarray:
     """(bands, z, y, x) in-plane difference-of-Gaussian bands of a crop's HU (float, never clipped)."""
@@ -66,12 +70,13 @@ def _disc(reach, pixel, radius_mm: float) -> np.ndarray:
     return (yy * pixel[0]) ** 2 + (xx * pixel[1]) ** 2 <= radius_mm ** 2
 
 
-def site_features(scan: Scan, zyx, config: SelfRefConfig) -> np.ndarray:
-    """log(σ_inside/σ_ring) per band at one site (NaN where too few flat voxels were found)."""
+def site_features(scan: Scan, zyx, config: SelfRefConfig, bands_fn=band_stack) -> np.ndarray:
+    """log(σ_inside/σ_ring) per band at one site (NaN where too few flat voxels were found). `bands_fn(crop,
+    config)` gives the bands (default: difference-of-Gaussian bands of the HU; a learned residual's bands)."""
     outer = config.ring_mm[1] + 3 * max(config.bands_mm) + config.flat_margin_mm
     half = np.ceil(np.r_[config.slab_mm, outer, outer] / np.asarray(scan.spacing)).astype(int)
     crop = scan.crop(zyx, 2 * half + 1)
-    bands = band_stack(crop, config)
+    bands = bands_fn(crop, config)
     flat = flat_parenchyma(crop, config)
     zz, yy, xx = np.meshgrid(*(np.arange(n) - h for n, h in zip(crop.shape, half)), indexing="ij")
     radius = np.hypot(yy * crop.spacing[1], xx * crop.spacing[2])
@@ -103,11 +108,12 @@ def reference_sites(scan: Scan, avoid_zyx, config: SelfRefConfig, lung: np.ndarr
     return candidates[rng.choice(len(candidates), size=min(len(candidates), 6 * config.references), replace=False)]
 
 
-def calibration(scan: Scan, avoid_zyx, config: SelfRefConfig, lung=None) -> tuple[np.ndarray, np.ndarray]:
+def calibration(scan: Scan, avoid_zyx, config: SelfRefConfig, lung=None,
+                bands_fn=band_stack) -> tuple[np.ndarray, np.ndarray]:
     """Median and robust spread of each band's feature over this scan's own reference positions."""
     rows = []
     for zyx in reference_sites(scan, avoid_zyx, config, lung):
-        features = site_features(scan, zyx, config)
+        features = site_features(scan, zyx, config, bands_fn)
         if np.all(np.isfinite(features)):
             rows.append(features)
         if len(rows) == config.references:
@@ -118,15 +124,16 @@ def calibration(scan: Scan, avoid_zyx, config: SelfRefConfig, lung=None) -> tupl
     return np.median(rows, axis=0), np.maximum([robust_sigma(c) for c in rows.T], 1e-3)
 
 
-def score_sites(scan: Scan, sites_zyx, config: SelfRefConfig | None = None, lung=None) -> np.ndarray:
+def score_sites(scan: Scan, sites_zyx, config: SelfRefConfig | None = None, lung=None,
+                bands_fn=band_stack) -> np.ndarray:
     """Σ_b z_b² per site (higher = less like this scan's genuine lung); a site without enough flat
     parenchyma around it scores by the bands it has, or 0 when it has none."""
     config = config or SelfRefConfig()
     sites = np.asarray(sites_zyx, dtype=int).reshape(-1, 3)
-    centre, spread = calibration(scan, sites, config, lung)
+    centre, spread = calibration(scan, sites, config, lung, bands_fn)
     scores = []
     for zyx in sites:
-        z = (site_features(scan, zyx, config) - centre) / spread
+        z = (site_features(scan, zyx, config, bands_fn) - centre) / spread
         scores.append(float(np.nansum(z ** 2)) if np.isfinite(z).any() else 0.0)
     return np.asarray(scores)
 

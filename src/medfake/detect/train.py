@@ -21,7 +21,7 @@ import torch
 from medfake.data.cohort import location_voxel, locations_for, scan_paths
 from medfake.detect.config import DetectorTrainConfig
 from medfake.detect.detectors import CHECKPOINT, CONFIG, DetectorConfig, NetDetector, detector_class
-from medfake.detect.patches import PatchSampler, Volume, centred_crop, modality_key, to_unit, training_volume
+from medfake.detect.patches import PatchSampler, Volume, modality_key, patches_at, to_unit, training_volume
 from medfake.errors import MedfakeError
 from medfake.io import load_scan
 from medfake.io.atomic import check_destination
@@ -80,7 +80,7 @@ def load_volumes(scans, det: DetectorConfig, config: DetectorTrainConfig, exclud
         excluded = [location_voxel(scan, loc) for loc in locations_for(path, scan, table) if scan.contains(
             scan.world_to_continuous(loc.coords) if loc.system == "world" else loc.coords)]
         volumes.append(training_volume(scan, str(path), det.patch_size, det.window, config.in_lung, excluded,
-                                       config.exclude_radius_mm))
+                                       config.exclude_radius_mm, det.clip))
         if task is not None:
             progress.advance(task)
     return volumes
@@ -96,8 +96,9 @@ def tampered_patches(manifest, det: DetectorConfig) -> np.ndarray:
     for row in rows:
         path = Path(row.output) if Path(row.output).is_absolute() else manifest.parent / row.output
         if path not in cache:
-            cache = {path: to_unit(load_scan(path), det.window)}
-        out.append(centred_crop(cache[path][row.voxel_z], row.voxel_y, row.voxel_x, det.patch_size)[None])
+            cache = {path: to_unit(load_scan(path), det.window, det.clip)}
+        out.append(patches_at(cache[path], [(row.voxel_z, row.voxel_y, row.voxel_x)], det.patch_size, "centred",
+                              det.context)[0])
     return np.stack(out)
 
 
@@ -121,7 +122,8 @@ class DetectorTraining:
         rank = accelerator.process_index
         net = self.kind.build(self.det)  # initial weights from the global RNG the loop seeded
         self.generator = training_generator(accelerator.device, self.config.seed, rank)
-        self.sampler = PatchSampler(self.volumes, self.det.patch_size, rng=np.random.default_rng(self.config.seed + rank))
+        self.sampler = PatchSampler(self.volumes, self.det.patch_size, rng=np.random.default_rng(self.config.seed + rank),
+                                    context=self.det.context)
         opt = torch.optim.Adam(net.parameters(), lr=self.config.lr, betas=(0.9, 0.99))
         self.net, self.opt = accelerator.prepare(net, opt)
         self.ema = EMA(accelerator.unwrap_model(self.net), self.config.ema_decay, self.config.ema_every,
@@ -178,7 +180,8 @@ class DetectorTraining:
         n = self.config.samples
         if n <= 0:
             return
-        real = PatchSampler(self.volumes, self.det.patch_size, rng=np.random.default_rng(self.config.seed)).batch(n)
+        real = PatchSampler(self.volumes, self.det.patch_size, rng=np.random.default_rng(self.config.seed),
+                            context=self.det.context).batch(n)
         picture = self.kind.picture(self.ema.model, real, self.config.seed, self.config.sample_steps)
         if picture is not None:
             images, title = picture
@@ -212,6 +215,15 @@ def fit_statistics(out: Path, det: DetectorConfig, config: DetectorTrainConfig, 
                                               "medfake_config": det.as_dict()})
 
 
+def write_settings(out: Path, det: DetectorConfig, config: DetectorTrainConfig) -> Path:
+    """A training-free detector's run folder: its settings only (config.json, a checkpoint that holds them)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG).write_text(json.dumps(run_config(det, config), indent=2))
+    write_run_record(out, run_config(det, config), config.seed)
+    save_checkpoint(out / CHECKPOINT, {"step": 0, "version": VERSION, "medfake_config": det.as_dict()})
+    return out
+
+
 def run_config(det: DetectorConfig, config: DetectorTrainConfig) -> dict:
     return {**det.as_dict(), "train": asdict(config)}
 
@@ -235,8 +247,16 @@ def train_detector(scans, out, config: DetectorTrainConfig, exclude=None, tamper
     kind = detector_class(config.method)
     det = DetectorConfig.default(config.method, config.modality, config.preset)
     det.patch_size = config.patch_size or det.patch_size
+    det.context = det.context if config.context is None else int(config.context)
     if kind.trains_on_tampered and tampered is None:
         raise MedfakeError(f"the {config.method} detector needs tampered examples (--tampered MANIFEST)")
+    if kind.scan_level and config.modality != "ct":
+        raise MedfakeError(f"the {config.method} detector measures CT lung parenchyma; it has no {config.modality.upper()} mode")
+    if kind.scan_level:
+        det.params = kind.fit(None, config.seed)  # the self-referenced statistics' settings
+    if kind.training_free:
+        check_run_folder(out, det, resume)
+        return write_settings(out, det, config)
     check_run_folder(out, det, resume)
     with progress_bar(transient=True, disable=not show_progress) as progress:
         volumes = load_volumes(scans, det, config, exclude, progress)

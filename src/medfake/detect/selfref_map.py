@@ -1,0 +1,105 @@
+"""The self-referenced statistics as a dense 3-D map, for screening a whole scan.
+
+The same features as `selfref.site_features` at every point of a coarse in-plane grid (≈ `step_mm`): for each
+band, σ inside a disc of `inside_mm` and in the ring `ring_mm`, over the slices within `slab_mm`, on flat
+parenchyma only. σ here is the RMS (sums of squares convolve; the site scorer's median-based σ does not), and
+the calibration is the scan's own distribution of the feature over its lung: the map is Σ_b z_b².
+Slices are processed in chunks (every filter is in-plane), so memory stays bounded on a 512×512×300 CT.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage, signal
+
+from medfake.detect.selfref import SelfRefConfig, band_stack, flat_parenchyma
+from medfake.scan import Scan
+from medfake.stats import robust_sigma
+
+CHUNK = 12  # slices per chunk
+
+
+def _pool(volume: np.ndarray, factor: int) -> np.ndarray:
+    """Sums over factor×factor in-plane blocks (zero-padded to a multiple of factor)."""
+    z, y, x = volume.shape
+    ny, nx = -(-y // factor), -(-x // factor)
+    padded = np.zeros((z, ny * factor, nx * factor), volume.dtype)
+    padded[:, :y, :x] = volume
+    return padded.reshape(z, ny, factor, nx, factor).sum(axis=(2, 4))
+
+
+def _kernels(pixel_mm: float, config: SelfRefConfig) -> tuple[np.ndarray, np.ndarray]:
+    reach = int(np.ceil(config.ring_mm[1] / pixel_mm))
+    yy, xx = np.mgrid[-reach: reach + 1, -reach: reach + 1] * pixel_mm
+    radius = np.hypot(yy, xx)
+    disc = (radius <= config.inside_mm).astype(np.float32)
+    ring = ((radius >= config.ring_mm[0]) & (radius <= config.ring_mm[1])).astype(np.float32)
+    return disc, ring
+
+
+def pooled_energies(scan: Scan, box: tuple[slice, slice, slice], config: SelfRefConfig, factor: int,
+                    bands_fn=band_stack, halo: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(bands, z, y', x') pooled squared bands on flat parenchyma, and (z, y', x') pooled flat counts."""
+    energy, counts = [], []
+    zs = range(box[0].start, box[0].stop)
+    for z0 in range(zs.start, zs.stop, CHUNK):
+        z1 = min(z0 + CHUNK, zs.stop)
+        lo, hi = max(0, z0 - halo), min(scan.shape[0], z1 + halo)
+        crop = scan.crop_box((lo, box[1].start, box[2].start), (hi, box[1].stop, box[2].stop))
+        keep = slice(z0 - lo, z0 - lo + (z1 - z0))
+        bands = bands_fn(crop, config)[:, keep]
+        flat = flat_parenchyma(crop, config)[keep].astype(np.float32)
+        energy.append(np.stack([_pool(b.astype(np.float32) ** 2 * flat, factor) for b in bands]))
+        counts.append(_pool(flat, factor))
+    return np.concatenate(energy, axis=1), np.concatenate(counts, axis=0)
+
+
+def dense_features(energy: np.ndarray, counts: np.ndarray, spacing_z: float, pixel_mm: float,
+                   config: SelfRefConfig) -> np.ndarray:
+    """(bands, z, y', x') log(σ_inside/σ_ring), NaN where inside or ring has too few flat voxels."""
+    size = 2 * int(config.slab_mm // spacing_z) + 1
+    slab = lambda a: ndimage.uniform_filter1d(a, size, axis=-3, mode="constant") * size  # noqa: E731
+    disc, ring = _kernels(pixel_mm, config)
+    conv = lambda a, k: signal.fftconvolve(a, k[None], mode="same", axes=(-2, -1))  # noqa: E731
+    n = slab(counts)
+    n_in, n_ring = conv(n, disc), conv(n, ring)
+    valid = (n_in >= config.min_voxels) & (n_ring >= config.min_voxels)
+    out = np.full(energy.shape, np.nan, np.float32)
+    for b, e in enumerate(energy):
+        e = slab(e)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = (conv(e, disc) / np.maximum(n_in, 1)) / (conv(e, ring) / np.maximum(n_ring, 1))
+            out[b][valid] = 0.5 * np.log(np.maximum(ratio[valid], 1e-12))
+    return out
+
+
+def selfref_map(scan: Scan, region: np.ndarray, config: SelfRefConfig | None = None, bands_fn=band_stack,
+                step_mm: float = 2.0, halo: int = 0) -> np.ndarray:
+    """(z, y, x) float32 map Σ_b z_b² on the scan's grid: NaN outside the region or where unmeasured."""
+    config = config or SelfRefConfig()
+    out = np.full(scan.shape, np.nan, np.float32)
+    if not region.any():
+        return out
+    pixel = float(np.mean(scan.spacing[1:]))
+    factor = max(1, int(round(step_mm / pixel)))
+    reach = int(np.ceil((config.ring_mm[1] + 3 * max(config.bands_mm) + config.flat_margin_mm) / pixel))
+    lo = np.argwhere(region).min(axis=0)
+    hi = np.argwhere(region).max(axis=0) + 1
+    box = (slice(int(lo[0]), int(hi[0])), slice(max(0, int(lo[1]) - reach), min(scan.shape[1], int(hi[1]) + reach)),
+           slice(max(0, int(lo[2]) - reach), min(scan.shape[2], int(hi[2]) + reach)))
+    energy, counts = pooled_energies(scan, box, config, factor, bands_fn, halo)
+    features = dense_features(energy, counts, float(scan.spacing[0]), pixel * factor, config)
+    inside = _pool(region[box].astype(np.float32), factor) > 0.5 * factor ** 2
+    usable = inside & np.all(np.isfinite(features), axis=0)
+    if usable.sum() < 8:
+        return out
+    centre = np.array([np.median(f[usable]) for f in features])
+    spread = np.maximum([robust_sigma(f[usable]) for f in features], 1e-3)
+    z = (features - centre[:, None, None, None]) / spread[:, None, None, None]
+    finite = np.isfinite(z).any(axis=0)
+    score = np.where(finite & inside, np.nansum(z ** 2, axis=0), np.nan).astype(np.float32)
+    full = np.repeat(np.repeat(score, factor, axis=1), factor, axis=2)
+    shape = (box[1].stop - box[1].start, box[2].stop - box[2].start)
+    out[box] = full[:, : shape[0], : shape[1]]
+    out[~region] = np.nan
+    return out
