@@ -139,7 +139,7 @@ def train_detectors(cells: Cells, config: dict, train_dir: str, train_manifest: 
     for method, options in config["detectors"].items():
         def fit(folder: Path, method=method, options=dict(options or {})):
             cfg = DetectorTrainConfig(method=method, modality="ct", seed=config["seed"],
-                                      samples=4 if method == "btd" else 0, **options)
+                                      samples=4 if method.startswith("btd") else 0, **options)
             tampered = Path(train_manifest) if train_manifest else None  # used by detectors that train on fakes
             train_detector([Path(train_dir)], folder / "run", cfg, tampered=tampered)
             return str(folder / "run")
@@ -150,10 +150,10 @@ def train_detectors(cells: Cells, config: dict, train_dir: str, train_manifest: 
 
 def evaluate_detectors(cells: Cells, config: dict, manifest: str, detector_runs: dict, test_scans: list[dict]) -> dict:
     from medfake.detect.detectors import load_detector
-    from medfake.detect.evaluate import evaluate, genuine_samples, tampered_samples
+    from medfake.detect.evaluate import evaluate
 
     def run(folder: Path):
-        samples = balanced_samples(Path(manifest), test_scans, config["seed"], tampered_samples, genuine_samples)
+        samples = balanced_samples(Path(manifest), test_scans, config["seed"])
         detectors = {name: load_detector(path) for name, path in detector_runs.items()}
         evaluate(samples, detectors, folder / "evaluation")
         return {"folder": str(folder / "evaluation"),
@@ -162,33 +162,37 @@ def evaluate_detectors(cells: Cells, config: dict, manifest: str, detector_runs:
     return cells.run("evaluate", run)
 
 
-def balanced_samples(manifest: Path, test_scans: list[dict], seed: int, tampered_samples, genuine_samples):
-    """Every tampered location, plus as many genuine ones: the same places in the untouched scans first
-    (real nodules for removals: a detector must not flag genuine nodules), topped up with random lung sites."""
+def balanced_samples(manifest: Path, test_scans: list[dict], seed: int):
+    """Every tampered location and the same places in the untouched scans (secondary rows; the real nodules
+    before a removal are also the injections' headline negatives), plus nodule-free genuine lung of the test
+    scans — matched to the removal sites first, kept away from every known nodule — at least as many as there
+    are removals (the removals' headline negatives)."""
+    from medfake.detect.samples import genuine_samples, known_nodules, removal_targets, tampered_samples
+
     samples = tampered_samples(manifest, paired=True)
-    positives = [s for s in samples if s.label]
-    genuine, seen = [], set()
-    for s in samples:
-        if not s.label and (str(s.scan), s.zyx) not in seen:
-            seen.add((str(s.scan), s.zyx))
-            genuine.append(s)
-    missing = len(positives) - len(genuine)
-    if missing > 0:
-        per_scan = int(np.ceil(missing / len(test_scans)))
-        extra = []
-        for scan in test_scans:
-            extra += genuine_samples(Path(scan["path"]), per_scan, seed)
-        genuine += [s for s in extra if (str(s.scan), s.zyx) not in seen][:missing]
-    return positives + genuine
+    removals = sum(1 for s in samples if s.label and s.action == "remove")
+    per_scan = max(4, int(np.ceil(max(removals, 1) / max(1, len(test_scans)))))
+    avoid, targets = known_nodules(samples), removal_targets(samples)
+    for scan in test_scans:
+        samples += genuine_samples(Path(scan["path"]), per_scan, seed, avoid=avoid, targets=targets)
+    return samples
+
+
+SCREENING_PREFERENCE = ("selfref", "residual", "btd-forensic", "btd")  # best first (benchmarks/detect_quality.py)
+
+
+def screening_detector(detector_runs: dict) -> str | None:
+    return next((m for m in SCREENING_PREFERENCE if m in detector_runs), None)
 
 
 def screen_real(cells: Cells, config: dict, manifest: str, detector_runs: dict) -> list[dict]:
-    """Screen the tampered real scans with BTD: is the tampered place among the top findings?"""
+    """Screen the tampered real scans with the best detector run: is the tampered place among the top findings?"""
     from medfake.detect.detectors import load_detector
     from medfake.detect.report import detect_screen
     from medfake.io import load_scan
 
-    if "btd" not in detector_runs:
+    method = screening_detector(detector_runs)
+    if method is None:
         return []
     spec = config.get("screen", {})
     rows = read_manifest(Path(manifest))
@@ -198,11 +202,13 @@ def screen_real(cells: Cells, config: dict, manifest: str, detector_runs: dict) 
     for k, output in enumerate(outputs):
         def run(folder: Path, output=output):
             scan = load_scan(output)
-            result = detect_screen(scan, load_detector(detector_runs["btd"]), folder / "screen",
-                                   **spec.get("options", {}))
+            detector = load_detector(detector_runs[method])
+            options = {k: v for k, v in spec.get("options", {}).items()
+                       if not detector.scan_level or k not in ("stride", "slice_step", "batch_tiles")}
+            result = detect_screen(scan, detector, folder / "screen", **options)
             truth = [r for r in rows if r.output == output]
             ranks = [screen_rank(result.findings, scan, (t.voxel_z, t.voxel_y, t.voxel_x)) for t in truth]
-            return {"output": output, "folder": str(folder / "screen"), "scan_score": result.scan_score,
+            return {"output": output, "folder": str(folder / "screen"), "scan_score": result.scan_score, "detector": method,
                     "ranks": ranks, "actions": [f"{t.action}/{t.method}" for t in truth]}
 
         jobs[f"screen-{k}"] = run

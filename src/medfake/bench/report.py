@@ -15,16 +15,23 @@ CROP_MM = 60.0
 
 
 def auc_rows(evaluation: dict) -> list[list]:
-    """One row per (subset, detector): AUC with its DeLong 95% interval and the sample counts."""
+    """One row per (subset, detector): AUC with its DeLong 95% interval, the sample counts, the row's kind, the
+    content-only baseline's AUC beside it (and whether the row's classes still differ in content), Pd@1% FAR."""
     rows = []
     for subset, entry in evaluation.get("subsets", {}).items():
+        meta = evaluation.get("rows", {}).get(subset, {})
+        baseline = meta.get("content_baseline", {}).get("auc")
         for detector, auc in entry.items():
             low, high = auc["ci95"]
-            rows.append([subset, detector, auc["auc"], low, high, auc["n_tampered"], auc["n_genuine"]])
+            rows.append([subset, detector, auc["auc"], low, high, auc["n_tampered"], auc["n_genuine"],
+                         meta.get("kind", ""), baseline, bool(meta.get("content_differs")), auc.get("pd_at_1pct_far")])
     return rows
 
 
-AUC_HEADER = ["subset (action-method-modality)", "detector", "AUC", "95% CI low", "95% CI high", "tampered", "genuine"]
+AUC_KEYS = ("subset", "detector", "auc", "low", "high", "n_pos", "n_neg", "kind", "content_baseline",
+            "content_differs", "pd_at_1pct_far")
+AUC_HEADER = ["subset (action-method-modality)", "detector", "AUC", "95% CI low", "95% CI high", "tampered", "genuine",
+              "kind", "content-only baseline AUC", "content differs", "Pd @ 1% FAR"]
 
 
 def results_summary(matrix: dict) -> dict:
@@ -34,7 +41,7 @@ def results_summary(matrix: dict) -> dict:
     ranks = [r for s in screening for r in s["ranks"]]
     return {
         "name": matrix["config"].get("name", "bench"),
-        "auc": [dict(zip(("subset", "detector", "auc", "low", "high", "n_pos", "n_neg"), r)) for r in auc_rows(evaluation)],
+        "auc": [dict(zip(AUC_KEYS, r)) for r in auc_rows(evaluation)],
         "counts": matrix["evaluation"]["counts"],
         "cad_success": {action: _rate([v["success"] for v in cad if v["action"] == action]) for action in ("inject", "remove")},
         "screening_top3": _rate([r is not None and r <= 3 for r in ranks]),
@@ -45,8 +52,7 @@ def results_summary(matrix: dict) -> dict:
 
 
 def auc_table(summary: dict, only_all_methods: bool = False) -> list[list]:
-    return [[a["subset"], a["detector"], a["auc"], a["low"], a["high"], a["n_pos"], a["n_neg"]]
-            for a in summary["auc"] if not only_all_methods or "-all-" in a["subset"]]
+    return [[a.get(k) for k in AUC_KEYS] for a in summary["auc"] if not only_all_methods or "-all-" in a["subset"]]
 
 
 def _rate(flags: list[bool]) -> float | None:
@@ -57,9 +63,14 @@ def markdown(summary: dict) -> str:
     lines = [f"# {summary['name']}: results", "", "| " + " | ".join(AUC_HEADER) + " |",
              "|" + "---|" * len(AUC_HEADER)]
     for a in summary["auc"]:
+        baseline = "–" if a.get("content_baseline") is None else f"{a['content_baseline']:.3f}"
+        pd = "–" if a.get("pd_at_1pct_far") is None else f"{a['pd_at_1pct_far']:.2f}"
         lines.append(f"| {a['subset']} | {a['detector']} | {a['auc']:.3f} | {a['low']:.3f} | {a['high']:.3f} | "
-                     f"{a['n_pos']} | {a['n_neg']} |")
-    lines += ["", f"CAD success: inject {summary['cad_success']['inject']}, remove {summary['cad_success']['remove']}",
+                     f"{a['n_pos']} | {a['n_neg']} | {a.get('kind', '')} | {baseline} | "
+                     f"{'yes' if a.get('content_differs') else 'no'} | {pd} |")
+    lines += ["", "Headline rows compare like with like (injected vs genuine nodules, removals vs genuine nodule-free "
+              "lung); the content-only baseline (dense fraction at the site) should sit near 0.5 there.",
+              "", f"CAD success: inject {summary['cad_success']['inject']}, remove {summary['cad_success']['remove']}",
               f"Screening: tampered place in the top 3 findings: {summary['screening_top3']}",
               f"Total compute: {summary['total_s']} s", ""]
     return "\n".join(lines)
@@ -134,7 +145,7 @@ def build_sections(matrix: dict, summary: dict, max_locations: int = 12) -> list
         ["tampered / genuine locations scored", f"{summary['counts'].get('tampered')} / {summary['counts'].get('genuine')}"],
         ["CAD success, injection (nodule found after, not before)", summary["cad_success"]["inject"]],
         ["CAD success, removal (nodule found before, not after)", summary["cad_success"]["remove"]],
-        ["screening: tampered place in BTD's top 3", summary["screening_top3"]],
+        ["screening: tampered place in the screening detector's top 3", summary["screening_top3"]],
         ["total compute (s)", summary["total_s"]]])
 
     locations = Section("locations", "Tampered locations")

@@ -25,9 +25,10 @@ from medfake.detect.patches import modality_key
 from medfake.detect.samples import (CLAIMS, Sample, genuine_samples, known_nodules, nodule_samples, removal_targets,
                                     tampered_samples)
 from medfake.detect.selfref import dense_fraction
+from medfake.errors import MedfakeError
 from medfake.io import load_scan
 from medfake.io.atomic import atomic_dir
-from medfake.stats import delong_auc, plot_roc, roc_curve
+from medfake.stats import delong_auc, delong_paired_test, plot_roc, roc_curve
 
 __all__ = ["CONTENT_BASELINE", "Sample", "evaluate", "evaluation_samples", "genuine_samples", "rows",
            "score_samples", "tampered_samples"]
@@ -66,7 +67,11 @@ def score_samples(samples: list[Sample], detectors: dict[str, Detector], progres
         for name, det in detectors.items():
             if det.config.modality != modality:
                 continue
-            scores[name][index] = det.score_sites(scan, centres)
+            try:
+                scores[name][index] = det.score_sites(scan, centres)
+            except MedfakeError:  # e.g. too little flat lung to calibrate a scan-level detector: not scored
+                if not det.scan_level:
+                    raise
         if task is not None:
             progress.advance(task, len(index))
     return scores
@@ -77,16 +82,18 @@ def rows(samples: list[Sample]) -> dict[str, tuple[np.ndarray, str]]:
     groups = defaultdict(list)
     for i, s in enumerate(samples):
         if s.label:
-            groups[(s.action, s.method, s.modality)].append(i)
-            groups[(s.action, "all", s.modality)].append(i)
+            for group in {"", s.group}:
+                groups[(s.action, s.method, s.modality, group)].append(i)
+                groups[(s.action, "all", s.modality, group)].append(i)
     genuine = [(i, s) for i, s in enumerate(samples) if not s.label]
     out = {}
-    for (action, method, modality), pos in sorted(groups.items()):
-        claimed = [i for i, s in genuine if s.modality == modality and s.content == CLAIMS[action]]
-        before = [i for i, s in genuine if s.modality == modality and s.origin == "before" and s.action == action
-                  and method in ("all", s.method)]
-        for name, neg, kind in ((f"{action}-{method}-{modality}", claimed, "headline"),
-                                (f"{action}-vs-before-{method}-{modality}", before, "secondary")):
+    for (action, method, modality, group), pos in sorted(groups.items()):
+        mine = [(i, s) for i, s in genuine if s.modality == modality and group in ("", s.group)]
+        claimed = [i for i, s in mine if s.content == CLAIMS[action]]
+        before = [i for i, s in mine if s.origin == "before" and s.action == action and method in ("all", s.method)]
+        suffix = f"-{group}" if group else ""
+        for name, neg, kind in ((f"{action}-{method}-{modality}{suffix}", claimed, "headline"),
+                                (f"{action}-vs-before-{method}-{modality}{suffix}", before, "secondary")):
             if neg:
                 out[name] = (np.asarray(pos + neg), kind)
     return out
@@ -112,6 +119,7 @@ def evaluate(samples: list[Sample], detectors: dict[str, Detector], out: Path, o
                 fpr, tpr, _ = roc_curve(labels[valid], scores[name][valid])
                 entry[name] = {**auc.as_dict(), "pd_at_1pct_far": float(tpr[fpr <= PD_FAR].max())}
                 curves[name] = (fpr, tpr, f"{name}: {auc.auc:.3f} [{auc.low:.3f}, {auc.high:.3f}]")
+            add_paired_tests(entry, labels, scores, index)
             baseline = entry.pop(CONTENT_BASELINE)
             results["rows"][row] = {"kind": kind, "n_tampered": baseline["n_tampered"],
                                     "n_genuine": baseline["n_genuine"], "content_baseline": baseline,
@@ -124,13 +132,26 @@ def evaluate(samples: list[Sample], detectors: dict[str, Detector], out: Path, o
     return results
 
 
+def add_paired_tests(entry: dict, labels, scores, index, reference: str = "btd") -> None:
+    """Each detector's paired DeLong test against BTD on the sites both scored (p-value, AUC difference)."""
+    if reference not in entry:
+        return
+    for name in entry:
+        if name in (reference, CONTENT_BASELINE):
+            continue
+        both = index[np.isfinite(scores[name][index]) & np.isfinite(scores[reference][index])]
+        if len(np.unique(labels[both])) == 2:
+            diff, p = delong_paired_test(labels[both], scores[name][both], scores[reference][both])
+            entry[name]["vs_btd"] = {"auc_difference": diff, "p": p}
+
+
 def write_sample_scores(samples, scores, path: Path) -> None:
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["scan", "voxel_z", "voxel_y", "voxel_x", "label", "action", "method", "modality", "content",
-                         "origin", *scores])
+                         "origin", "group", *scores])
         for i, s in enumerate(samples):
-            writer.writerow([str(s.scan), *s.zyx, s.label, s.action, s.method, s.modality, s.content, s.origin,
+            writer.writerow([str(s.scan), *s.zyx, s.label, s.action, s.method, s.modality, s.content, s.origin, s.group,
                              *(f"{scores[n][i]:.8g}" for n in scores)])
 
 

@@ -43,6 +43,7 @@ class Sample:
     modality: str = ""
     content: str = ""  # nodule | lung
     origin: str = ""  # tampered | before | table | matched | random
+    group: str = ""  # optional cohort label (e.g. real | synthetic): rows are also reported per group
 
 
 def _resolve(base: Path, name: str) -> Path:
