@@ -66,7 +66,7 @@ def test_dae_and_supervised_train_and_detect_through_the_cli(lung1, lung1_file, 
 def test_registry_names_every_method_once():
     # config.METHODS (torch-free, for the CLI) must list exactly the registry's detectors
     assert tuple(DETECTORS) == METHODS
-    assert [m for m, kind in DETECTORS.items() if kind.trains_on_tampered] == ["supervised"]
+    assert [m for m, kind in DETECTORS.items() if kind.trains_on_tampered] == ["supervised", "supervised-residual"]
     assert [m for m, kind in DETECTORS.items() if not issubclass(kind, NetDetector)] == ["noise", "selfref"]
     assert [m for m, kind in DETECTORS.items() if kind.scan_level] == ["selfref", "residual"]
 

@@ -128,3 +128,27 @@ def test_training_free_and_mismatched_inputs_are_one_line_errors(lung1_file, tmp
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err and err.startswith("error:")
+
+
+def test_supervised_on_residuals_keeps_real_nodules_among_its_negatives(lung1, lung1_file, blatant, tmp_path):
+    from medfake.detect.detectors import DetectorConfig
+    from medfake.detect.train import nodule_patches
+
+    sites, fake = blatant
+    save_scan(fake, tmp_path / "fake.npz", format="npz")
+    rows = [ManifestRow(str(lung1_file), "fake.npz", *fake.voxel_to_world(s), *s, "inject", "smooth", "none", "{}", "")
+            for s in sites[:5]]
+    rows.append(ManifestRow(str(lung1_file), "fake.npz", *fake.voxel_to_world(NODULE), *NODULE, "remove", "smooth",
+                            "none", "{}", ""))
+    append_manifest(rows, tmp_path / "manifest.csv")
+    config = DetectorTrainConfig(method="supervised-residual", steps=40, batch_size=16, lr=1e-3, save_every=1000,
+                                 samples=0)
+    det = DetectorConfig.default("supervised-residual", "ct")
+    nodules = nodule_patches([lung1_file], None, tmp_path / "manifest.csv", det)
+    assert nodules.shape == (1, 1, 64, 64) and nodules[0, 0, 32, 32] > 1.0  # lung1's real nodule, unclipped
+    run = train_detector([lung1_file], tmp_path / "sup", config, tampered=tmp_path / "manifest.csv", show_progress=False)
+    detector = load_detector(run)
+    held_out = sites[5:]
+    genuine, tampered = detector.score_sites(lung1, held_out), detector.score_sites(fake, held_out)
+    assert np.all((genuine > 0) & (genuine < 1))
+    assert auc_score(np.r_[np.zeros(5), np.ones(5)], np.r_[genuine, tampered]) >= 0.8

@@ -73,6 +73,7 @@ class Detector:
     context: ClassVar[int] = 0
     clip: ClassVar[bool] = True
     trains_on_tampered: ClassVar[bool] = False
+    nodules_as_negatives: ClassVar[bool] = False  # genuine nodules are drawn among the training negatives
     scan_level: ClassVar[bool] = False
     training_free: ClassVar[bool] = False
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from medfake.errors import MedfakeError
 
 # the registry's names (detectors.DETECTORS)
-METHODS = ("btd", "btd-forensic", "dae", "noise", "supervised", "selfref", "residual")
+METHODS = ("btd", "btd-forensic", "dae", "noise", "supervised", "supervised-residual", "selfref", "residual")
 # `medfake train detector` without --method: the best detector on benchmarks/detect_quality.py (README)
 BEST_METHOD = "selfref"
 MODALITIES = ("ct", "mri")

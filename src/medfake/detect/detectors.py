@@ -5,6 +5,7 @@
 - `dae`: denoising-autoencoder reconstruction error (unsupervised);
 - `noise`: noise-residual statistics (unsupervised, fitted rather than trained);
 - `supervised`: a CNN trained on tampered examples (upper bound; needs tampered training data);
+- `supervised-residual`: a CNN on high-pass residuals, real nodules among its negatives;
 - `selfref`, `residual`: scan-level detectors (`detect.scanlevel`): self-referenced local statistics,
   training-free or on a learned noise residual.
 
@@ -30,6 +31,7 @@ from medfake.detect.noise import NOISE_WINDOW, NoiseStatistics, fit_noise_statis
 from medfake.errors import MedfakeError
 from medfake.nn import autoencoder
 from medfake.nn.ddpm import build_diffusion
+from medfake.nn.dncnn import HighPass
 from medfake.training import load_checkpoint
 
 CONFIG = "config.json"
@@ -168,6 +170,21 @@ class ClassifierDetector(NetDetector):
         return F.binary_cross_entropy_with_logits(net(patches)[:, 0], labels.to(patches.device))
 
 
+class ResidualClassifierDetector(ClassifierDetector):
+    """Supervised on residuals: a fixed high-pass (x − 5×5 local mean) in a lung window without clip, then the
+    classifier; trained with real nodules among its negatives (`--exclude` table rows and the sites before each
+    removal of `--tampered`), so "there is a nodule" cannot be what it learns."""
+
+    method = "supervised-residual"
+    ct_window = (-1150.0, -350.0)
+    clip = False
+    nodules_as_negatives = True
+
+    @classmethod
+    def build(cls, config):
+        return nn.Sequential(HighPass(), autoencoder.patch_classifier(config.patch_size))
+
+
 class NoiseDetector(Detector):
     """Noise-residual statistics: fitted on genuine patches (no training loop, no network)."""
 
@@ -193,7 +210,8 @@ class NoiseDetector(Detector):
 
 # the registry; config.METHODS lists the same names without importing torch (a test keeps them equal)
 DETECTORS: dict[str, type[Detector]] = {kind.method: kind for kind in (
-    BTDDetector, ForensicBTDDetector, DAEDetector, NoiseDetector, ClassifierDetector, *SCAN_LEVEL)}
+    BTDDetector, ForensicBTDDetector, DAEDetector, NoiseDetector, ClassifierDetector, ResidualClassifierDetector,
+    *SCAN_LEVEL)}
 
 
 def detector_class(method: str) -> type[Detector]:

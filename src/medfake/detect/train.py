@@ -86,6 +86,25 @@ def load_volumes(scans, det: DetectorConfig, config: DetectorTrainConfig, exclud
     return volumes
 
 
+def nodule_patches(scans, exclude, manifest, det: DetectorConfig) -> np.ndarray | None:
+    """Genuine nodules as training negatives: the `exclude` table's rows in the training scans and the sites of
+    the tamper manifest's removals in their untouched source scans (None when there are none)."""
+    sites: dict[Path, list] = {}
+    table = read_locations(exclude) if exclude else []
+    for path in scan_paths(scans) if table else []:
+        scan = load_scan(path)
+        sites.setdefault(Path(path), []).extend(location_voxel(scan, loc) for loc in locations_for(path, scan, table))
+    if manifest is not None:
+        manifest = Path(manifest)
+        for row in read_manifest(manifest):
+            source = Path(row.scan) if Path(row.scan).is_absolute() else manifest.parent / row.scan
+            if row.action == "remove" and source.exists():
+                sites.setdefault(source, []).append((row.voxel_z, row.voxel_y, row.voxel_x))
+    out = [patches_at(to_unit(load_scan(path), det.window, det.clip), zyx, det.patch_size, "centred", det.context)
+           for path, zyx in sites.items() if zyx]
+    return np.concatenate(out) if out else None
+
+
 def tampered_patches(manifest, det: DetectorConfig) -> np.ndarray:
     """Patches centred on every tampered location of a tamper manifest (the supervised detector's positives)."""
     manifest = Path(manifest)
@@ -111,8 +130,9 @@ class DetectorTraining:
     checkpoint_name = CHECKPOINT
 
     def __init__(self, det: DetectorConfig, config: DetectorTrainConfig, volumes: list[Volume],
-                 positives: np.ndarray | None = None):
+                 positives: np.ndarray | None = None, nodules: np.ndarray | None = None):
         self.det, self.config, self.volumes, self.positives = det, config, volumes, positives
+        self.nodules = nodules  # genuine nodule patches: a third of the negatives when given
         self.kind: type[NetDetector] = detector_class(det.method)
         self.name = det.method
         self.step = 0
@@ -134,6 +154,9 @@ class DetectorTraining:
         if self.positives is None:
             return torch.from_numpy(self.sampler.batch(n)), None
         genuine = self.sampler.batch(n - n // 2)
+        if self.nodules is not None:
+            k = len(genuine) // 3
+            genuine[:k] = self.nodules[self.sampler.rng.integers(len(self.nodules), size=k)]
         pick = self.sampler.rng.integers(len(self.positives), size=n // 2)
         fakes = self.positives[pick].copy()
         flip = self.sampler.rng.random(len(fakes)) < 0.5
@@ -264,6 +287,7 @@ def train_detector(scans, out, config: DetectorTrainConfig, exclude=None, tamper
         fit_statistics(out, det, config, volumes)
         return out
     positives = tampered_patches(tampered, det) if kind.trains_on_tampered else None
+    nodules = nodule_patches(scans, exclude, tampered, det) if kind.nodules_as_negatives else None
     loop = LoopConfig(steps=config.steps, seed=config.seed, checkpoint_every=config.save_every,
                       snapshot_every=config.save_every, max_minutes=config.max_minutes, show_progress=show_progress)
-    return fit(DetectorTraining(det, config, volumes, positives), out, loop, run_config(det, config), resume=resume)
+    return fit(DetectorTraining(det, config, volumes, positives, nodules), out, loop, run_config(det, config), resume=resume)

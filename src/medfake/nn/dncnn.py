@@ -18,3 +18,15 @@ class NoiseEstimator(nn.Module):
 
     def forward(self, x):
         return self.body(x)
+
+
+class HighPass(nn.Module):
+    """x − its 5×5 local mean (×`gain`): the noise-scale residual a residual classifier sees instead of content."""
+
+    def __init__(self, gain: float = 10.0):
+        super().__init__()
+        self.gain = gain
+
+    def forward(self, x):
+        local = nn.functional.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=False)
+        return (x - local) * self.gain
