@@ -48,12 +48,11 @@ def detect_locations(scan: Scan, detector: Detector, centres_zyx, out: Path, ove
             {"scan": name, "mode": "locations", "method": detector.method, "model": detector.source,
              "options": detector.options.__dict__, "locations": [_row_dict(r) for r in rows]}, indent=2))
         shown = slice(0, min(len(rows), 12))
-        centre = patches[shown, patches.shape[1] // 2: patches.shape[1] // 2 + 1]
-        if maps is None:
-            save_patch_grid([centre], ["sites (lung window)"], tmp / "patches.png")
+        if detector.scan_level:
+            save_patch_grid([patches[shown]], ["sites (lung window)"], tmp / "patches.png")
         else:
             heat = maps / max(float(maps.max()), 1e-12)
-            save_patch_grid([centre, heat[shown, None]], ["patches", "anomaly (scaled)"], tmp / "patches.png")
+            save_patch_grid([patches[shown], heat[shown, None]], ["patches", "anomaly (scaled)"], tmp / "patches.png")
     return rows
 
 

@@ -32,18 +32,21 @@ class LocationScore:
     score: float
 
 
-def score_locations(scan: Scan, detector: Detector, centres_zyx, protocol: str = "btd") -> tuple[list[LocationScore], np.ndarray, np.ndarray | None]:
-    """Scores at z,y,x centres, with the patches (BTD crops by default) and anomaly maps (None for scan-level
-    detectors, which score from the scan itself; their patches show the lung window)."""
+def score_locations(scan: Scan, detector: Detector, centres_zyx, protocol: str = "btd") -> tuple[list[LocationScore], np.ndarray, np.ndarray]:
+    """Scores at z,y,x centres, with the centre-slice patches (N, 1, P, P; BTD crops by default) and anomaly
+    maps (N, P, P). Scan-level detectors score from the scan itself: their patches show the lung window and
+    their maps are the site's score, uniform (they have no per-pixel map of one site)."""
     centres = [tuple(int(v) for v in scan.require_inside(c, "detection location")) for c in centres_zyx]
     if detector.scan_level:
         scores = detector.score_sites(scan, centres)
         patches = patches_at(to_unit(scan, LUNG_WINDOW), centres, VIEW_PATCH, protocol)
-        maps = None
+        maps = np.broadcast_to(scores[:, None, None], (len(scores), VIEW_PATCH, VIEW_PATCH)).astype(np.float32)
     else:
         patches = detector.patches(detector.unit(scan), centres)
         maps = detector.anomaly_maps(patches)
         scores = detector.scores_from_maps(maps)
+        middle = patches.shape[1] // 2
+        patches = patches[:, middle: middle + 1]
     rows = [LocationScore(c, tuple(float(v) for v in scan.voxel_to_world(c)), float(s)) for c, s in zip(centres, scores)]
     return rows, patches, maps
 
