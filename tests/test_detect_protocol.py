@@ -99,5 +99,5 @@ def test_a_nodule_detector_is_at_chance_when_injected_and_genuine_nodules_look_a
     table = (tmp_path / "eval/results.md").read_text()
     assert "| inject-paste-ct | headline | 6 | 6 |" in table and "(content differs)" in table
     header = (tmp_path / "eval/scores.csv").read_text().splitlines()[0]
-    assert header.endswith(f"content,origin,{CONTENT_BASELINE}")
+    assert header.endswith(f"content,origin,group,{CONTENT_BASELINE}")
     assert json.loads((tmp_path / "eval/results.json").read_text())["rows"]["inject-all-ct"]["kind"] == "headline"

@@ -26,8 +26,8 @@ from torch import nn
 
 from medfake.detect.base import Detector, DetectorConfig, NetDetector
 from medfake.detect.btd import BTDScorer, ScoreOptions, batched
-from medfake.detect.scanlevel import SCAN_LEVEL
 from medfake.detect.noise import NOISE_WINDOW, NoiseStatistics, fit_noise_statistics
+from medfake.detect.scanlevel import SCAN_LEVEL
 from medfake.errors import MedfakeError
 from medfake.nn import autoencoder
 from medfake.nn.ddpm import build_diffusion
