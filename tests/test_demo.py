@@ -22,7 +22,7 @@ TINY = {
                "real_test": ["lung1"]},
     "tamper_models": {"preset": "cpu-small", "inject": {"steps": 6}, "remove": {"steps": 6},
                       "augment": {"rotation_step_deg": 120}},
-    "detectors": {"btd": {"preset": "cpu-small", "steps": 4, "batch_size": 4}, "dae": {"steps": 4},
+    "detectors": {"selfref": {}, "btd": {"preset": "cpu-small", "steps": 4, "batch_size": 4}, "dae": {"steps": 4},
                   "noise": {}, "supervised": {"steps": 4}},
     "attacks": [{"action": "remove", "method": "ctgan", "targets": "labels"},
                 {"action": "inject", "method": "ctgan", "auto": 1},
@@ -69,7 +69,7 @@ def test_auc_table_equals_results_json(tiny_run):
         assert f"<td>{a['subset']}</td><td>{a['detector']}</td><td>{a['auc']:.3f}</td>" in roc_table
     subsets = {a["subset"] for a in results["auc"]}
     assert {"inject-ctgan-ct", "inject-copy-move-ct", "remove-ctgan-ct", "remove-inpaint-ct"} <= subsets
-    assert {a["detector"] for a in results["auc"]} == {"btd", "dae", "noise", "supervised"}
+    assert {a["detector"] for a in results["auc"]} == {"selfref", "btd", "dae", "noise", "supervised"}
     assert results["counts"]["genuine"] >= results["counts"]["tampered"] > 0
 
 
