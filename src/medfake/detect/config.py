@@ -12,7 +12,7 @@ from medfake.errors import MedfakeError
 # the registry's names (detectors.DETECTORS)
 METHODS = ("btd", "btd-forensic", "dae", "noise", "supervised", "supervised-residual", "selfref", "residual")
 # `medfake train detector` without --method: the best detector on benchmarks/detect_quality.py (README)
-BEST_METHOD = "selfref"
+BEST_METHOD = "residual"
 MODALITIES = ("ct", "mri")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
