@@ -191,13 +191,14 @@ if __name__ == "__main__":
     parser.add_argument("--per-scan", type=int, default=4)
     parser.add_argument("--genuine-per-scan", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tag", default="", help="saved as detect_quality_TAG.json (a partial run beside the full one)")
     args = parser.parse_args()
     if args.smoke:
         args.steps, args.btd_steps, args.btd_patch, args.preset, args.n_train, args.n_test = 20, 10, 32, "tiny", 2, 1
         args.slices, args.per_scan, args.genuine_per_scan, args.real = 32, 2, 6, "lung1"
     result = main(args)
     RESULTS.mkdir(exist_ok=True)
-    name = "detect_quality_smoke" if args.smoke else "detect_quality"
+    name = "detect_quality_smoke" if args.smoke else "detect_quality" + (f"_{args.tag}" if args.tag else "")
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, default=float))
     write_run_record(RESULTS, vars(args), args.seed, name=f"{name}.run.json")
     print(result["markdown"])
