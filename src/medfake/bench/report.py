@@ -10,6 +10,7 @@ import numpy as np
 
 from medfake.report import Section, write_report
 from medfake.io.tables import read_manifest
+from medfake.tamper.config import ACTIONS
 
 CROP_MM = 60.0
 
@@ -43,7 +44,7 @@ def results_summary(matrix: dict) -> dict:
         "name": matrix["config"].get("name", "bench"),
         "auc": [dict(zip(AUC_KEYS, r)) for r in auc_rows(evaluation)],
         "counts": matrix["evaluation"]["counts"],
-        "cad_success": {action: _rate([v["success"] for v in cad if v["action"] == action]) for action in ("inject", "remove")},
+        "cad_success": {action: _rate([v["success"] for v in cad if v["action"] == action]) for action in ACTIONS},
         "screening_top3": _rate([r is not None and r <= 3 for r in ranks]),
         "screening": screening,
         "timings_s": {k: round(v, 2) for k, v in matrix["timings"].items()},
