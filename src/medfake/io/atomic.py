@@ -61,3 +61,13 @@ def atomic_file(dest: str | Path, overwrite: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def unused_name(outdir: Path, base: str) -> Path:
+    """`outdir/base`, or `base_2`, `base_3`… when an output of that stem (any suffix) is already there."""
+    outdir = Path(outdir)
+    taken = {p.name.split(".")[0] for p in outdir.iterdir()} if outdir.exists() else set()
+    name, k = base, 2
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    return outdir / name

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medfake.errors import MedfakeError
+from medfake.io.atomic import unused_name
 from medfake.protect.config import OptimizeConfig, ProtectConfig
 from medfake.protect.optimize import optimize_perturbation, project_stored
 from medfake.protect.surrogate import Surrogate, estimate_noise, load_tamper_model, model_folder
@@ -85,12 +86,7 @@ def derivation_text(config: ProtectConfig, model_ids: list[str]) -> str:
 def output_name(outdir: Path, target: Path) -> Path:
     from medfake.data.cohort import scan_key
 
-    base = f"{scan_key(target)}_protected"
-    taken = {p.name.split(".")[0] for p in outdir.iterdir()} if outdir.exists() else set()
-    name, k = base, 2
-    while name in taken:
-        name, k = f"{base}_{k}", k + 1
-    return outdir / name
+    return unused_name(outdir, f"{scan_key(target)}_protected")
 
 
 def protect_file(target: str | Path, outdir: str | Path, against, config: ProtectConfig | None = None,

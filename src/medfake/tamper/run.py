@@ -20,7 +20,7 @@ from medfake.data.annotations import nodules_from_label
 from medfake.data.cohort import locations_for, scan_key
 from medfake.errors import MedfakeError
 from medfake.io import load_scan, save_scan
-from medfake.io.atomic import atomic_file
+from medfake.io.atomic import atomic_file, unused_name
 from medfake.io.tables import ManifestRow, append_manifest, read_locations
 from medfake.lungmask import lung_mask
 from medfake.scan import Scan
@@ -96,12 +96,7 @@ def label_nodules(scan: Scan, label: str | Path) -> list[tuple[tuple[int, int, i
 
 
 def output_name(outdir: Path, target: Path, action: str) -> Path:
-    base = f"{scan_key(target)}_{action}"
-    taken = {p.name.split(".")[0] for p in outdir.iterdir()} if outdir.exists() else set()
-    name, k = base, 2
-    while name in taken:
-        name, k = f"{base}_{k}", k + 1
-    return outdir / name
+    return unused_name(outdir, f"{scan_key(target)}_{action}")
 
 
 def derivation_text(rows: list[ManifestRow]) -> str:
