@@ -27,38 +27,34 @@ SITE = (30, 300, 150)  # healthy lung parenchyma of lung1 (about -890 HU)
 NODULE = (33, 359, 218)  # lung1's nodule (about +30 HU in its core)
 
 
-@pytest.fixture(scope="module")
-def injector(tmp_path_factory):
+def tiny_tamper_run(root, action: str, rows: str):
+    """A tiny CT-GAN run (16³ cubes, 60 steps, one thread) trained on the lung1 locations in `rows`."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("injector")
     table = root / "locs.csv"
-    table.write_text("filename,x,y,z\nlung1,-21.86,-120.54,-611.50\n")
-    config = TrainsetConfig("inject", cube=16, augment=AugmentConfig(rotation_step_deg=90))
-    data = build_trainset("inject", [sample_path("lung1")], root / "set", coords=table, config=config)
-    train_config = GanTrainConfig.resolve("inject", "cpu-small", g_filters=(4, 8, 16, 16), d_filters=(4, 8, 16, 16),
+    table.write_text("filename,x,y,z\n" + rows)
+    config = TrainsetConfig(action, cube=16, augment=AugmentConfig(rotation_step_deg=90))
+    data = build_trainset(action, [sample_path("lung1")], root / "set", coords=table, config=config)
+    train_config = GanTrainConfig.resolve(action, "cpu-small", g_filters=(4, 8, 16, 16), d_filters=(4, 8, 16, 16),
                                           batch_size=4, steps=60, g_lr=2e-3, d_lr=2e-4, hole=8,
                                           snapshot_every=60, checkpoint_every=60)
-    run = train(data, root / "run", train_config, show_progress=False)
-    yield run
-    torch.set_num_threads(before)
+    try:
+        return train(data, root / "run", train_config, show_progress=False)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def injector(tmp_path_factory):
+    """A tiny injector trained on lung1's nodule."""
+    return tiny_tamper_run(tmp_path_factory.mktemp("injector"), "inject", "lung1,-21.86,-120.54,-611.50\n")
 
 
 @pytest.fixture(scope="module")
 def remover(tmp_path_factory):
-    """A tiny remover (16³ cubes, 60 steps) trained on two healthy lung spots of lung1."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("remover")
-    table = root / "locs.csv"
-    table.write_text("filename,x,y,z\nlung1,-78.70,-120.83,-662.50\nlung1,55.89,-139.08,-657.50\n")
-    config = TrainsetConfig("remove", cube=16, augment=AugmentConfig(rotation_step_deg=90))
-    data = build_trainset("remove", [sample_path("lung1")], root / "set", coords=table, config=config)
-    train_config = GanTrainConfig.resolve("remove", "cpu-small", g_filters=(4, 8, 16, 16), d_filters=(4, 8, 16, 16),
-                                          batch_size=4, steps=60, g_lr=2e-3, d_lr=2e-4, hole=8,
-                                          snapshot_every=60, checkpoint_every=60)
-    yield train(data, root / "run", train_config, show_progress=False)
-    torch.set_num_threads(before)
+    """A tiny remover trained on two healthy lung spots of lung1."""
+    return tiny_tamper_run(tmp_path_factory.mktemp("remover"), "remove",
+                           "lung1,-78.70,-120.83,-662.50\nlung1,55.89,-139.08,-657.50\n")
 
 
 @pytest.fixture(scope="module")
