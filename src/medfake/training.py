@@ -302,6 +302,8 @@ def _number(text: str) -> float:
 
 
 # --- pieces every model uses -----------------------------------------------------------------------------
+# accelerate and matplotlib are imported where used: progress_bar is imported by light commands (data synth)
+# that should not pay for them at start-up.
 def make_accelerator(mixed_precision: str = "auto", cpu: bool | None = None):
     """An `accelerate.Accelerator`: GPU(s) when present (bf16 if supported, else fp16), fp32 on CPU."""
     from accelerate import Accelerator

@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from medfake.errors import MedfakeError
+from medfake.lungmask import lung_mask
 from medfake.scan import Scan
 from medfake.stats import robust_sigma
 
@@ -90,8 +91,6 @@ def site_features(scan: Scan, zyx, config: SelfRefConfig, bands_fn=band_stack) -
 
 def reference_sites(scan: Scan, avoid_zyx, config: SelfRefConfig, lung: np.ndarray | None = None) -> np.ndarray:
     """Random lung positions (flat-ish parenchyma at the centre) far from the scored sites."""
-    from medfake.lungmask import lung_mask
-
     lung = lung_mask(scan) if lung is None else lung
     margin = np.ceil(np.r_[config.slab_mm, config.ring_mm[1], config.ring_mm[1]] / np.asarray(scan.spacing)).astype(int)
     candidates = np.argwhere(lung[:, ::4, ::4]) * [1, 4, 4]
