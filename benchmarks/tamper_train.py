@@ -1,10 +1,12 @@
-"""Train the cpu-small injector and remover on synthetic chest CTs (+ lung1's labelled nodule for the injector).
+"""Train the cpu-small injector and remover on synthetic chest CTs (lung1 held out unless --with-lung1).
 
-    .venv/bin/python benchmarks/tamper_train.py [--minutes 30] [--n-train 30] [--only inject|remove] [--work runs/bench_tamper]
+    .venv/bin/python benchmarks/tamper_train.py [--minutes 30] [--n-train 30] [--only inject|remove] [--with-lung1] [--work runs/bench_tamper]
 
 Writes the cohort, both training sets and both runs under --work (git-ignored `runs/`), prints and saves
 benchmarks/results/tamper_train.json (steps reached, losses, wall time, machine load). The held-out scans
-(`--n-test`) are written too, for benchmarks/tamper_quality.py; lung1 is held out from the remover.
+(`--n-test`) are written too, for benchmarks/tamper_quality.py. Real scans are held out from both models by
+default, so every real-scan figure of tamper_quality.py is on a scan the tamperer never saw; `--with-lung1` adds
+lung1's labelled nodule to the injector's set (then lung1 rows are "seen in training").
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def visible_nodules(nodules_csv: Path) -> list[str]:
                 if row["type"] != "ground-glass"]
 
 
-def build_data(work: Path, n_train: int, n_test: int, seed: int) -> dict:
+def build_data(work: Path, n_train: int, n_test: int, seed: int, with_lung1: bool) -> dict:
     from medfake.data.samples import sample_path
     from medfake.data.synth import write_cohort
     from medfake.tamper.config import TrainsetConfig
@@ -43,9 +45,9 @@ def build_data(work: Path, n_train: int, n_test: int, seed: int) -> dict:
     if not (work / "cohort_test").exists():
         write_cohort(work / "cohort_test", n_test, seed + 1000)
     table = work / "inject_locations.csv"
-    lung1 = (sample_path("lung1").parent / "annotations.csv").read_text().splitlines()[1:]
+    lung1 = (sample_path("lung1").parent / "annotations.csv").read_text().splitlines()[1:] if with_lung1 else []
     table.write_text("\n".join([HEADER, *visible_nodules(work / "cohort_train" / "nodules.csv"), *lung1]) + "\n")
-    scans = [work / "cohort_train", sample_path("lung1")]
+    scans = [work / "cohort_train", *([sample_path("lung1")] if with_lung1 else [])]
     timing = {}
     if not (work / "set_inject").exists():
         t = time.time()
@@ -92,13 +94,15 @@ def main() -> None:
                         help="torch threads per trainer (default 1 when both train at once, 2 with --only)")
     parser.add_argument("--only", choices=["inject", "remove"], default=None, help="train one model (its old run is replaced)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--with-lung1", action="store_true",
+                        help="add lung1's nodule to the injector's training set (lung1 rows are then 'seen in training')")
     parser.add_argument("--work", type=Path, default=Path("runs/bench_tamper"))
     args = parser.parse_args()
     from medfake.runinfo import write_run_record
 
     args.work.mkdir(parents=True, exist_ok=True)
     t = time.time()
-    timing = build_data(args.work, args.n_train, args.n_test, args.seed)
+    timing = build_data(args.work, args.n_train, args.n_test, args.seed, args.with_lung1)
     timing["data_total_s"] = round(time.time() - t, 1)
     load_before = os.getloadavg()
     actions = [args.only] if args.only else ["inject", "remove"]
@@ -110,7 +114,7 @@ def main() -> None:
     if args.only and previous.exists():  # keep the other model's record
         runs += [r for r in json.loads(previous.read_text())["runs"] if r["action"] != args.only]
     result = {"benchmark": "tamper_train", "preset": "cpu-small", "minutes_budget": args.minutes,
-              "n_train_scans": args.n_train, "data": timing, "runs": runs,
+              "n_train_scans": args.n_train, "real_scans_in_training": ["lung1"] if args.with_lung1 else [], "data": timing, "runs": runs,
               "load_avg_before": load_before, "load_avg_after": os.getloadavg(), "cpus": os.cpu_count(),
               "note": ("each model within --minutes wall clock on the 2 cores (both at once: one core each); the injector "
                        "learns from solid and part-solid nodules only")}
