@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 
 @dataclass
@@ -62,6 +61,8 @@ def delong_auc(labels, scores, level: float = 0.95) -> AucResult:
     s10 = v10.var(ddof=1) if len(v10) > 1 else 0.0
     s01 = v01.var(ddof=1) if len(v01) > 1 else 0.0
     variance = float(s10 / len(v10) + s01 / len(v01))
+    from scipy import stats  # 1-2 s of import that tampering, which only needs robust_sigma, never pays
+
     half = stats.norm.ppf(0.5 + level / 2) * np.sqrt(variance)
     return AucResult(auc, float(max(0.0, auc - half)), float(min(1.0, auc + half)), variance,
                      len(positives), len(negatives))
@@ -78,6 +79,8 @@ def delong_paired_test(labels, scores_a, scores_b) -> tuple[float, float]:
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
     if var <= 0:
         return diff, 1.0 if diff == 0 else 0.0
+    from scipy import stats
+
     return diff, float(2 * stats.norm.sf(abs(diff) / np.sqrt(var)))
 
 

@@ -6,13 +6,18 @@
 - `inpaint_remove`: the nodule (an ellipsoid of the given diameter plus a margin) is filled slice by slice
   by biharmonic in-painting from the surrounding tissue, then given fresh noise matched to the local
   scanner noise, and blended with a soft edge.
+
+Both return the whole volume as float32; the pipeline calls their `*_patch` forms, which return only the
+changed box (volume slices, float32 values) and read the current voxels through `read(slices)`, so
+tampering never holds a float copy of the volume.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 from scipy import ndimage
-from skimage.restoration import inpaint_biharmonic
 
 from medfake.scan import Scan, cube_bounds, overlap
 from medfake.stats import robust_sigma
@@ -22,6 +27,9 @@ NODULE_HU = -500.0  # nodule voxels are denser than this
 MAX_NODULE_RADIUS_MM = 15.0
 EDGE_MM = 3.0  # width of the soft blend edge
 MARGIN_MM = 2.0  # removal region beyond the nodule radius
+
+Region = tuple[slice, slice, slice]
+Reader = Callable[[Region], np.ndarray]  # float32 copy of the current voxels in a box of the volume
 
 
 def _offsets_mm(radius_mm: float, spacing) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -48,8 +56,27 @@ def nodule_radius_mm(scan: Scan, center_zyx) -> float:
     return float(np.clip((3 * volume_mm3 / (4 * np.pi)) ** (1 / 3), 2.0, MAX_NODULE_RADIUS_MM))
 
 
+def float_reader(scan: Scan) -> Reader:
+    """`read` over the scan's own voxels."""
+    return lambda region: np.array(scan.voxels[region], dtype=np.float32)
+
+
+def whole_volume(scan: Scan, region: Region, block: np.ndarray) -> np.ndarray:
+    out = np.asarray(scan.voxels, dtype=np.float32).copy()
+    out[region] = block
+    return out
+
+
 def copy_move_inject(scan: Scan, center_zyx, donor: Scan, donor_zyx, rng: np.random.Generator) -> np.ndarray:
     """Copy the donor's nodule at `donor_zyx` to `center_zyx` of `scan`; returns the new float32 HU voxels."""
+    return whole_volume(scan, *copy_move_patch(scan, center_zyx, donor, donor_zyx, rng))
+
+
+def copy_move_patch(scan: Scan, center_zyx, donor: Scan, donor_zyx, rng: np.random.Generator,
+                    read: Reader | None = None) -> tuple[Region, np.ndarray]:
+    """`copy_move_inject` as (region of the volume, its new float32 voxels); `read` gives the current voxels
+    (default: the scan's own)."""
+    read = read or float_reader(scan)
     center = scan.require_inside(center_zyx, "injection location")
     donor_center = donor.require_inside(donor_zyx, "donor nodule location")
     radius = nodule_radius_mm(donor, donor_center)
@@ -58,24 +85,45 @@ def copy_move_inject(scan: Scan, center_zyx, donor: Scan, donor_zyx, rng: np.ran
     flips = rng.random(2) < 0.5
     coords = np.meshgrid(*[c + (-m if f else m) / s for c, m, s, f in
                            zip(donor_center, axes_mm, donor.spacing, (False, *flips))], indexing="ij")
-    content = ndimage.map_coordinates(np.asarray(donor.voxels, np.float32), coords, order=1, mode="nearest")
+    content = _sample_linear(donor.voxels, coords)
     weight = radial_weight(_distance_mm(axes_mm), radius, outer)
-    canvas = scan.with_voxels(np.asarray(scan.voxels, dtype=np.float32))
-    target = canvas.crop(center, shape)
-    return canvas.paste(target.with_voxels(np.maximum(content, target.voxels)), weight).voxels
+    start, stop = cube_bounds(center, shape)
+    region, inside = overlap(start, stop, scan.shape)  # the part of the box in the volume; the rest is dropped
+    current = read(region)
+    w = weight[inside]
+    return region, (w * np.maximum(content[inside], current) + (1.0 - w) * current).astype(np.float32)
+
+
+def _sample_linear(volume: np.ndarray, coords: list[np.ndarray]) -> np.ndarray:
+    """`map_coordinates(volume as float32, coords, order=1, mode="nearest")` from the box of the volume
+    the coordinates reach (the same values: linear interpolation reads floor and floor + 1, and the box
+    keeps the volume's own edges where the clamping happens)."""
+    lo = [int(np.clip(np.floor(c.min()) - 1, 0, n - 1)) for c, n in zip(coords, volume.shape)]
+    hi = [int(np.clip(np.floor(c.max()) + 3, 1, n)) for c, n in zip(coords, volume.shape)]
+    box = np.asarray(volume[tuple(slice(a, b) for a, b in zip(lo, hi))], dtype=np.float32)
+    shifted = [c - a if a else c for c, a in zip(coords, lo)]  # exact: integers off non-negative coordinates
+    return ndimage.map_coordinates(box, shifted, order=1, mode="nearest")
 
 
 def inpaint_remove(scan: Scan, center_zyx, diameter_mm: float) -> np.ndarray:
     """Remove the nodule of `diameter_mm` at `center_zyx` by biharmonic in-painting plus matched noise;
     returns the new float32 HU voxels."""
+    return whole_volume(scan, *inpaint_patch(scan, center_zyx, diameter_mm))
+
+
+def inpaint_patch(scan: Scan, center_zyx, diameter_mm: float,
+                  read: Reader | None = None) -> tuple[Region, np.ndarray]:
+    """`inpaint_remove` as (region of the volume, its new float32 voxels); `read` gives the current voxels."""
+    from skimage.restoration import inpaint_biharmonic  # scipy.sparse & co: only removal pays the import
+
+    read = read or float_reader(scan)
     center = scan.require_inside(center_zyx, "removal location")
     inner = diameter_mm / 2 + MARGIN_MM
     outer = inner + EDGE_MM
     shape, axes_mm = _offsets_mm(outer + 4 * max(scan.spacing[1:]), scan.spacing)
     start, stop = cube_bounds(center, shape)
     vol, cube = overlap(start, stop, scan.shape)  # clipped at the border: in-painting must not see padding
-    out = np.asarray(scan.voxels, dtype=np.float32).copy()
-    block = out[vol]
+    block = read(vol)
     distance = _distance_mm(axes_mm)[cube]
     hole = distance <= outer
     filled = block.copy()
@@ -87,8 +135,7 @@ def inpaint_remove(scan: Scan, center_zyx, diameter_mm: float) -> np.ndarray:
     noise = ndimage.gaussian_filter(np.random.default_rng(seed).standard_normal(block.shape), (0, 0.7, 0.7))
     noise *= sigma / max(float(noise.std()), 1e-6)
     weight = radial_weight(distance, inner, outer)
-    out[vol] = weight * (filled + noise) + (1 - weight) * block
-    return out
+    return vol, (weight * (filled + noise) + (1 - weight) * block).astype(np.float32)
 
 
 def _local_noise_hu(block: np.ndarray, where: np.ndarray, spacing) -> float:

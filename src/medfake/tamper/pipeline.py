@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
@@ -28,9 +29,11 @@ from medfake.tamper.blend import blend, noise_gain, radial_weight
 from medfake.tamper.cube import IsoGrid, block_shape, distance_mm, from_iso, scan_block, to_iso
 from medfake.tamper import classical
 from medfake.tamper.config import DEFAULT_VIEWS, require_action, require_method
-from medfake.tamper.model import TamperModel
 from medfake.tamper.noise import (ParenchymaNoise, estimate_noise, flat_parenchyma, match_noise, noise_level,
                                   settle_noise)
+
+if TYPE_CHECKING:  # the classical methods never import torch
+    from medfake.tamper.model import TamperModel
 
 DEFAULT_REMOVE_DIAMETER_MM = 12.0
 NOISE_SLAB_MM = 40.0  # slices searched for noise patches around the locations when there is no lung mask
@@ -69,7 +72,8 @@ def as_sites(scan: Scan, locations) -> list[Site]:
 def tamper_scan(scan: Scan, locations, action: str, model: TamperModel | None = None, method: str = "ctgan",
                 rng: np.random.Generator | None = None, lung: np.ndarray | None = None,
                 donor: Scan | None = None, donor_zyx=None,
-                blend_mm: tuple[float, float] | None = None, views: int | None = None) -> tuple[Scan, list[ManifestRow]]:
+                blend_mm: tuple[float, float] | None = None, views: int | None = None, *,
+                nodules=None) -> tuple[Scan, list[ManifestRow]]:
     """Return a tampered copy of `scan` and one manifest row per location (`output` left empty).
 
     `locations`: z,y,x voxel coordinates or `Site`s. `model` is required for `ctgan` and must have been
@@ -78,7 +82,8 @@ def tamper_scan(scan: Scan, locations, action: str, model: TamperModel | None = 
     (default: the strongest nodule the CAD finds in `scan` itself). `blend_mm` = (full weight up to,
     zero from) in mm, default `blend_radii(model)`. `views`: the generator fills the hole through this many
     flips of the cube and the strongest result is kept (inject: most tissue in the hole's centre; remove:
-    least); default DEFAULT_VIEWS[action]."""
+    least); default DEFAULT_VIEWS[action]. `nodules`: `detect_nodules(scan, lung)` when the caller already
+    ran it (the classical methods reuse it instead of running the detector again)."""
     require_action(action)
     require_method(method)
     rng = np.random.default_rng(0) if rng is None else rng
@@ -87,8 +92,8 @@ def tamper_scan(scan: Scan, locations, action: str, model: TamperModel | None = 
 
         return cyclegan_scan(scan, locations, action, model, rng, lung, blend_mm, views)
     sites = as_sites(scan, locations)
-    voxels = np.asarray(scan.voxels, dtype=np.float32).copy()
     if method == "ctgan":
+        voxels = np.asarray(scan.voxels, dtype=np.float32).copy()
         if model is None:
             raise MedfakeError("method ctgan needs a trained model (--model RUN)")
         if model.action != action:
@@ -103,10 +108,11 @@ def tamper_scan(scan: Scan, locations, action: str, model: TamperModel | None = 
         params = {"cube": model.config.cube, "hole": model.config.hole, "iso_spacing_mm": model.config.iso_spacing,
                   "blend_mm": list(blend_mm), "noise_sigma_hu": round(context.noise.sigma, 2), "views": views}
         model_id = model.model_id
+        out = scan.with_voxels(_like_input(voxels, scan.voxels))
     else:
-        voxels, params = _classical(scan, voxels, sites, action, method, rng, lung, donor, donor_zyx)
+        canvas, params = _classical(scan, sites, action, method, rng, lung, donor, donor_zyx, nodules)
+        out = scan.with_voxels(canvas.result())
         model_id = "none"
-    out = scan.with_voxels(_like_input(voxels, scan.voxels))
     return out, [manifest_row(scan, site, action, method, model_id, params) for site in sites]
 
 
@@ -186,32 +192,69 @@ def _lung_like_near(scan: Scan, sites: list[Site], reach_mm: float = NOISE_SLAB_
 
 
 # --- classical methods (medfake.tamper.classical) ---------------------------------------------------
-def _classical(scan, voxels, sites, action, method, rng, lung, donor, donor_zyx):
+class Canvas:
+    """The voxels being tampered without a float copy of the volume: the original array plus the float32
+    boxes written so far, in order (a later box overwrites an earlier one where they overlap). Reads and
+    the result see exactly what a float32 copy edited in place would hold."""
+
+    def __init__(self, voxels: np.ndarray):
+        self.voxels = voxels
+        self.boxes: list[tuple[tuple[slice, ...], np.ndarray]] = []
+
+    def read(self, region: tuple[slice, ...]) -> np.ndarray:
+        out = np.array(self.voxels[region], dtype=np.float32)  # a copy even when the voxels are float32
+        for box, values in self.boxes:
+            shared = _shared(region, box)
+            if shared is not None:
+                out[_within(shared, region)] = values[_within(shared, box)]
+        return out
+
+    def write(self, region: tuple[slice, ...], values: np.ndarray) -> None:
+        self.boxes.append((region, values))
+
+    def result(self) -> np.ndarray:
+        """The voxels in the input's dtype (integers rounded and clipped, untouched voxels bit for bit)."""
+        out = self.voxels.copy()
+        for box, values in self.boxes:
+            out[box] = _like_input(values, self.voxels)
+        return out
+
+
+def _shared(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...] | None:
+    parts = tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b))
+    return None if any(p.stop <= p.start for p in parts) else parts
+
+
+def _within(part: tuple[slice, ...], box: tuple[slice, ...]) -> tuple[slice, ...]:
+    return tuple(slice(p.start - b.start, p.stop - b.start) for p, b in zip(part, box))
+
+
+def _classical(scan, sites, action, method, rng, lung, donor, donor_zyx, nodules=None):
     if method == "copy-move" and action != "inject" or method == "inpaint" and action != "remove":
         raise MedfakeError(f"method {method} can only {'inject' if method == 'copy-move' else 'remove'}")
     params: dict = {}
     if method == "copy-move":
         donor = scan if donor is None else donor
         if donor_zyx is None:
-            donor_zyx = _strongest_nodule(donor, lung if donor is scan else None)
+            donor_zyx = _strongest_nodule(donor, lung if donor is scan else None, nodules if donor is scan else None)
         params = {"donor": str((donor.path or "")), "donor_zyx": [int(v) for v in donor_zyx]}
-    found = None  # the detector's candidates on the original scan, run at most once for all sites
+    found = nodules  # the detector's candidates on the original scan, run at most once for all sites
+    canvas = Canvas(np.asarray(scan.voxels))
     for site in sites:
-        current = scan.with_voxels(voxels)
         if method == "copy-move":
-            voxels = classical.copy_move_inject(current, site.zyx, donor, tuple(donor_zyx), rng)
+            region, values = classical.copy_move_patch(scan, site.zyx, donor, tuple(donor_zyx), rng, canvas.read)
         else:
             if not site.diameter_mm and found is None:
                 found = detect_nodules(scan, lung)
             diameter = site.diameter_mm or _diameter_near(scan, site.zyx, found) or DEFAULT_REMOVE_DIAMETER_MM
             site.diameter_mm = diameter
-            voxels = classical.inpaint_remove(current, site.zyx, float(diameter))
-        voxels = np.asarray(voxels, dtype=np.float32)
-    return voxels, params
+            region, values = classical.inpaint_patch(scan, site.zyx, float(diameter), canvas.read)
+        canvas.write(region, values)
+    return canvas, params
 
 
-def _strongest_nodule(scan: Scan, lung) -> tuple[int, int, int]:
-    found = detect_nodules(scan, lung, max_count=1)
+def _strongest_nodule(scan: Scan, lung, nodules=None) -> tuple[int, int, int]:
+    found = detect_nodules(scan, lung, max_count=1) if nodules is None else nodules[:1]  # strongest first
     if not found:
         raise MedfakeError("copy-move needs a donor nodule and the detector found none (give --donor-coord)",
                            scan.path)

@@ -12,6 +12,7 @@ import json
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,10 +26,11 @@ from medfake.io.tables import ManifestRow, append_manifest, read_locations
 from medfake.lungmask import lung_mask
 from medfake.scan import Scan
 from medfake.tamper.config import TamperRequest, require_system
-from medfake.tamper.cyclegan.apply import load_cyclegan
-from medfake.tamper.model import TamperModel, load_tamper_model
 from medfake.tamper.pipeline import Site, tamper_scan
 from medfake.tamper.sites import pick_sites
+
+if TYPE_CHECKING:  # torch is imported only for the learned methods (ctgan, cyclegan), in `load_model`
+    from medfake.tamper.model import TamperModel
 
 MANIFEST = "manifest.csv"
 
@@ -75,17 +77,20 @@ def resolve_sites(scan: Scan, target: Path, action: str, coords=(), system: str 
     return sites
 
 
-def auto_sites(scan: Scan, action: str, n: int, rng, lung, labelled, taken) -> list[Site]:
+def auto_sites(scan: Scan, action: str, n: int, rng, lung, labelled, taken, nodules=None) -> list[Site]:
     """Injection: free lung parenchyma away from vessels, pleura and nodules (labelled or detected).
     Removal: the labelled nodules (largest first) or else the detector's strongest candidates.
-    `labelled`: [(zyx, diameter_mm)] from `label_nodules`."""
+    `labelled`: [(zyx, diameter_mm)] from `label_nodules`; `nodules`: `detect_nodules(scan, lung)` when the
+    caller already has it."""
+    if nodules is None and (action == "inject" or not labelled):
+        nodules = detect_nodules(scan, lung)
     if action == "remove":
-        pool = labelled or [(n_.center_zyx, n_.diameter_mm) for n_ in detect_nodules(scan, lung)]
+        pool = labelled or [(n_.center_zyx, n_.diameter_mm) for n_ in nodules]
         pool = [p for p in pool if tuple(p[0]) not in set(map(tuple, taken))]
         if len(pool) < n:
             raise MedfakeError(f"asked to remove {n} nodule(s) but found {len(pool)}", scan.path)
         return [Site(tuple(int(v) for v in zyx), "auto", float(d)) for zyx, d in pool[:n]]
-    existing = [zyx for zyx, _ in labelled] + [n_.center_zyx for n_ in detect_nodules(scan, lung)] + list(taken)
+    existing = [zyx for zyx, _ in labelled] + [n_.center_zyx for n_ in nodules] + list(taken)
     return [Site(zyx, "auto") for zyx in pick_sites(scan, n, rng, lung, avoid_zyx=existing, avoid_mm=20.0)]
 
 
@@ -116,33 +121,47 @@ def append_manifest_atomic(rows: list[ManifestRow], path: Path) -> Path:
     return path
 
 
+def load_model(r: TamperRequest):
+    """The trained model a learned method needs (None for the classical ones, which never import torch)."""
+    if r.method == "ctgan":
+        if r.model_dir is None:
+            raise MedfakeError("method ctgan needs --model RUN (a folder written by `medfake train`)")
+        from medfake.tamper.model import load_tamper_model
+
+        return load_tamper_model(r.model_dir, r.action)
+    if r.method == "cyclegan":
+        if r.model_dir is None:
+            raise MedfakeError("method cyclegan needs --model RUN (a folder written by `medfake train cyclegan`)")
+        from medfake.tamper.cyclegan.apply import load_cyclegan
+
+        return load_cyclegan(r.model_dir, r.action)
+    return None
+
+
 def tamper_file(request: TamperRequest, model: TamperModel | None = None) -> TamperResult:
     """Everything `medfake tamper` does. `model` (a loaded TamperModel) overrides `request.model_dir`."""
     r = request.validate()
     parsed = [parse_coordinate(c, r.system) if isinstance(c, str) else c for c in r.coords]  # fail before any work
     target, outdir = Path(r.target), Path(r.outdir)
-    if r.method == "ctgan" and model is None:
-        if r.model_dir is None:
-            raise MedfakeError("method ctgan needs --model RUN (a folder written by `medfake train`)")
-        model = load_tamper_model(r.model_dir, r.action)
-    if r.method == "cyclegan" and model is None:
-        if r.model_dir is None:
-            raise MedfakeError("method cyclegan needs --model RUN (a folder written by `medfake train cyclegan`)")
-        model = load_cyclegan(r.model_dir, r.action)
+    if model is None:
+        model = load_model(r)
     scan = load_scan(target, series=r.series)
     rng = np.random.default_rng(r.seed)
     whole_image = r.method == "cyclegan" and scan.shape[0] == 1  # a 2-D image: no location = all of it
     sites = resolve_sites(scan, target, r.action, parsed, r.system, r.table, require=not r.auto and not whole_image)
     labelled = label_nodules(scan, r.label) if r.auto and r.label else []
     lung = lung_mask(scan) if r.auto else None  # user locations need no lung segmentation
+    nodules = None  # the CAD's candidates: one pass serves the automatic sites and the copy-move donor
     if r.auto:
-        sites += auto_sites(scan, r.action, r.auto, rng, lung, labelled, [s.zyx for s in sites])
+        if r.action == "inject" or not labelled:
+            nodules = detect_nodules(scan, lung)
+        sites += auto_sites(scan, r.action, r.auto, rng, lung, labelled, [s.zyx for s in sites], nodules)
     donor_scan = load_scan(r.donor) if r.donor else None
     donor_zyx = None
     if r.donor_coord:
         donor_zyx = to_voxel(donor_scan or scan, parse_coordinate(r.donor_coord, "vox"), "vox")
     tampered, rows = tamper_scan(scan, sites, r.action, model, r.method, rng, lung, donor_scan, donor_zyx,
-                                 r.blend_mm, r.views)
+                                 r.blend_mm, r.views, nodules=nodules)
     return write_tampered(tampered, rows, target, outdir, r)
 
 

@@ -33,11 +33,14 @@ def pick_sites(scan: Scan, n: int, rng: np.random.Generator, lung: np.ndarray | 
     coarse_spacing = np.asarray(scan.spacing) * step
     sub = (slice(None), slice(step[1] // 2, None, step[1]), slice(step[2] // 2, None, step[2]))
     inside = np.asarray(lung[sub], dtype=bool)
-    hu = np.asarray(scan.voxels[sub], dtype=np.float32)
+    box = _box(inside)  # every distance below is exact inside the lungs' box (see _distance_inside)
+    corner = np.array([b.start for b in box])
+    inside = inside[box]
+    hu = np.asarray(scan.voxels[sub][box], dtype=np.float32)
     room = _distance_inside(inside, coarse_spacing)
-    vessel_distance = ndimage.distance_transform_edt(~(inside & (hu > VESSEL_HU)), sampling=coarse_spacing)
+    vessel_distance = _distance_to(inside & (hu > VESSEL_HU), coarse_spacing)
     allowed = inside & (room >= room_mm)
-    allowed &= _far_from(allowed.shape, step, avoid_zyx, coarse_spacing, avoid_mm)
+    allowed &= _far_from(allowed.shape, corner, step, avoid_zyx, coarse_spacing, avoid_mm)
     best: list = []
     clearances = (vessel_mm, vessel_mm / 2, 0.0) if relax else (vessel_mm,)
     for clearance in clearances:
@@ -45,22 +48,41 @@ def pick_sites(scan: Scan, n: int, rng: np.random.Generator, lung: np.ndarray | 
         sites = _draw(candidates, n, rng, coarse_spacing, separation_mm)
         best = sites if len(sites) > len(best) else best
         if len(sites) == n or (allow_fewer and clearance == clearances[-1]):
-            return [tuple(int(v) for v in s * step + np.array([0, step[1] // 2, step[2] // 2])) for s in best]
+            return [tuple(int(v) for v in (s + corner) * step + np.array([0, step[1] // 2, step[2] // 2]))
+                    for s in best]
     raise MedfakeError(f"found room for only {len(best)} of {n} site(s) inside the lungs "
                        f"(need {room_mm:g} mm from the pleura, {avoid_mm:g} mm from nodules)", scan.path)
 
 
+def _box(mask: np.ndarray) -> tuple[slice, slice, slice]:
+    """The bounding box of the True voxels (all of the array when there is none)."""
+    where = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    if any(w.size == 0 for w in where):
+        return tuple(slice(0, n) for n in mask.shape)
+    return tuple(slice(int(w[0]), int(w[-1]) + 1) for w in where)
+
+
+def _distance_to(features: np.ndarray, spacing) -> np.ndarray:
+    """Distance (mm) to the nearest True voxel (infinite when there is none)."""
+    if not features.any():
+        return np.full(features.shape, np.inf)
+    return ndimage.distance_transform_edt(~features, sampling=spacing)
+
+
 def _distance_inside(inside: np.ndarray, spacing) -> np.ndarray:
-    """Distance (mm) to the nearest voxel outside the mask, counting the scan border as outside."""
+    """Distance (mm) to the nearest voxel outside the mask, counting the scan border as outside. Cropping
+    to the mask's box changes nothing inside the mask: the nearest outside voxel is never farther than the
+    padding layer around the box."""
     padded = np.pad(inside, 1, constant_values=False)
     return ndimage.distance_transform_edt(padded, sampling=spacing)[1:-1, 1:-1, 1:-1]
 
 
-def _far_from(shape, step, points_zyx, spacing, distance_mm) -> np.ndarray:
+def _far_from(shape, corner, step, points_zyx, spacing, distance_mm) -> np.ndarray:
+    """Coarse voxels of the box at `corner` at least `distance_mm` from every point (full-resolution z,y,x)."""
     ok = np.ones(shape, dtype=bool)
     if len(points_zyx) == 0:
         return ok
-    grid = np.indices(shape, sparse=True)
+    grid = [g + c for g, c in zip(np.indices(shape, sparse=True), corner)]
     for p in np.atleast_2d(np.asarray(points_zyx, dtype=float)) / step:
         d2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grid, p, spacing))
         ok &= d2 >= distance_mm ** 2
