@@ -57,10 +57,11 @@ def detect_nodules(scan: Scan, lung: np.ndarray | None = None, min_diameter_mm: 
     if not inside_full.any():
         return []
     box = _bounding_box(inside_full, step, margin=4)
-    hu = _in_plane_blocks(np.asarray(scan.voxels[box]), step, np.mean)
+    work = _in_plane_blocks(np.asarray(scan.voxels[box]), step, np.mean)  # float32, a new array
     inside = _in_plane_blocks(inside_full[box], step, np.any)
     offset = np.array([sl.start for sl in box])
-    work = np.where(inside, np.clip(hu, -1000.0, 200.0), -1000.0).astype(np.float32)
+    np.clip(work, -1000.0, 200.0, out=work)  # in place: the box in float32 is the CAD's unit of memory
+    work[~inside] = -1000.0
     scales = [s for s in SCALES_MM if min_diameter_mm / 3.46 * 0.8 <= s <= max_diameter_mm / 3.46 * 1.2]
     candidates, balls = [], {}
     for k, smooth, response, peaks in _scale_space_peaks(work, inside, spacing, scales, min_score):
@@ -94,10 +95,12 @@ def _bounding_box(mask: np.ndarray, step, margin: int) -> tuple[slice, slice, sl
 
 def laplacian_mm(volume: np.ndarray, spacing) -> np.ndarray:
     """Σ ∂²/∂axis² in mm⁻² (three-point stencil per axis, so anisotropic voxels are weighted right)."""
-    out = np.zeros_like(volume)
+    out, term = np.zeros_like(volume), np.empty_like(volume)
     for axis, s in enumerate(spacing):
-        out += ndimage.correlate1d(volume, np.array([1.0, -2.0, 1.0], dtype=volume.dtype), axis=axis,
-                                   mode="nearest") / np.float32(s * s)
+        ndimage.correlate1d(volume, np.array([1.0, -2.0, 1.0], dtype=volume.dtype), axis=axis, output=term,
+                            mode="nearest")
+        term /= np.float32(s * s)
+        out += term
     return out
 
 
@@ -109,7 +112,9 @@ def _scale_space_peaks(work, inside, spacing, scales, min_score):
     def level(k):
         if k not in levels:
             smooth = ndimage.gaussian_filter(work, [scales[k] / sp for sp in spacing])
-            levels[k] = (smooth, -(scales[k] ** 2) * laplacian_mm(smooth, spacing))
+            response = laplacian_mm(smooth, spacing)
+            response *= -(scales[k] ** 2)  # in place, the same float32 product
+            levels[k] = (smooth, response)
         return levels[k]
 
     for k in range(len(scales)):

@@ -146,7 +146,8 @@ def _first_item(ds: Dataset | None, keyword: str) -> Dataset | None:
 # --- values ---------------------------------------------------------------------------------------
 def rescale(stored: np.ndarray, headers: list[Dataset], source: Path) -> np.ndarray:
     """Stored values → real values (HU for CT) through each slice's RescaleSlope/Intercept.
-    int16 when that is exact, float32 otherwise."""
+    int16 when that is exact, float32 otherwise. Slice by slice, into `stored` itself when it is 16-bit
+    and the result int16 (so `stored` may be overwritten): no full-volume temporaries."""
     slopes = np.array([float(h.get("RescaleSlope", 1) or 1) for h in headers])
     intercepts = np.array([float(h.get("RescaleIntercept", 0) or 0) for h in headers])
     check_rescale(stored, slopes, intercepts, source)
@@ -154,8 +155,22 @@ def rescale(stored: np.ndarray, headers: list[Dataset], source: Path) -> np.ndar
         lo = int(stored.min()) + int(intercepts.min()) if stored.size else 0
         hi = int(stored.max()) + int(intercepts.max()) if stored.size else 0
         if -32768 <= lo and hi <= 32767:
-            return (stored.astype(np.int32) + intercepts.astype(np.int32)[:, None, None]).astype(np.int16)
-    return (stored * slopes[:, None, None] + intercepts[:, None, None]).astype(np.float32)
+            return _add_intercepts(stored, intercepts.astype(np.int32))
+    out = np.empty(stored.shape, np.float32)
+    for k in range(len(stored)):  # float64 per slice, as the whole-volume expression computed it
+        out[k] = stored[k] * slopes[k] + intercepts[k]
+    return out
+
+
+def _add_intercepts(stored: np.ndarray, intercepts: np.ndarray) -> np.ndarray:
+    """int16 stored + intercept per slice (the caller checked the range)."""
+    if stored.dtype == np.int16 or stored.dtype == np.uint16:
+        out = stored.view(np.int16)  # each slice is read (into int32) before it is overwritten
+    else:
+        out = np.empty(stored.shape, np.int16)
+    for k in range(len(stored)):
+        out[k] = stored[k].astype(np.int32) + intercepts[k]
+    return out
 
 
 def check_rescale(stored: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray, source: Path) -> None:
@@ -175,8 +190,9 @@ def pad_value(modality: str, values: np.ndarray) -> float:
 
 
 # --- assembling a volume ---------------------------------------------------------------------------
-def build_scan(images: list[Image2D], source: Path, extra_meta: dict) -> Scan:
-    """Stack 2-D images into a Scan with geometry from their headers (gaps filled with padding)."""
+def build_scan(images: list[Image2D], source: Path, extra_meta: dict, decode=None) -> Scan:
+    """Stack 2-D images into a Scan with geometry from their headers (gaps filled with padding).
+    `decode(image)`: the stored pixels of an image that has none yet (read one at a time, in stack order)."""
     sizes = Counter((int(im.header.Rows), int(im.header.Columns)) for im in images)
     if len(sizes) > 1:
         odd = next(im for im in images if (int(im.header.Rows), int(im.header.Columns)) != sizes.most_common(1)[0][0])
@@ -184,7 +200,7 @@ def build_scan(images: list[Image2D], source: Path, extra_meta: dict) -> Scan:
         raise MedfakeError(f"slices of different sizes in one series ({listing}), e.g. {odd.path.name}", source)
     geometry: StackGeometry = plan_stack([im.header for im in images], source)
     ordered = [images[i] for i in geometry.order]
-    values = rescale(np.stack([im.pixels for im in ordered]), [im.header for im in ordered], source)
+    values = rescale(stack_pixels(ordered, decode), [im.header for im in ordered], source)
     modality = str(ordered[0].header.get("Modality", "") or "OT").upper()
     volume = fill_gaps(values, geometry.slots, pad_value(modality, values))
     meta = {
@@ -198,6 +214,20 @@ def build_scan(images: list[Image2D], source: Path, extra_meta: dict) -> Scan:
         **extra_meta,
     }
     return Scan(volume, geometry.spacing, geometry.origin, geometry.direction, modality, meta, str(source))
+
+
+def stack_pixels(images: list[Image2D], decode=None) -> np.ndarray:
+    """The images' stored pixels in one array allocated once (what np.stack gives, without holding every
+    slice twice); mixed pixel types widen as np.stack would."""
+    out = None
+    for k, image in enumerate(images):
+        pixels = image.pixels if image.pixels is not None else decode(image)
+        if out is None:
+            out = np.empty((len(images), *pixels.shape), pixels.dtype)
+        elif np.result_type(out.dtype, pixels.dtype) != out.dtype:
+            out = out.astype(np.result_type(out.dtype, pixels.dtype))
+        out[k] = pixels
+    return out
 
 
 def fill_gaps(values: np.ndarray, slots: list[int | None], pad: float) -> np.ndarray:
@@ -277,10 +307,12 @@ def load_folder(folder: Path, wanted: str | None) -> Scan:
         scan.path = str(folder)  # the input is the folder: never write into it
         return scan
     images, warnings_ = unique_instances(chosen.files)
-    for image in images:
-        full = read_dataset(image.path, header_only=False, must_be_dicom=True)
-        image.pixels = decode_pixels(full, image.path)[0]
-    return build_scan(images, folder, {"warnings": warnings_, "sop_class": str(images[0].header.get("SOPClassUID", ""))})
+    return build_scan(images, folder, {"warnings": warnings_, "sop_class": str(images[0].header.get("SOPClassUID", ""))},
+                      decode=decode_file)
+
+
+def decode_file(image: Image2D) -> np.ndarray:
+    return decode_pixels(read_dataset(image.path, header_only=False, must_be_dicom=True), image.path)[0]
 
 
 def unique_instances(files: list[tuple[Path, Dataset]]) -> tuple[list[Image2D], list[str]]:
