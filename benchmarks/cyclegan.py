@@ -291,6 +291,11 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", default=["ct_transposed", "ct_resize"])
     parser.add_argument("--run", default="mammo")
     parser.add_argument("--name", default=None)
+    parser.add_argument("--set", default="ct32", help="train-ct: training set under WORK/sets")
+    parser.add_argument("--run-name", default=None, help="train-ct: run folder under WORK/runs (default ct_UPSAMPLE)")
+    parser.add_argument("--lr", type=float, default=None, help="train-ct: G and D learning rate (preset's if unset)")
+    parser.add_argument("--decay-from", type=float, default=None, help="train-ct: 1.0 = constant learning rate")
+    parser.add_argument("--identity", type=float, default=None, help="train-ct: identity weight (Becker exp. 1: 0)")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from medfake.runinfo import write_run_record
@@ -304,8 +309,9 @@ def main() -> None:
     elif args.what == "sets":
         return sets(args)
     elif args.what == "train-ct":
-        run = train_run(args, "ct32", f"ct_{args.upsample}", "cpu-small", upsample=args.upsample, steps=args.steps,
-                        snapshot_every=args.snapshot_every, checkpoint_every=args.snapshot_every)
+        run = train_run(args, args.set, args.run_name or f"ct_{args.upsample}", "cpu-small", upsample=args.upsample,
+                        steps=args.steps, snapshot_every=args.snapshot_every, checkpoint_every=args.snapshot_every,
+                        g_lr=args.lr, d_lr=args.lr, decay_from=args.decay_from, lambda_identity=args.identity)
         return print(run)
     elif args.what == "train-mammo":
         run = train_run(args, "mammo256", args.run, args.preset, size=(256, 256), steps=args.steps,
