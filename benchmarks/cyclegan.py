@@ -139,57 +139,105 @@ def csv_rows(path: Path):
         return list(csv.DictReader(fh))
 
 
-# --- CT judged by the CAD ----------------------------------------------------------------------------------
-def judge_ct(args) -> dict:
-    from medfake.cad import detect_nodules, nodule_near
+# --- CT judged by the CAD and by the independent core/shell judge -------------------------------------------
+TEST_COHORT = Path("/work/runs/bench_tamper/cohort_test")  # the shared held-out synthetic scans (when present)
+LUNG1_NODULE = ((33, 359, 218), 13.8)
+REMOVE_DIAMETERS_MM = (5.0, 18.0)  # nodules the remover is asked to take away (as tamper_quality.py)
+
+
+def judge_hosts(args) -> list[tuple[Path, object, list]]:
+    """(path, scan, [(zyx, diameter_mm)]) of every held-out host: the synthetic test cohort, lung1 and chest2."""
+    from medfake.data.cohort import location_voxel, locations_for, scan_paths
     from medfake.data.samples import sample_path
     from medfake.io import load_scan
     from medfake.io.tables import read_locations
-    from medfake.data.cohort import location_voxel, locations_for, scan_paths
+
+    test = Path(args.test_cohort) if args.test_cohort else (TEST_COHORT if TEST_COHORT.exists() else WORK / "cohort_test")
+    table = read_locations(test / "annotations.csv")
+    hosts = []
+    for path in scan_paths(test):
+        scan = load_scan(path)
+        hosts.append((path, scan, [(location_voxel(scan, loc), loc.diameter_mm)
+                                   for loc in locations_for(path, scan, table)]))
+    hosts.append((sample_path("lung1"), load_scan(sample_path("lung1")), [LUNG1_NODULE]))
+    hosts.append((sample_path("chest2"), load_scan(sample_path("chest2")), []))  # no labelled nodule: injection only
+    return hosts
+
+
+def judge_site(before, after, scan, tampered, zyx) -> dict:
+    """Both judges at one place, before and after: CAD nodule within 5 mm; core/shell verdict."""
+    from medfake.cad import nodule_near
+    from medfake.judges import core_shell
+
+    return {"cad_before": nodule_near(before, scan, zyx, 5.0) is not None,
+            "cad_after": nodule_near(after, tampered, zyx, 5.0) is not None,
+            "core_before": core_shell(scan, zyx).present, "core_after": core_shell(tampered, zyx).present,
+            "core_hu_after": round(core_shell(tampered, zyx).core_hu, 1)}
+
+
+def judge_ct(args) -> dict:
+    """Per remover/injector (the CycleGAN runs, and the controls `nothing` and classical `inpaint`): injection
+    succeeds where a judge sees a nodule after and none before; removal where it saw one before and none after.
+    Removal is counted on the nodules each judge saw before (its own denominator); `both` needs the CAD and the
+    core/shell judge to agree it is gone, and the nodule's core back below −500 HU."""
+    from medfake.cad import detect_nodules
     from medfake.lungmask import lung_mask
     from medfake.tamper.cyclegan.apply import load_cyclegan
-    from medfake.tamper.pipeline import tamper_scan
+    from medfake.tamper.pipeline import Site, tamper_scan
     from medfake.tamper.sites import pick_sites
 
-    result = {}
-    test = WORK / "cohort_test"
-    table = read_locations(test / "annotations.csv")
-    hosts = [(p, load_scan(p)) for p in scan_paths(test)] + [(sample_path("chest2"), load_scan(sample_path("chest2")))]
+    hosts = judge_hosts(args)
+    tampers = {"nothing": (None, None), "inpaint": (None, None)} if args.controls else {}
     for run_name in args.runs:
         run = WORK / "runs" / run_name
-        injector, remover = load_cyclegan(run, "inject"), load_cyclegan(run, "remove")
+        tampers[run_name] = (load_cyclegan(run, "inject"), load_cyclegan(run, "remove"))
+    result = {"hosts": [p.name for p, _, _ in hosts], "judges": ["cad", "core_shell"], "methods": {}}
+    for name, (injector, remover) in tampers.items():
         rng = np.random.default_rng(0)
-        inject, remove, baseline_inject, baseline_remove = [], [], [], []
-        for path, scan in hosts:
+        inject, remove = [], []
+        for path, scan, nodules in hosts:
             lung = lung_mask(scan)
             before = detect_nodules(scan, lung)
-            nodules = [location_voxel(scan, loc) for loc in locations_for(path, scan, table)]
-            sites = pick_sites(scan, args.per_scan, rng, lung, avoid_zyx=nodules + [n.center_zyx for n in before],
-                               allow_fewer=True)
-            if sites:
-                tampered, _ = tamper_scan(scan, sites, "inject", injector, "cyclegan", rng, lung)
-                after = detect_nodules(tampered, lung)
-                for zyx in sites:
-                    was = nodule_near(before, scan, zyx, 5.0) is not None
-                    baseline_inject.append(was)
-                    inject.append(bool(not was and nodule_near(after, scan, zyx, 5.0) is not None))
-            found = [zyx for zyx in nodules if nodule_near(before, scan, zyx, 5.0) is not None]
-            baseline_remove += [False] * len(found)
-            if found:
-                tampered, rows = tamper_scan(scan, found, "remove", remover, "cyclegan", rng, lung)
-                after = detect_nodules(tampered, lung)
-                for zyx in found:
-                    gone = nodule_near(after, scan, zyx, 5.0) is None
-                    centre = float(np.mean(tampered.cut_cube(zyx, (3, 5, 5)).astype(np.float32)))
-                    remove.append(bool(gone and centre < -500.0))
-            print(run_name, path.name, "inject", inject[-len(sites):] if sites else [], "remove",
-                  remove[-len(found):] if found else [], flush=True)
-        result[run_name] = {"inject_success": rate(inject), "inject_sites": len(inject),
-                            "inject_baseline_nothing_done": rate(baseline_inject),
-                            "remove_success": rate(remove), "remove_sites": len(remove),
-                            "remove_baseline_nothing_done": rate(baseline_remove),
-                            "hosts": [str(p.name) for p, _ in hosts], "model": injector.model_id}
+            sites = pick_sites(scan, args.per_scan, np.random.default_rng(1), lung, allow_fewer=True,
+                               avoid_zyx=[z for z, _ in nodules] + [n.center_zyx for n in before])
+            if sites and name != "inpaint":
+                tampered = scan if injector is None else tamper_scan(scan, sites, "inject", injector, "cyclegan", rng, lung)[0]
+                after = before if injector is None else detect_nodules(tampered, lung)
+                inject += [{"scan": path.name, "zyx": list(z), **judge_site(before, after, scan, tampered, z)} for z in sites]
+            targets = [Site(tuple(z), "table", d) for z, d in nodules if REMOVE_DIAMETERS_MM[0] <= d <= REMOVE_DIAMETERS_MM[1]]
+            if targets:
+                if name == "nothing":
+                    tampered = scan
+                elif name == "inpaint":
+                    tampered = tamper_scan(scan, targets, "remove", None, "inpaint", rng, lung)[0]
+                else:
+                    tampered = tamper_scan(scan, targets, "remove", remover, "cyclegan", rng, lung)[0]
+                after = before if tampered is scan else detect_nodules(tampered, lung)
+                remove += [{"scan": path.name, "zyx": list(t.zyx), "diameter_mm": t.diameter_mm,
+                            **judge_site(before, after, scan, tampered, t.zyx)} for t in targets]
+            print(name, path.name, "inject", [(r["cad_after"], r["core_after"]) for r in inject if r["scan"] == path.name],
+                  "remove", [(r["cad_before"], r["cad_after"], r["core_before"], r["core_after"], r["core_hu_after"])
+                             for r in remove if r["scan"] == path.name], flush=True)
+        result["methods"][name] = {"model": getattr(remover, "model_id", name), **summarise(inject, remove),
+                                   "inject_rows": inject, "remove_rows": remove}
     return result
+
+
+def summarise(inject: list[dict], remove: list[dict]) -> dict:
+    out = {}
+    if inject:
+        out["inject_sites"] = len(inject)
+        out["inject_cad"] = rate([r["cad_after"] and not r["cad_before"] for r in inject])
+        out["inject_core_shell"] = rate([r["core_after"] and not r["core_before"] for r in inject])
+    for judge in ("cad", "core"):
+        seen = [r for r in remove if r[f"{judge}_before"]]
+        out[f"remove_{judge}_seen_before"] = len(seen)
+        out[f"remove_{judge}"] = rate([not r[f"{judge}_after"] for r in seen])
+    both = [r for r in remove if r["cad_before"] and r["core_before"]]
+    out["remove_both_seen_before"] = len(both)
+    out["remove_both"] = rate([not r["cad_after"] and not r["core_after"] and r["core_hu_after"] < -500 for r in both])
+    out["remove_total"] = len(remove)
+    return out
 
 
 def rate(flags) -> float | None:
@@ -291,6 +339,9 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", default=["ct_transposed", "ct_resize"])
     parser.add_argument("--run", default="mammo")
     parser.add_argument("--name", default=None)
+    parser.add_argument("--test-cohort", default=None, help="judge-ct: held-out synthetic cohort (default: shared)")
+    parser.add_argument("--controls", action=argparse.BooleanOptionalAction, default=True,
+                        help="judge-ct: also judge doing nothing and classical in-painting")
     parser.add_argument("--set", default="ct32", help="train-ct: training set under WORK/sets")
     parser.add_argument("--run-name", default=None, help="train-ct: run folder under WORK/runs (default ct_UPSAMPLE)")
     parser.add_argument("--lr", type=float, default=None, help="train-ct: G and D learning rate (preset's if unset)")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pydicom
@@ -21,7 +22,7 @@ from medfake.tamper.cyclegan.config import CycleGANConfig
 from medfake.tamper.cyclegan.grid import grid_score, select_step
 from medfake.tamper.cyclegan.images import prepare, read_image2d
 from medfake.tamper.cyclegan.model import CycleGANModel
-from medfake.tamper.cyclegan.trainset import CycleGANSet, TrainsetOptions, build_trainset
+from medfake.tamper.cyclegan.trainset import CT_WINDOW, CycleGANSet, TrainsetOptions, build_trainset, hu_to_net
 from medfake.training import make_accelerator
 
 FAST = dict(steps=2, snapshot_every=2, checkpoint_every=2, ngf=4, ndf=4, n_blocks=1, grid_images=2)
@@ -194,6 +195,39 @@ def test_tamper_ct_writes_derived_dicom_and_manifest(ct_run, lung1_dicom, tmp_pa
     assert len(changed) > 0 and np.abs(changed - [250, 150]).max() < 30  # only around the location
 
 
+LUNG1_NODULE = (33, 359, 218)
+
+
+def test_ct_set_takes_healthy_twins_at_the_nodules_place(ct_run):
+    set_folder = ct_run.parent / "set"
+    items = json.loads((set_folder / "index.json").read_text())["domains"]["a"]["items"]
+    twins = [(i, it) for i, it in enumerate(items) if it["site"] == "twin"]
+    assert 3 <= len(twins) <= 6 and len(twins) % 3 == 0  # up to 2 places × 3 slices
+    patches = np.load(set_folder / "a.npy").astype(np.float32)
+    for i, it in twins:
+        z, y, x = it["voxel_zyx"]
+        assert (y, x) == LUNG1_NODULE[1:]
+        assert abs(z - LUNG1_NODULE[0]) * 5.0 >= 13.8 / 2 + 6.0  # lung1 slices are 5 mm apart
+        assert patches[i, 0, 14:18, 14:18].mean() < hu_to_net(-500.0, CT_WINDOW)  # parenchyma at the centre
+    assert sum(it["site"] == "auto" for it in items) == 2 * 3
+
+
+def test_ct_removal_sizes_the_paste_to_the_nodule(ct_run):
+    from medfake.io import load_scan
+    from medfake.tamper.cyclegan.apply import cyclegan_scan, load_cyclegan
+    from medfake.tamper.pipeline import Site
+
+    scan = load_scan(sample_path("lung1"))
+    big = Site(LUNG1_NODULE, "table", 20.0)  # larger than the set's nodule: the paste must grow with it
+    tampered, rows = cyclegan_scan(scan, [big], "remove", load_cyclegan(ct_run, "remove"))
+    params = json.loads(rows[0].parameters)
+    assert params["hole"] == 24 and params["views"] == 4 and params["diameter_mm"] == 20.0
+    assert params["blend_mm"] == [11.0, 15.0]
+    changed = np.argwhere(tampered.voxels != scan.voxels)
+    reach = np.linalg.norm((changed - LUNG1_NODULE) * np.asarray(scan.spacing), axis=1)
+    assert reach.max() > 12.0 and reach.max() < 15.0 + 2.0  # beyond the set's own nodule size, inside the blend
+
+
 def test_tamper_mammogram_whole_image(mammo_run, mammograms, tmp_path, capsys):
     code, out, err = run_cli(["tamper", "-t", mammograms["right_cc"], "-d", tmp_path / "out", "-a", "remove",
                               "--method", "cyclegan", "--model", mammo_run], capsys)
@@ -251,3 +285,20 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys, ct_run, mammo_run, ma
     code, _, err = run_cli(["train", "cyclegan", "--data", tmp_path / "a", "-o", tmp_path / "r"], capsys)
     one_line_error(code, err, "not a CycleGAN training set")
     assert not (tmp_path / "o").exists()
+
+
+# --- the benchmark matrix --------------------------------------------------------------------------------------
+def test_matrix_tampers_with_the_cyclegan_and_trains_detectors_per_generator(ct_run, tmp_path):
+    from medfake.bench.config import Cells, validate
+    from medfake.bench.matrix import generator_methods, only_method, tamper_all
+    from medfake.io.tables import append_manifest
+
+    config = validate({"seed": 0, "attacks": [{"action": "inject", "method": "cyclegan", "auto": 1}]}, None)
+    lung1 = {"name": "lung1", "path": str(sample_path("lung1")), "label": None, "table": None}
+    manifest = tamper_all(Cells(tmp_path / "cells"), config, [lung1], {"cyclegan": str(ct_run)}, "test")
+    rows = read_manifest(manifest)
+    assert len(rows) == 1 and rows[0].method == "cyclegan" and rows[0].model_id.startswith("run@2:")
+    mixed = tmp_path / "mixed.csv"
+    append_manifest(rows + [replace(rows[0], method=m) for m in ("ctgan", "copy-move")], mixed)
+    assert generator_methods(mixed) == ["ctgan", "cyclegan"]  # one supervised run per GAN family
+    assert [r.method for r in read_manifest(only_method(mixed, "ctgan", tmp_path / "ctgan.csv"))] == ["ctgan"]

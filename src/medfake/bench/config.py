@@ -61,7 +61,7 @@ def load_config(path: str | Path | None, fast: bool = False) -> dict:
 
 KNOWN_KEYS = {"name", "seed", "cohort", "tamper_models", "detectors", "attacks", "screen", "fast", "report"}
 DETECTOR_METHODS = METHODS  # the detector registry's names
-ATTACK_METHODS = ("ctgan", "copy-move", "inpaint")
+ATTACK_METHODS = ("ctgan", "copy-move", "inpaint", "cyclegan")
 
 
 def validate(config: dict, path) -> dict:

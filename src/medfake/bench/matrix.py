@@ -90,10 +90,42 @@ def train_tamper_models(cells: Cells, config: dict, train_dir: str) -> dict:
     return {name.removeprefix("model-"): run for name, run in models.items()}
 
 
+def train_cyclegan(cells: Cells, config: dict, train_dir: str) -> dict:
+    """`tamper_models.cyclegan: {preset, steps, upsample, ...}`: a 2-D CycleGAN on the training cohort's nodule
+    and healthy lung patches (both directions in one run), so the attacks can use a second GAN family."""
+    spec = config["tamper_models"].get("cyclegan")
+    if spec is None:
+        return {}
+    from medfake.tamper.cyclegan.config import CycleGANConfig
+    from medfake.tamper.cyclegan.train import train
+    from medfake.tamper.cyclegan.trainset import TrainsetOptions, build_trainset
+
+    def fit(folder: Path):
+        options = dict(spec)
+        data = build_trainset([train_dir], [train_dir], folder / "set", TrainsetOptions(
+            coords=str(Path(train_dir) / "annotations.csv"), seed=config["seed"],
+            healthy_per_scan=options.pop("healthy_per_scan", 8)))
+        cfg = CycleGANConfig.resolve(options.pop("preset", "cpu-small"), seed=config["seed"], **options)
+        return str(train(data, folder / "run", cfg, show_progress=False))
+
+    return {"cyclegan": cells.run("model-cyclegan", fit)}
+
+
+def load_attack_model(models: dict, method: str, action: str):
+    if method == "cyclegan":
+        from medfake.tamper.cyclegan.apply import load_cyclegan
+
+        if "cyclegan" not in models:
+            raise MedfakeError("attack method cyclegan needs tamper_models: {cyclegan: {...}} in the config")
+        return load_cyclegan(models["cyclegan"], action)
+    from medfake.tamper.model import load_tamper_model
+
+    return load_tamper_model(models[action], action) if method == "ctgan" else None
+
+
 def tamper_all(cells: Cells, config: dict, scans: list[dict], models: dict, split: str) -> str:
     """Apply every attack to every scan; returns the merged manifest of this split."""
     from medfake.tamper.config import TamperRequest
-    from medfake.tamper.model import load_tamper_model
     from medfake.tamper.run import tamper_file
 
     loaded, jobs = {}, {}
@@ -103,14 +135,14 @@ def tamper_all(cells: Cells, config: dict, scans: list[dict], models: dict, spli
             name = f"tamper-{split}-{scan['name']}-{k}-{action}-{method}"
 
             def make(folder: Path, scan=scan, attack=attack, action=action, method=method, k=k):
-                if method == "ctgan" and action not in loaded:
-                    loaded[action] = load_tamper_model(models[action], action)
+                if (method, action) not in loaded:
+                    loaded[method, action] = load_attack_model(models, method, action)
                 by_label = attack.get("targets") == "labels"
                 request = TamperRequest(target=scan["path"], outdir=folder, action=action,
                                         table=scan["table"] if by_label and scan["table"] else None,
                                         auto=0 if by_label and scan["table"] else int(attack.get("auto", 1)),
                                         label=scan["label"], method=method, seed=config["seed"] + 31 * k, fmt="nrrd")
-                result = tamper_file(request, model=loaded.get(action))
+                result = tamper_file(request, model=loaded[method, action])
                 return {"output": str(result.output), "rows": len(result.rows)}
 
             jobs[name] = make
@@ -137,15 +169,35 @@ def train_detectors(cells: Cells, config: dict, train_dir: str, train_manifest: 
 
     jobs = {}
     for method, options in config["detectors"].items():
-        def fit(folder: Path, method=method, options=dict(options or {})):
+        options = dict(options or {})
+        per_generator = options.pop("per_generator", False)
+        generators = [None] + (generator_methods(train_manifest) if per_generator and train_manifest else [])
+
+        def fit(folder: Path, method=method, options=options, generator=None):
             cfg = DetectorTrainConfig(method=method, modality="ct", seed=config["seed"],
                                       samples=4 if method.startswith("btd") else 0, **options)
             tampered = Path(train_manifest) if train_manifest else None  # used by detectors that train on fakes
+            if generator is not None:
+                tampered = only_method(tampered, generator, folder / f"manifest_{generator}.csv")
             train_detector([Path(train_dir)], folder / "run", cfg, tampered=tampered)
             return str(folder / "run")
 
-        jobs[f"detector-{method}"] = fit
+        for generator in generators:
+            name = method if generator is None else f"{method}@{generator}"
+            jobs[f"detector-{name}"] = lambda folder, fit=fit, generator=generator: fit(folder, generator=generator)
     return {name.removeprefix("detector-"): run for name, run in cells.run_all(jobs).items()}
+
+
+def generator_methods(manifest: str) -> list[str]:
+    """The GAN tamper methods of a manifest (a detector `per_generator: true` gets one run trained on each one's
+    fakes only, named METHOD@GENERATOR: its rows of the other generator are the cross-generator rows)."""
+    return sorted({r.method for r in read_manifest(Path(manifest))} & {"ctgan", "cyclegan"})
+
+
+def only_method(manifest: Path, method: str, out: Path) -> Path:
+    out.unlink(missing_ok=True)
+    append_manifest([r for r in read_manifest(manifest) if r.method == method], out)
+    return out
 
 
 def evaluate_detectors(cells: Cells, config: dict, manifest: str, detector_runs: dict, test_scans: list[dict]) -> dict:
@@ -257,7 +309,7 @@ def run_matrix(config: dict, run: Path, fresh: bool = False, log=print, executor
     prepare_run(run, config, fresh)
     cells = Cells(run / "cells", log=log, executor=executor)
     cohort = build_cohort(cells, config)
-    models = train_tamper_models(cells, config, cohort["train"])
+    models = train_tamper_models(cells, config, cohort["train"]) | train_cyclegan(cells, config, cohort["train"])
     test_scans = synthetic_test_scans(cohort["test"]) + real_test_scans(config)
     train_scans = synthetic_test_scans(cohort["train"])
     train_manifest = tamper_all(cells, config, train_scans[:SUPERVISED_TRAIN_SCANS], models, "train") \

@@ -111,6 +111,9 @@ def location_figure(row, detector, cache: dict) -> np.ndarray:
     return hstack(panels)
 
 
+CYCLEGAN_LOSSES = ["g_adv", "cycle_l1", "identity_l1", "d_a", "d_b"]
+
+
 def loss_figure(csv_path: Path, columns: list[str], title: str) -> np.ndarray | None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -177,7 +180,8 @@ def build_sections(matrix: dict, summary: dict, max_locations: int = 12) -> list
 
     training = Section("training", "Training curves and snapshots")
     for action, folder in matrix["models"].items():
-        image = loss_figure(Path(folder) / "losses.csv", ["d_loss", "g_loss", "g_l1", "val_l1_hole"], f"{action} cGAN")
+        columns = CYCLEGAN_LOSSES if action == "cyclegan" else ["d_loss", "g_loss", "g_l1", "val_l1_hole"]
+        image = loss_figure(Path(folder) / "losses.csv", columns, f"{action} cGAN")
         if image is not None:
             training.image(image, f"{action} cGAN losses")
         snapshots = sorted((Path(folder) / "snapshots").glob("*.png"))

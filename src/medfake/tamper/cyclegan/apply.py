@@ -9,7 +9,10 @@ between the --blend radii, in mm of the image, default 10 % and 20 % of its shor
 CT: `CTAdapter` gives the generator the interface of the CT-GAN model, so `pipeline.ctgan_site` does the work:
 the isotropic cube around each location is cut, every in-plane slice within the paste's reach is translated
 (slice-wise, the in-plane ROI of the patch size), and the change is pasted with the same 3-D radial blend,
-injection max-rule and noise matching as CT-GAN's.
+injection max-rule and noise matching as CT-GAN's. Removal sizes the paste to each nodule (its table
+diameter, else the CAD's, else 12 mm: full weight to 1 mm beyond its edge, zero 4 mm further), so no rim of
+a nodule larger than the training median is left behind, and looks through all four in-plane flips keeping
+the least dense result (as CT-GAN's remover can).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from medfake.tamper.cyclegan.trainset import hu_to_net, net_to_hu
 DIRECTION = {"inject": "a2b", "remove": "b2a"}
 DEFAULT_LESION_MM = 10.0
 FLIPS = ((), (2,), (1,), (1, 2))
+REMOVE_VIEWS = 4
+REMOVE_MARGIN_MM = 4.0  # hole = nodule diameter + this: full blend weight to 1 mm beyond the nodule's edge
 
 
 @dataclass
@@ -106,12 +111,12 @@ def load_cyclegan(run: str | Path, action: str) -> CycleGANTamper:
 class CTAdapter:
     """A CycleGAN trained on CT patches, seen by `pipeline.ctgan_site` as an in-painting model."""
 
-    def __init__(self, model: CycleGANTamper):
+    def __init__(self, model: CycleGANTamper, lesion_mm: float | None = None):
         if model.source != "ct":
             raise MedfakeError(f"this CycleGAN was trained on {model.source} images, not CT patches",
                                model.info.get("folder"))
         self.model = model
-        lesion_mm = model.meta.get("lesion_diameter_mm") or DEFAULT_LESION_MM
+        lesion_mm = lesion_mm or model.meta.get("lesion_diameter_mm") or DEFAULT_LESION_MM
         pixel = float(model.meta.get("pixel_mm") or 1.0)
         self.config = CubeGeometry(int(model.config.size[0]), pixel,
                                    int(np.clip(round(lesion_mm / pixel), 4, model.config.size[0] - 8)))
@@ -214,11 +219,42 @@ def cyclegan_scan(scan: Scan, locations, action: str, model, rng=None, lung=None
     if model.source != "ct":
         raise MedfakeError(f"this CycleGAN was trained on 2-D {model.source} images; give it a 2-D image, not a "
                            f"{scan.shape[0]}-slice volume", model.info.get("folder"))
-    tampered, rows = tamper_scan(scan, locations, action, CTAdapter(model), "ctgan", rng, lung, None, None,
-                                 blend_mm, views)
+    if action == "remove":
+        tampered, rows = remove_ct(scan, as_sites(scan, locations), model, rng, lung, blend_mm, views)
+    else:
+        tampered, rows = tamper_scan(scan, locations, action, CTAdapter(model), "ctgan", rng, lung, None, None,
+                                     blend_mm, views)
     rows = [replace(r, method="cyclegan", parameters=json.dumps(dict(json.loads(r.parameters), generator="cyclegan",
                                                                      slicewise=True), sort_keys=True)) for r in rows]
     return tampered, rows
+
+
+def remove_ct(scan: Scan, sites: list, model: CycleGANTamper, rng, lung, blend_mm, views):
+    """Each nodule removed with a paste sized to it (see the module docstring), one site after the other."""
+    from medfake.tamper.pipeline import tamper_scan
+
+    views = REMOVE_VIEWS if views is None else views
+    diameters = nodule_diameters(scan, sites, lung)
+    rows = []
+    for site, diameter in zip(sites, diameters):
+        site.diameter_mm = diameter
+        adapter = CTAdapter(model, diameter + REMOVE_MARGIN_MM)
+        scan, new = tamper_scan(scan, [site], "remove", adapter, "ctgan", rng, lung, None, None, blend_mm, views)
+        rows += new
+    return scan, rows
+
+
+def nodule_diameters(scan: Scan, sites: list, lung) -> list[float]:
+    """The site's own diameter, else the CAD's nodule within 10 mm, else the default (12 mm)."""
+    from medfake.cad import detect_nodules, nodule_near
+    from medfake.tamper.pipeline import DEFAULT_REMOVE_DIAMETER_MM
+
+    found = detect_nodules(scan, lung) if any(not s.diameter_mm for s in sites) else []
+    out = []
+    for site in sites:
+        hit = None if site.diameter_mm else nodule_near(found, scan, site.zyx, radius_mm=10.0)
+        out.append(float(site.diameter_mm or (hit.diameter_mm if hit else DEFAULT_REMOVE_DIAMETER_MM)))
+    return out
 
 
 def _like(voxels: np.ndarray, original: np.ndarray) -> np.ndarray:

@@ -4,7 +4,10 @@ Inputs per domain (any mix of): 2-D image files or folders of them (single-frame
 PNG/TIFF/JPEG), and 3-D scans (CT/MR in any format `load_scan` reads). From a 3-D scan, domain B takes in-plane patches
 through each lesion (rows of `--coords` naming the scan, and the components of a sibling label volume
 `<name>_label.*`), at the centre slice and ±¼ diameter; domain A takes patches at automatic healthy lung sites
-away from every lesion. Patches are `patch` points at `pixel_mm` (isotropic grid, one interpolation),
+away from every lesion, and each lesion's healthy *twins*: the same in-plane place a few millimetres above and
+below the lesion, where the lung is nodule-free. Lesions often touch the chest wall while automatic sites lie
+deep in the lung; without the twins the lesion → healthy direction learns "turn chest wall into lung" (the
+largest difference between the domains) instead of "take the nodule away". Patches are `patch` points at `pixel_mm` (isotropic grid, one interpolation),
 HU windowed to [-1, 1].
 
 Folder: a.npy, b.npy (float16, N×C×H×W in [-1, 1]); index.json (kind, size, channels, source kind,
@@ -36,6 +39,7 @@ class TrainsetOptions:
     pixel_mm: float = 1.0  # … and their spacing
     window: tuple = CT_WINDOW  # HU → [-1, 1] for CT patches and CT/MR slices
     healthy_per_scan: int = 8
+    twins_per_lesion: int = 2  # healthy patches at the lesion's in-plane place, above/below it (domain A)
     mammogram: str = "auto"  # auto (Modality MG) | yes | no
     coords: str | None = None  # lesion table for 3-D scans (CT-GAN, LUNA16 or manifest)
     seed: int = 0
@@ -156,22 +160,62 @@ def is_2d(path: Path) -> bool:
 
 # --- CT patches ------------------------------------------------------------------------------------------
 def scan_patches(key: str, path: Path, options: TrainsetOptions, rng) -> tuple[list, list]:
+    from medfake.lungmask import lung_mask
     from medfake.tamper.sites import pick_sites
 
     scan = load_scan(path)
     lesions = lesion_sites(path, scan, options.coords)
     if key == "b":
-        sites = lesions
+        sites = [(zyx, diameter, "lesion") for zyx, diameter in lesions]
     else:
-        sites = [(zyx, None) for zyx in pick_sites(scan, options.healthy_per_scan, rng,
-                                                   avoid_zyx=[z for z, _ in lesions], allow_fewer=True)]
+        lung = lung_mask(scan)
+        sites = [(zyx, None, "auto") for zyx in pick_sites(scan, options.healthy_per_scan, rng, lung,
+                                                             avoid_zyx=[z for z, _ in lesions], allow_fewer=True)]
+        sites += [(zyx, None, "twin") for zyx in twin_sites(scan, lesions, lung, options.twins_per_lesion, rng)]
     patches, rows = [], []
-    for zyx, diameter in sites:
+    for zyx, diameter, kind in sites:
         for offset in slice_offsets(diameter, options.pixel_mm):
             patches.append(ct_patch(scan, zyx, offset, options))
             rows.append({"source": str(path), "patient": path.name, "voxel_zyx": [int(v) for v in zyx],
-                         "z_offset_mm": offset, "diameter_mm": diameter})
+                         "z_offset_mm": offset, "diameter_mm": diameter, "site": kind})
     return patches, rows
+
+
+TWIN_GAPS_MM = (6.0, 12.0)  # beyond the lesion's edge (the patches' ±2 mm slices stay clear of it)
+TWIN_CLEARANCE_MM = 20.0  # from every other lesion
+TWIN_MAX_HU = -500.0  # the twin's centre is parenchyma, not a vessel or the wall
+
+
+def twin_sites(scan, lesions, lung, per_lesion: int, rng) -> list[tuple[int, int, int]]:
+    """Up to `per_lesion` healthy places per lesion at its (y, x), `d/2 + gap` mm above or below it, inside the
+    lung, with parenchyma at the centre and far from every lesion: the lesion's context without the lesion."""
+    if per_lesion <= 0 or not lesions:
+        return []
+    spacing = np.asarray(scan.spacing, dtype=float)
+    centres = np.array([zyx for zyx, _ in lesions], dtype=float)
+    out = []
+    for i, (zyx, diameter) in enumerate(lesions):
+        radius = (diameter or 10.0) / 2.0
+        others = np.delete(centres, i, axis=0)
+        candidates = []
+        for gap in TWIN_GAPS_MM:
+            for sign in (-1, 1):
+                z = int(zyx[0] + sign * np.ceil((radius + gap) / spacing[0]))
+                twin = (z, int(zyx[1]), int(zyx[2]))
+                if not (0 <= z < scan.shape[0] and lung[twin] and _is_parenchyma(scan, twin)):
+                    continue
+                if len(others) and np.min(np.linalg.norm((others - twin) * spacing, axis=1)) < TWIN_CLEARANCE_MM:
+                    continue
+                candidates.append(twin)
+        out += [candidates[int(k)] for k in rng.permutation(len(candidates))[:per_lesion]]
+    return out
+
+
+def _is_parenchyma(scan, zyx, half_mm: float = 1.5) -> bool:
+    r = [max(1, int(round(half_mm / s))) for s in scan.spacing[1:]]
+    z, y, x = zyx
+    block = scan.voxels[z, max(0, y - r[0]): y + r[0] + 1, max(0, x - r[1]): x + r[1] + 1]
+    return float(np.mean(block)) < TWIN_MAX_HU
 
 
 def slice_offsets(diameter: float | None, pixel_mm: float) -> list[float]:
