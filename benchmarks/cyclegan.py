@@ -192,6 +192,7 @@ def judge_ct(args) -> dict:
         run = WORK / "runs" / run_name
         tampers[run_name] = (load_cyclegan(run, "inject"), load_cyclegan(run, "remove"))
     result = {"hosts": [p.name for p, _, _ in hosts], "judges": ["cad", "core_shell"], "methods": {}}
+    crops = []
     for name, (injector, remover) in tampers.items():
         rng = np.random.default_rng(0)
         inject, remove = [], []
@@ -215,12 +216,41 @@ def judge_ct(args) -> dict:
                 after = before if tampered is scan else detect_nodules(tampered, lung)
                 remove += [{"scan": path.name, "zyx": list(t.zyx), "diameter_mm": t.diameter_mm,
                             **judge_site(before, after, scan, tampered, t.zyx)} for t in targets]
+                if args.runs and name == args.runs[0]:
+                    crops += [(f"{path.name.split('.')[0]} {t.diameter_mm:.1f} mm", crop(scan, t.zyx), crop(tampered, t.zyx))
+                              for t in targets]
             print(name, path.name, "inject", [(r["cad_after"], r["core_after"]) for r in inject if r["scan"] == path.name],
                   "remove", [(r["cad_before"], r["cad_after"], r["core_before"], r["core_after"], r["core_hu_after"])
                              for r in remove if r["scan"] == path.name], flush=True)
         result["methods"][name] = {"model": getattr(remover, "model_id", name), **summarise(inject, remove),
                                    "inject_rows": inject, "remove_rows": remove}
+    if crops:
+        removal_figure(crops, RESULTS / f"{args.name or 'cyclegan_judge_ct'}_remove.png", args.runs[0])
     return result
+
+
+def crop(scan, zyx, half_mm: float = 22.0) -> np.ndarray:
+    """The axial slice through the site, ±half_mm in-plane."""
+    r = [int(round(half_mm / s)) for s in scan.spacing[1:]]
+    return scan.crop(zyx, (1, 2 * r[0] + 1, 2 * r[1] + 1), pad=-1000.0).voxels[0].astype(np.float32)
+
+
+def removal_figure(crops: list, out: Path, run_name: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(1.6 * len(crops), 3.6), dpi=90)
+    FigureCanvasAgg(figure)
+    for i, (title, before, after) in enumerate(crops):
+        for row, image in enumerate((before, after)):
+            ax = figure.add_subplot(2, len(crops), row * len(crops) + i + 1)
+            ax.imshow(image, cmap="gray", vmin=-1000, vmax=200)
+            ax.set_axis_off()
+            if row == 0:
+                ax.set_title(title, fontsize=7)
+    figure.suptitle(f"CycleGAN removal ({run_name}), held-out scans: before (top) / after (bottom)", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(out, format="png")
 
 
 def summarise(inject: list[dict], remove: list[dict]) -> dict:
@@ -293,9 +323,56 @@ def grid_figure(args) -> dict:
         selected[run_name] = select_step(run, GRID_THRESHOLD, steps)
         out[run_name] = {"curve": curves[run_name], "selected_step": selected[run_name],
                          "max_score": max((v for _, v in curves[run_name]), default=None),
-                         "crossed_after_clean": crossed(curves[run_name], GRID_THRESHOLD)}
-    plot_curves(curves, GRID_THRESHOLD, RESULTS / f"{args.name}.png", selected, title="grid score (held-out)")
+                         "crossed_after_clean": crossed(curves[run_name], GRID_THRESHOLD),
+                         "first_crossing_step": first_crossing(curves[run_name], GRID_THRESHOLD),
+                         "max_after_selected": max((v for s, v in curves[run_name] if selected[run_name] is not None
+                                                    and s > selected[run_name]), default=None),
+                         "settings": json.loads((run / "config.json").read_text()) if (run / "config.json").exists()
+                         else None}
+    curve_png = plot_curves(curves, GRID_THRESHOLD, WORK / f"{args.name}_curves.png", selected,
+                            title="grid score (held-out)")
+    snapshot_panel(curve_png, curves, selected, RESULTS / f"{args.name}.png")
     return out
+
+
+def first_crossing(curve, threshold):
+    below = False
+    for step, v in curve:
+        below = below or v < threshold
+        if below and v >= threshold:
+            return step
+    return None
+
+
+def snapshot_panel(curve_png: Path, curves: dict, selected: dict, out: Path) -> None:
+    """The curves, and each run's held-out B→A translations at its selected step and at its highest score after it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.image import imread
+
+    shots = []
+    for name, curve in curves.items():
+        chosen = selected.get(name)
+        later = [(v, s) for s, v in curve if chosen is not None and s > chosen]
+        for label, step in (("selected", chosen), ("highest after", max(later)[1] if later else None)):
+            png = WORK / "runs" / name / "snapshots" / f"step_{step:06d}.png" if step is not None else None
+            if png is not None and png.exists():
+                score = dict(curve)[step]
+                shots.append((f"{name}, {label}: step {step}, score {score:.2f}", imread(png)))
+    n = max(1, len(shots))
+    figure = Figure(figsize=(3.2 * n, 6.2), dpi=100)
+    FigureCanvasAgg(figure)
+    top = figure.add_subplot(2, 1, 1)
+    top.imshow(imread(curve_png))
+    top.set_axis_off()
+    for i, (title, image) in enumerate(shots):
+        ax = figure.add_subplot(2, n, n + i + 1)
+        h = image.shape[0]
+        ax.imshow(image[int(0.715 * h): int(0.9 * h)])  # the B→A row of the snapshot
+        ax.set_title(title.replace(": ", ":\n", 1), fontsize=8)
+        ax.set_axis_off()
+    figure.tight_layout()
+    figure.savefig(out, format="png")
 
 
 def crossed(curve, threshold) -> bool:
@@ -336,7 +413,7 @@ def main() -> None:
     parser.add_argument("--snapshot-every", type=int, default=None)
     parser.add_argument("--train-scans", type=int, default=8)
     parser.add_argument("--per-scan", type=int, default=2)
-    parser.add_argument("--runs", nargs="+", default=["ct_transposed", "ct_resize"])
+    parser.add_argument("--runs", nargs="*", default=["ct_resize"])
     parser.add_argument("--run", default="mammo")
     parser.add_argument("--name", default=None)
     parser.add_argument("--test-cohort", default=None, help="judge-ct: held-out synthetic cohort (default: shared)")
