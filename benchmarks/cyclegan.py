@@ -189,7 +189,7 @@ def judge_ct(args) -> dict:
     core/shell judge to agree it is gone, and the nodule's core back below −500 HU."""
     from medfake.cad import detect_nodules
     from medfake.lungmask import lung_mask
-    from medfake.tamper.cyclegan.apply import load_cyclegan
+    from medfake.tamper.cyclegan.apply import CTAdapter, load_cyclegan
     from medfake.tamper.pipeline import Site, tamper_scan
     from medfake.tamper.sites import pick_sites
 
@@ -198,6 +198,8 @@ def judge_ct(args) -> dict:
     for run_name in args.runs:
         run = WORK / "runs" / run_name
         tampers[run_name] = (load_cyclegan(run, "inject"), load_cyclegan(run, "remove"))
+        if args.previous_paste:  # the ablation: the same generator through the paste it had before #12's fix
+            tampers[f"{run_name}/previous-paste"] = (None, tampers[run_name][1])
     result = {"hosts": [p.name for p, _, _ in hosts], "judges": ["cad", "core_shell"], "methods": {}}
     crops = []
     for name, (injector, remover) in tampers.items():
@@ -208,7 +210,7 @@ def judge_ct(args) -> dict:
             before = detect_nodules(scan, lung)
             sites = pick_sites(scan, args.per_scan, np.random.default_rng(1), lung, allow_fewer=True,
                                avoid_zyx=[z for z, _ in nodules] + [n.center_zyx for n in before])
-            if sites and name != "inpaint":
+            if sites and name != "inpaint" and not name.endswith("/previous-paste"):
                 tampered = scan if injector is None else tamper_scan(scan, sites, "inject", injector, "cyclegan", rng, lung)[0]
                 after = before if injector is None else detect_nodules(tampered, lung)
                 inject += [{"scan": path.name, "zyx": list(z), **judge_site(before, after, scan, tampered, z)} for z in sites]
@@ -218,12 +220,14 @@ def judge_ct(args) -> dict:
                     tampered = scan
                 elif name == "inpaint":
                     tampered = tamper_scan(scan, targets, "remove", None, "inpaint", rng, lung)[0]
+                elif name.endswith("/previous-paste"):  # one view, the hole of the training set's median nodule
+                    tampered = tamper_scan(scan, targets, "remove", CTAdapter(remover), "ctgan", rng, lung, views=1)[0]
                 else:
                     tampered = tamper_scan(scan, targets, "remove", remover, "cyclegan", rng, lung)[0]
                 after = before if tampered is scan else detect_nodules(tampered, lung)
                 remove += [{"scan": path.name, "zyx": list(t.zyx), "diameter_mm": t.diameter_mm,
                             **judge_site(before, after, scan, tampered, t.zyx)} for t in targets]
-                if args.runs and name == args.runs[0]:
+                if args.runs and name == args.runs[0] and not args.previous_paste:
                     crops += [(f"{path.name.split('.')[0]} {t.diameter_mm:.1f} mm", crop(scan, t.zyx), crop(tampered, t.zyx))
                               for t in targets]
             print(name, path.name, "inject", [(r["cad_after"], r["core_after"]) for r in inject if r["scan"] == path.name],
@@ -429,6 +433,8 @@ def main() -> None:
     parser.add_argument("--test-cohort", default=None, help="judge-ct: held-out synthetic cohort (default: shared)")
     parser.add_argument("--controls", action=argparse.BooleanOptionalAction, default=True,
                         help="judge-ct: also judge doing nothing and classical in-painting")
+    parser.add_argument("--previous-paste", action="store_true",
+                        help="judge-ct: also remove through the paste used before the fix (one view, fixed hole)")
     parser.add_argument("--set", default="ct32", help="train-ct: training set under WORK/sets")
     parser.add_argument("--run-name", default=None, help="train-ct: run folder under WORK/runs (default ct_UPSAMPLE)")
     parser.add_argument("--lr", type=float, default=None, help="train-ct: G and D learning rate (preset's if unset)")
