@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -302,3 +303,29 @@ def test_matrix_tampers_with_the_cyclegan_and_trains_detectors_per_generator(ct_
     append_manifest(rows + [replace(rows[0], method=m) for m in ("ctgan", "copy-move")], mixed)
     assert generator_methods(mixed) == ["ctgan", "cyclegan"]  # one supervised run per GAN family
     assert [r.method for r in read_manifest(only_method(mixed, "ctgan", tmp_path / "ctgan.csv"))] == ["ctgan"]
+
+
+def test_matrix_trains_the_cyclegan_and_one_supervised_run_per_generator(tmp_path, monkeypatch):
+    import medfake.detect.train as detect_train
+    from medfake.bench.config import Cells
+    from medfake.bench.matrix import train_cyclegan, train_detectors
+    from medfake.data.synth import write_cohort
+    from medfake.io.tables import ManifestRow, append_manifest
+
+    cohort = write_cohort(tmp_path / "cohort", 1, 3, n_xy=128, max_slices=24)
+    config = {"seed": 0, "tamper_models": {"cyclegan": {**FAST, "healthy_per_scan": 1}},
+              "detectors": {"supervised": {"steps": 1, "per_generator": True}}}
+    models = train_cyclegan(Cells(tmp_path / "cells"), config, str(cohort))
+    meta = json.loads((Path(models["cyclegan"]) / "model" / "model.json").read_text())
+    assert meta["kind"] == "cyclegan" and meta["source"] == "ct" and meta["step"] == 2
+    seen = {}
+    monkeypatch.setattr(detect_train, "train_detector", lambda scans, out, cfg, tampered=None, **kw:
+                        seen.setdefault(out.parent.name, sorted({r.method for r in read_manifest(tampered)})))
+    row = ManifestRow(scan="s.nrrd", output="o.nrrd", world_x=0, world_y=0, world_z=0, voxel_z=1, voxel_y=2,
+                      voxel_x=3, action="inject", method="ctgan", model_id="m", parameters="{}", time="t")
+    manifest = tmp_path / "train_manifest.csv"
+    append_manifest([row, replace(row, method="cyclegan"), replace(row, method="copy-move")], manifest)
+    runs = train_detectors(Cells(tmp_path / "cells"), config, str(cohort), str(manifest))
+    assert sorted(runs) == ["supervised", "supervised@ctgan", "supervised@cyclegan"]
+    assert seen == {"detector-supervised": ["copy-move", "ctgan", "cyclegan"],
+                    "detector-supervised@ctgan": ["ctgan"], "detector-supervised@cyclegan": ["cyclegan"]}
