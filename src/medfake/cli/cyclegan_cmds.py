@@ -28,6 +28,8 @@ def trainset(domain_a: list[Path] = typer.Option(None, "--domain-a", help="Healt
              pixel_mm: float = typer.Option(_SET.pixel_mm, "--pixel-mm", help="CT patch spacing (mm)."),
              healthy: int = typer.Option(_SET.healthy_per_scan, "--healthy-per-scan",
                                          help="Healthy lung sites per 3-D scan (domain A)."),
+             twins: int = typer.Option(_SET.twins_per_lesion, "--twins-per-lesion",
+                                       help="Healthy patches at each lesion's place above/below it (domain A)."),
              mammogram: str = typer.Option(_SET.mammogram, "--mammogram",
                                            help="Mammography pre-processing: auto (Modality MG) | yes | no."),
              seed: int = typer.Option(_SET.seed, "--seed"),
@@ -38,7 +40,7 @@ def trainset(domain_a: list[Path] = typer.Option(None, "--domain-a", help="Healt
 
     hw = _size(size) if size else PRESETS[_preset(preset)]["size"]
     options = TrainsetOptions(size=hw, patch=patch, pixel_mm=pixel_mm, window=CT_WINDOW, healthy_per_scan=healthy,
-                              mammogram=mammogram, coords=str(coords) if coords else None, seed=seed,
+                              twins_per_lesion=twins, mammogram=mammogram, coords=str(coords) if coords else None, seed=seed,
                               overwrite=overwrite)
     with progress_bar() as bar:
         folder = build_trainset(domain_a or [], domain_b or [], out_dir, options, bar)
