@@ -13,7 +13,8 @@ import yaml
 from clihelp import run_cli
 from medfake.attack.data import SliceSet, axial_slices, labels_on_scan_grid, load_labelled, parse_classes
 from medfake.attack.fields import dice_per_class, jacobian_determinant, max_gradient, soft_dice, warp
-from medfake.attack.optimize import AttackConfig, FieldParams, Problem, mean_drop, optimize_fields
+from medfake.attack.fields import perceptibility as fields_perceptibility
+from medfake.attack.optimize import AttackConfig, FieldParams, Problem, mean_drop, optimize_fields, organ_envelope
 from medfake.attack.segmenter import SegmenterConfig, train_segmenter
 from medfake.attack.target import load_target
 from medfake.data.samples import fetch
@@ -106,9 +107,16 @@ def test_attack_drops_dice_more_with_larger_alpha(problem):
     assert np.abs(strong.u).max() <= 12.0 / 3.0 + 0.5 and np.abs(strong.b_hu).max() < 200
 
 
-def test_drop_mode_hits_the_requested_drop(problem):
+def test_drop_mode_hits_the_requested_drop_on_the_organs_with_less_perceptibility(problem):
     outcome = optimize_fields(problem, AttackConfig(drop=0.3, steps=40))
     assert mean_drop(problem, outcome) == pytest.approx(0.3, abs=0.05)
+    far = organ_envelope(problem, 4)[:, 0].numpy() == 0  # beyond the dilated, blurred organ region
+    assert far.mean() > 0.3 and np.abs(outcome.b_hu[far]).max() == 0 and np.abs(outcome.u).max(axis=1)[far].max() == 0
+    # the same drop with neither the P term nor the organ envelope (and the old large steps): far more perceptible
+    plain = optimize_fields(problem, AttackConfig(drop=0.3, steps=40, lambda_p=0.0, local=False, lr=0.05, cell=8))
+    assert mean_drop(problem, plain) == pytest.approx(0.3, abs=0.05)
+    perceptibility_of = lambda o: fields_perceptibility(problem.slices.images, o.adversarial_hu)
+    assert perceptibility_of(outcome) < 0.5 * perceptibility_of(plain)
     unchanged = optimize_fields(problem, AttackConfig(drop=0.3, steps=0))  # zero fields: nothing moves
     assert np.abs(unchanged.adversarial_hu - problem.slices.images).max() < 0.05  # HU (float32 round trip)
 
@@ -126,6 +134,7 @@ def test_cli_audit_end_to_end(segmenter, tmp_path, capsys):
     assert results["folding_fraction"] == 0.0 and results["u_max_mm"] <= 13.0
     methods = [c["method"] for c in results["comparison"]]
     assert methods == ["optimize", "deformation-only", "bias-only", "PGD", "FGSM"]
+    assert results["comparison"][0]["iterations"] <= 20 and results["perceptibility_bias"] > 0
     pgd = results["comparison"][3]
     assert pgd["u_max_mm"] == 0 and pgd["note"].startswith("L∞")
     assert (out / "attack.png").stat().st_size > 10_000 and "data:image/png" in (out / "report.html").read_text()
@@ -164,3 +173,30 @@ def test_bad_input_gives_one_line_errors(segmenter, tmp_path, capsys):
     one_line_error(["attack", "segmentation", "--target", tmp_path / "four.yaml", "--scan", CT, "--labels", SEG,
                     "-o", tmp_path / "d"], capsys, "model outputs shape (1, 3, 64, 64)")
     assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+def test_bench_matrix_audit_stage_trains_attacks_reports_and_resumes(tmp_path):
+    from medfake.bench.audit import segmentation_audit
+    from medfake.bench.config import Cells, load_config
+    from medfake.bench.report import segmentation_audit_markdown, segmentation_audit_section
+
+    spec = {"classes": "liver,spleen", "train_steps": 40, "channels": [8, 16, 32], "crop": 64, "max_slices": 2,
+            "steps": 10}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"segmentation_audit": {**spec, "stepz": 3}}))
+    with pytest.raises(MedfakeError, match="unknown segmentation_audit key"):
+        load_config(tmp_path / "bad.yaml")
+    logged = []
+    cells = Cells(tmp_path / "cells", log=logged.append)
+    audit = segmentation_audit(cells, {"seed": 0, "segmentation_audit": spec})
+    assert (tmp_path / "cells/segaudit-target/run/model.pt").exists()
+    assert all((z // 4) % 4 == 0 for z in audit["slices"]) and len(audit["slices"]) == 2  # held-out blocks only
+    assert [m["method"] for m in audit["methods"]] == ["optimize", "deformation-only", "bias-only", "PGD", "FGSM"]
+    results = json.loads((tmp_path / "cells/segaudit-attack/results.json").read_text())
+    liver = results["organs"]["liver"]
+    assert audit["methods"][0]["dice"]["liver"] == [liver["dice_before"], liver["dice_after"]]
+    assert 0 < liver["dice_before"] <= 1 and audit["methods"][0]["folding_fraction"] == 0.0
+    again = segmentation_audit(Cells(tmp_path / "cells", log=logged.append), {"seed": 0, "segmentation_audit": spec})
+    assert again == audit and sum("cached" in line for line in logged) == 2
+    text = "\n".join(segmentation_audit_markdown(audit))
+    assert "## Segmentation robustness audit" in text and "| PGD" in text and "→" in text
+    assert segmentation_audit_section(audit).title == "Segmentation robustness audit"

@@ -1,7 +1,7 @@
 """Generator mode (Chen et al. 2019): a VAE-like field generator trained against a fixed target and a WGAN-GP
 critic on the one training loop, then applied to new slices in one forward pass.
 
-Generator loss: L_att (α or drop, as in optimize.py) + λ₁‖∇u‖² + λ₂‖∇b‖² + folding penalty + β_KL·KL
+Generator loss: L_att (α or drop, as in optimize.py) + λ₁‖∇u‖² + λ₂‖∇b‖² + folding penalty + λ_P·P + β_KL·KL
 − w_adv·C(x̃); critic loss (n_critic steps per generator step): C(x̃) − C(x) + λ_GP·(‖∇C(x̂)‖ − 1)².
 RMSProp (decay 0.9), the same learning rate for both. RUN folder: generator.pt + generator.json (+ the loop's
 files).
@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from medfake.attack.fields import transform
-from medfake.attack.optimize import AttackConfig, Outcome, Problem, attack_loss, evaluate, regulariser, scale_to_drop
+from medfake.attack.optimize import (AttackConfig, Outcome, Problem, attack_loss, evaluate, perceptibility_term,
+                                     regulariser, scale_to_drop)
 from medfake.errors import MedfakeError
 from medfake.nn.seg_attack import Critic, FieldGenerator
 
@@ -93,7 +94,8 @@ class GeneratorModel:
         x_adv = transform(x, u, b)
         att = attack_loss(part, part.logits(x_adv), u, self.attack)
         realism = -self.critic(x_adv).mean()
-        loss = att + regulariser(u, b, self.attack) + self.config.beta_kl * kl + self.config.w_adv * realism
+        loss = att + regulariser(u, b, self.attack) + self.config.beta_kl * kl + self.config.w_adv * realism + \
+            self.attack.lambda_p * perceptibility_term(x, x_adv)
         self.opt_g.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
         self.opt_g.step()

@@ -5,11 +5,14 @@ FGSM (a few lines here: torchattacks needs torchvision, which this project canno
 Attack losses (x̃ = warp(x, u) + b, see fields.py):
   α mode:    |CE_M(S(x̃), warp(S(x), u)) − α| — the organ-masked cross-entropy between the prediction on x̃ and
              the clean prediction carried along by u (M = organs of S(x) and the labels, dilated, warped by u);
-  drop mode: Σ_k (softDice_k(x̃) / softDice_k(x) − (1 − τ))² against the labels warped by u, then the iterate
-             whose hard per-organ drops are closest to τ, then one scale factor on both fields bisected so that
-             the mean hard drop is τ.
-Regularisers λ₁‖∇u‖² + λ₂‖∇b‖² (0.1, 0.01; u in pixels, b in z-scored intensity) and a folding penalty
-λ_f·mean(relu(0.2 − det(I + ∇u))²) (λ_f = 1); RMSProp (decay 0.9).
+  drop mode: Σ_k (softDice_k(x̃) / softDice_k(x) − (1 − τ))² against the labels warped by u; a hard-Dice check
+             every few iterations stops early once every organ is within `tolerance` of τ (else the iterate
+             closest to τ), then one scale factor on both fields is bisected so that the mean hard drop is τ.
+Regularisers λ₁‖∇u‖² + λ₂‖∇b‖² (0.1, 0.01; u in pixels, b in z-scored intensity), a folding penalty
+λ_f·mean(relu(0.2 − det(I + ∇u))²) (λ_f = 1) and the perceptibility itself, λ_P·P (P = RMS of x̃ − x on the
+z-scored slices; λ_P = 2); RMSProp (decay 0.9). With `local` (the default) both fields are multiplied by the
+organ region blurred over half a control cell and fitted on that region's bounding box (+16 pixels of context
+for the target): the smallest perceptibility at a given drop, and fewer pixels per iteration.
 """
 
 from __future__ import annotations
@@ -38,13 +41,17 @@ class AttackConfig:
     components: str = "both"
     lambda_u: float = 0.1
     lambda_b: float = 0.01
-    steps: int = 150
-    lr: float = 0.05
-    cell: int = 8  # control-grid spacing of the optimised fields (pixels)
+    steps: int = 150  # at most (drop mode stops early at the requested drop)
+    lr: float | None = None  # default 0.01 in drop mode (small steps: stop near the smallest fields), 0.05 for α
+    cell: int = 4  # control-grid spacing of the optimised fields (pixels)
     max_disp_mm: float = 12.0
     max_bias_hu: float = 150.0
     margin: int = 4  # organ-mask dilation (pixels)
     lambda_fold: float = 1.0  # penalty on det(I + ∇u) < 0.2, against folding
+    lambda_p: float = 2.0  # weight of the perceptibility P (RMS of x̃ − x on z-scored slices) in the loss
+    tolerance: float = 0.03  # drop mode: stop once every organ's hard drop is within this of the request
+    check_every: int = 5  # drop mode: hard-Dice check (and early stop) every this many iterations
+    local: bool = True  # optimize mode: fields weighted by the blurred organ region, fitted on its bounding box
     seed: int = 0
 
     def __post_init__(self):
@@ -58,6 +65,10 @@ class AttackConfig:
             raise MedfakeError(f"--alpha must be positive, got {self.alpha}")
         if self.components not in COMPONENTS:
             raise MedfakeError(f"components must be one of {', '.join(COMPONENTS)}, not '{self.components}'")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (0.01 if self.drop is not None else 0.05)
 
 
 class Problem:
@@ -90,6 +101,23 @@ class Problem:
             setattr(part, name, getattr(self, name)[index])
         part.present = part.onehot_labels[:, 1:].sum(dim=(0, 2, 3)) > 0
         part.soft_before = soft_dice(part.clean_logits.softmax(1), part.onehot_labels)
+        return part
+
+    def crop(self, rows: slice, cols: slice) -> "Problem":
+        """The same problem on a window of the slices (same normalisation); the clean prediction is recomputed
+        there, so the attack losses compare like with like."""
+        part = object.__new__(Problem)
+        part.__dict__.update(self.__dict__)
+        s = self.slices
+        part.slices = SliceSet(s.images[:, rows, cols], s.classes[:, rows, cols], s.z, s.pixel_mm, s.source)
+        for name in ("hu", "x", "labels", "mask", "onehot_labels"):
+            setattr(part, name, getattr(self, name)[..., rows, cols])
+        with torch.no_grad():
+            part.clean_logits = part.logits(part.x)
+        part.clean_pred = part.clean_logits.argmax(1)
+        part.onehot_pred = F.one_hot(part.clean_pred, self.classes).permute(0, 3, 1, 2).float()
+        part.soft_before = soft_dice(part.clean_logits.softmax(1), part.onehot_labels)
+        part.dice_before = dice_per_class(part.clean_pred.cpu().numpy(), part.slices.classes, self.classes)
         return part
 
     def logits(self, x_z: torch.Tensor) -> torch.Tensor:
@@ -125,6 +153,11 @@ def regulariser(u: torch.Tensor, b: torch.Tensor, config) -> torch.Tensor:
     return config.lambda_u * gradient_energy(u) + config.lambda_b * gradient_energy(b) + config.lambda_fold * folding
 
 
+def perceptibility_term(x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+    """P of the batch, differentiable: sqrt(mean((x̃ − x)²)) on the z-scored slices (fields.perceptibility)."""
+    return (x_adv - x).pow(2).mean().add(1e-10).sqrt()
+
+
 # --- evaluation ------------------------------------------------------------------------------------------
 @dataclass
 class Outcome:
@@ -137,6 +170,7 @@ class Outcome:
     dice_after_unwarped: np.ndarray  # vs the original labels
     seconds: float = 0.0
     note: str = ""
+    iterations: int | None = None  # optimize mode: iterations run (early stop at the requested drop)
 
 
 @torch.no_grad()
@@ -167,19 +201,24 @@ def zero_fields(problem: Problem) -> tuple[torch.Tensor, torch.Tensor]:
 
 # --- optimize mode ---------------------------------------------------------------------------------------
 class FieldParams(torch.nn.Module):
-    """Control grids every `cell` pixels, tanh-bounded, upsampled bicubically to smooth full-size fields."""
+    """Control grids every `cell` pixels, tanh-bounded, upsampled bicubically to smooth full-size fields,
+    optionally weighted by a smooth envelope (the organ region)."""
 
-    def __init__(self, shape, cell: int, max_disp: float, max_bias: float, components: str):
+    def __init__(self, shape, cell: int, max_disp: float, max_bias: float, components: str,
+                 envelope: torch.Tensor | None = None):
         super().__init__()
         n, _, h, w = shape
         grid = (n, h // cell + 1, w // cell + 1)
         self.size, self.max_disp, self.max_bias, self.components = (h, w), max_disp, max_bias, components
         self.cu = torch.nn.Parameter(torch.zeros(grid[0], 2, *grid[1:]))
         self.cb = torch.nn.Parameter(torch.zeros(grid[0], 1, *grid[1:]))
+        self.envelope = envelope
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         u = smooth_field(self.max_disp * torch.tanh(self.cu), self.size)
         b = smooth_field(self.max_bias * torch.tanh(self.cb), self.size)
+        if self.envelope is not None:
+            u, b = u * self.envelope, b * self.envelope
         if self.components == "bias":
             u = torch.zeros_like(u)
         if self.components == "deformation":
@@ -187,34 +226,77 @@ class FieldParams(torch.nn.Module):
         return u, b
 
 
+def organ_envelope(problem: Problem, cell: int) -> torch.Tensor:
+    """The dilated organ region blurred over half a control cell, (N,1,H,W) in [0, 1], exactly 0 far from the
+    organs: fields over air, fat and the body outline cost perceptibility and move no organ boundary."""
+    blurred = ndimage.gaussian_filter(problem.mask.cpu().numpy(), sigma=(0, 0, cell / 2, cell / 2))
+    blurred = np.clip(blurred / max(float(blurred.max()), 1e-6), 0, 1)
+    return torch.from_numpy(np.where(blurred < 0.01, 0.0, blurred)).float().to(problem.device)
+
+
+def organ_box(envelope: torch.Tensor, context: int = 16, multiple: int = 16) -> tuple[slice, slice]:
+    """The envelope's bounding box over all slices, widened by `context` pixels (the target sees beyond the
+    organs) and to a multiple of `multiple` (the U-Net's strides), inside the slice."""
+    support = (envelope > 0).any(dim=0)[0].cpu().numpy()
+    if not support.any():
+        return slice(None), slice(None)
+    box = []
+    for axis, size in ((1, support.shape[0]), (0, support.shape[1])):
+        hits = np.nonzero(support.any(axis=axis))[0]
+        low, high = max(0, hits[0] - context), min(size, hits[-1] + 1 + context)
+        length = min(size, -(-(high - low) // multiple) * multiple)
+        low = min(low, size - length)
+        box.append(slice(int(low), int(low + length)))
+    return box[0], box[1]
+
+
+def paste(field: torch.Tensor, rows: slice, cols: slice, shape) -> torch.Tensor:
+    out = torch.zeros(field.shape[0], field.shape[1], *shape[-2:], device=field.device)
+    out[..., rows, cols] = field
+    return out
+
+
 def optimize_fields(problem: Problem, config: AttackConfig, method: str | None = None) -> Outcome:
+    """Fit u and b to the slices (on the organ box when `config.local`), stop early at the requested drop,
+    scale to it, and evaluate on the whole slices."""
     torch.manual_seed(config.seed)
     start = time.perf_counter()
-    params = FieldParams(problem.x.shape, config.cell, config.max_disp_mm / problem.pixel_mm,
-                         config.max_bias_hu / problem.std, config.components).to(problem.device)
-    opt = torch.optim.RMSprop(params.parameters(), lr=config.lr, alpha=0.9)
-    best, best_gap = None, float("inf")
+    envelope = organ_envelope(problem, config.cell) if config.local else None
+    rows, cols = organ_box(envelope) if envelope is not None else (slice(None), slice(None))
+    work = problem.crop(rows, cols) if envelope is not None else problem
+    params = FieldParams(work.x.shape, config.cell, config.max_disp_mm / problem.pixel_mm,
+                         config.max_bias_hu / problem.std, config.components,
+                         None if envelope is None else envelope[..., rows, cols]).to(problem.device)
+    opt = torch.optim.RMSprop(params.parameters(), lr=config.learning_rate, alpha=0.9)
+    best, best_gap, step = None, float("inf"), -1
     for step in range(config.steps):
         u, b = params()
-        loss = attack_loss(problem, problem.logits(transform(problem.x, u, b)), u, config) + regulariser(u, b, config)
+        x_adv = transform(work.x, u, b)
+        loss = attack_loss(work, work.logits(x_adv), u, config) + regulariser(u, b, config) + \
+            config.lambda_p * perceptibility_term(work.x, x_adv)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if config.drop is not None and (step % 10 == 9 or step == config.steps - 1):
+        if config.drop is not None and (step % config.check_every == config.check_every - 1 or step == config.steps - 1):
             with torch.no_grad():
                 u, b = params()
-            outcome = evaluate(problem, u, b, "")
-            gap = float(np.nanmax(np.abs(relative_drops(problem.dice_before, outcome.dice_after) - config.drop)))
+            gap = float(np.nanmax(np.abs(relative_drops(work.dice_before, evaluate(work, u, b, "").dice_after)
+                                         - config.drop)))
             if gap < best_gap:
                 best, best_gap = (u.detach().clone(), b.detach().clone()), gap
+            if gap <= config.tolerance:  # early stop: the requested drop is reached for every organ
+                break
     if best is None:
         with torch.no_grad():
             best = params()
     u, b = best
     if config.drop is not None:
-        u, b = scale_to_drop(problem, u, b, config.drop)
+        u, b = scale_to_drop(work, u, b, config.drop)
     name = method or ("optimize" if config.components == "both" else f"{config.components}-only")
-    return evaluate(problem, u, b, name, time.perf_counter() - start)
+    outcome = evaluate(problem, paste(u, rows, cols, problem.x.shape), paste(b, rows, cols, problem.x.shape), name,
+                       time.perf_counter() - start)
+    outcome.iterations = step + 1
+    return outcome
 
 
 def scale_to_drop(problem: Problem, u: torch.Tensor, b: torch.Tensor, drop: float, iters: int = 10,
@@ -225,14 +307,21 @@ def scale_to_drop(problem: Problem, u: torch.Tensor, b: torch.Tensor, drop: floa
     return s * u, s * b
 
 
-def bisect(fn, goal: float, low: float, high: float, iters: int) -> float:
-    """The x in [low, high] with fn(x) ≈ goal for an increasing fn (high when even fn(high) < goal)."""
-    if fn(high) < goal:
+def bisect(fn, goal: float, low: float, high: float, iters: int, tolerance: float = 0.005) -> float:
+    """For an increasing fn: the evaluated x in [low, high] whose fn(x) is closest to `goal` (high when even
+    fn(high) < goal), stopping once within `tolerance`."""
+    value = fn(high)
+    if value < goal:
         return high
+    best = (abs(value - goal), high)
     for _ in range(iters):
         mid = 0.5 * (low + high)
-        low, high = (mid, high) if fn(mid) < goal else (low, mid)
-    return high
+        value = fn(mid)
+        best = min(best, (abs(value - goal), mid))
+        if best[0] <= tolerance:
+            break
+        low, high = (mid, high) if value < goal else (low, mid)
+    return best[1]
 
 
 # --- pixel-wise baselines --------------------------------------------------------------------------------
@@ -262,7 +351,7 @@ def pgd(problem: Problem, eps_hu: float, steps: int = 10, fgsm: bool = False, se
 
 
 def pgd_at_drop(problem: Problem, drop: float, fgsm: bool = False, high_hu: float = 200.0,
-                iters: int = 6) -> Outcome:
+                iters: int = 10) -> Outcome:
     """The baseline with ε bisected so that its mean drop matches `drop` (equal-drop comparisons)."""
     cache = {}
 

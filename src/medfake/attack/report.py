@@ -83,12 +83,13 @@ def attack_figure(problem: Problem, outcomes: list[Outcome], path: Path) -> Path
 
 def comparison_rows(results: dict) -> tuple[list[str], list[list]]:
     organs = list(results["organs"])
-    header = ["method", *[f"{o} Dice" for o in organs], "mean drop", "P", "SSIM", "|u| mean/max mm", "folding",
-              "bias HU", "s"]
-    rows = [["clean", *[results["organs"][o]["dice_before"] for o in organs], 0.0, 0.0, 1.0, "", "", "", ""]]
+    header = ["method", *[f"{o} Dice" for o in organs], "mean drop", "P", "P of b", "SSIM", "|u| mean/max mm",
+              "folding", "bias HU", "s"]
+    rows = [["clean", *[results["organs"][o]["dice_before"] for o in organs], 0.0, 0.0, 0.0, 1.0, "", "", "", ""]]
     for c in results["comparison"]:
         rows.append([c["method"] + (f" ({c['note']})" if c["note"] else ""),
-                     *[c["organs"][o]["dice_after"] for o in organs], c["mean_drop"], c["perceptibility"], c["ssim"],
+                     *[c["organs"][o]["dice_after"] for o in organs], c["mean_drop"], c["perceptibility"],
+                     c.get("perceptibility_bias"), c["ssim"],
                      f"{c['u_mean_mm']:.2f}/{c['u_max_mm']:.2f}", c["folding_fraction"],
                      f"{c['bias_min_hu']:.0f}..{c['bias_max_hu']:.0f}", c["seconds"]])
     return header, rows

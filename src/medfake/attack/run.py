@@ -24,8 +24,10 @@ from medfake.errors import MedfakeError
 ALPHAS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 SUCCESS_DROP = 0.3  # Chen et al.: an organ is successfully attacked at a 30 % relative Dice drop
 MODES = ("generator", "optimize")
-PERCEPTIBILITY = ("P = sqrt(mean((x_adv - x)^2)) / std(x) over all pixels of the attacked slices (HU; the RMS "
-                  "distortion of Szegedy et al. on the z-scored slices)")
+PERCEPTIBILITY = ("P = sqrt(mean((x_adv - x)^2)) / std(x) over all pixels of the attacked slices (HU), i.e. "
+                  "sqrt((1/K) sum_k r_k^2) with r = x_adv - x on the slices z-scored per scan: the perceptibility of "
+                  "Xie et al. 2017 after Szegedy et al., as Chen et al. use it; 'P of b' is the same measure of the "
+                  "bias alone, x_adv against warp(x, u): the appearance change with the geometry factored out")
 LABEL_VIEWS = ("dice_after: against the labels warped with u (the anatomy the adversarial image shows); "
                "dice_after_unwarped: against the original labels")
 
@@ -49,7 +51,8 @@ def summarise(problem: Problem, outcome: Outcome) -> dict:
         "u_mean_mm": _num(u_mm.mean()), "u_max_mm": _num(u_mm.max()),
         "folding_fraction": _num(float(np.mean(det <= 0))),
         "bias_min_hu": _num(outcome.b_hu.min()), "bias_max_hu": _num(outcome.b_hu.max()),
-        "seconds": round(outcome.seconds, 3),
+        "perceptibility_bias": _num(np.sqrt(np.mean(outcome.b_hu ** 2)) / (np.std(problem.slices.images) + 1e-8)),
+        "seconds": round(outcome.seconds, 3), "iterations": outcome.iterations,
     }
 
 
@@ -85,28 +88,39 @@ def audit(target_path: Path, scan_path: Path, labels_path: Path, out: Path, atta
     scan, labels = load_labelled(scan_path, labels_path)
     stack = axial_slices(scan, labels, target.organs, target.pixel_mm, z=slice_range(slices, scan.shape[0]))
     problem = Problem(target, stack, attack.margin, device)
+    meta = {"scan": str(scan_path), "labels": str(labels_path), "target": str(target_path)}
     with atomic_dir(out, overwrite) as tmp:
-        main = run_attack(problem, mode, attack, generator, gen_config, tmp / "generator", show_progress)
-        rows = [main]
-        if baselines:
-            rows += compare_baselines(problem, attack, mean_drop(problem, main))
-        chen = chen_table(problem, mode, attack, gen_config, tmp, show_progress) if table else None
-        results = {"scan": str(scan_path), "labels": str(labels_path), "target": str(target_path), "mode": mode,
-                   "method": main.method, "alpha": attack.alpha, "requested_drop": attack.drop,
-                   "slices": [int(z) for z in problem.slices.z], "pixel_mm": problem.pixel_mm,
-                   "perceptibility_formula": PERCEPTIBILITY, "label_views": LABEL_VIEWS,
-                   "success_threshold": SUCCESS_DROP, "attack_config": asdict(attack)}
-        main_summary = summarise(problem, main)
-        results.update({k: main_summary[k] for k in ("perceptibility", "ssim", "u_mean_mm", "u_max_mm",
-                                                     "folding_fraction", "bias_min_hu", "bias_max_hu",
-                                                     "mean_drop", "organs", "seconds")})
-        results["comparison"] = [summarise(problem, o) for o in rows]
-        if chen is not None:
-            results["chen_table"] = chen
-        from medfake.attack.report import write_outputs
-
-        write_outputs(tmp, problem, rows, results)
+        results = audit_problem(problem, tmp, attack, mode, generator, gen_config, baselines, table, show_progress,
+                                meta)
         write_run_record(tmp, {"attack": asdict(attack), "mode": mode, "generator": asdict(gen_config)}, attack.seed)
+    return results
+
+
+def audit_problem(problem: Problem, folder: Path, attack: AttackConfig, mode: str = "optimize",
+                  generator: Path | None = None, gen_config: GeneratorConfig | None = None, baselines: bool = True,
+                  table: bool = False, show_progress: bool = True, meta: dict | None = None) -> dict:
+    """Attack prepared slices, compare with the baselines and write results.json/md, attack.png, report.html
+    into `folder` (also the benchmark matrix's audit stage)."""
+    from medfake.attack.report import write_outputs
+
+    gen_config = gen_config or GeneratorConfig()
+    main = run_attack(problem, mode, attack, generator, gen_config, folder / "generator", show_progress)
+    rows = [main]
+    if baselines:
+        rows += compare_baselines(problem, attack, mean_drop(problem, main))
+    chen = chen_table(problem, mode, attack, gen_config, folder, show_progress) if table else None
+    results = {**(meta or {}), "mode": mode, "method": main.method, "alpha": attack.alpha,
+               "requested_drop": attack.drop, "slices": [int(z) for z in problem.slices.z],
+               "pixel_mm": problem.pixel_mm, "perceptibility_formula": PERCEPTIBILITY, "label_views": LABEL_VIEWS,
+               "success_threshold": SUCCESS_DROP, "attack_config": asdict(attack)}
+    main_summary = summarise(problem, main)
+    results.update({k: main_summary[k] for k in ("perceptibility", "perceptibility_bias", "ssim", "u_mean_mm",
+                                                 "u_max_mm", "folding_fraction", "bias_min_hu", "bias_max_hu",
+                                                 "mean_drop", "organs", "seconds")})
+    results["comparison"] = [summarise(problem, o) for o in rows]
+    if chen is not None:
+        results["chen_table"] = chen
+    write_outputs(folder, problem, rows, results)
     return results
 
 

@@ -59,7 +59,8 @@ def load_config(path: str | Path | None, fast: bool = False) -> dict:
     return validate(config, path)
 
 
-KNOWN_KEYS = {"name", "seed", "cohort", "tamper_models", "detectors", "attacks", "screen", "fast", "report"}
+KNOWN_KEYS = {"name", "seed", "cohort", "tamper_models", "detectors", "attacks", "screen", "fast", "report",
+              "segmentation_audit"}
 DETECTOR_METHODS = METHODS  # the detector registry's names
 ATTACK_METHODS = ("ctgan", "copy-move", "inpaint", "cyclegan")
 
@@ -74,6 +75,13 @@ def validate(config: dict, path) -> dict:
     for attack in config.get("attacks", []):
         if attack.get("action") not in ACTIONS or attack.get("method") not in ATTACK_METHODS:
             raise MedfakeError(f"attack needs action inject|remove and method {'|'.join(ATTACK_METHODS)}: {attack}", path)
+    if "segmentation_audit" in config:
+        from medfake.bench.audit import audit_options
+
+        try:
+            audit_options(config)
+        except MedfakeError as exc:
+            raise MedfakeError(exc.message, path) from None
     return config
 
 

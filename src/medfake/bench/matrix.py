@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from medfake.errors import MedfakeError
+from medfake.bench.audit import segmentation_audit
 from medfake.bench.config import Cells, prepare_run
 from medfake.io.tables import ManifestRow, append_manifest, read_manifest
 
@@ -319,6 +320,7 @@ def run_matrix(config: dict, run: Path, fresh: bool = False, log=print, executor
     evaluation = evaluate_detectors(cells, config, manifest, detectors, test_scans)
     screening = screen_real(cells, config, manifest, detectors)
     verdicts = cad_verdicts(cells, manifest)
+    seg_audit = segmentation_audit(cells, config) if "segmentation_audit" in config else None
     return {"run": str(run), "config": config, "cohort": cohort, "models": models, "detectors": detectors,
             "manifest": manifest, "evaluation": evaluation, "screening": screening, "cad": verdicts,
-            "timings": dict(cells.timings)}
+            "segmentation_audit": seg_audit, "timings": dict(cells.timings)}

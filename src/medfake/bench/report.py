@@ -49,6 +49,7 @@ def results_summary(matrix: dict) -> dict:
         "screening": screening,
         "timings_s": {k: round(v, 2) for k, v in matrix["timings"].items()},
         "total_s": round(sum(matrix["timings"].values()), 1),
+        **({"segmentation_audit": matrix["segmentation_audit"]} if matrix.get("segmentation_audit") else {}),
     }
 
 
@@ -74,7 +75,34 @@ def markdown(summary: dict) -> str:
               "", f"CAD success: inject {summary['cad_success']['inject']}, remove {summary['cad_success']['remove']}",
               f"Screening: tampered place in the top 3 findings: {summary['screening_top3']}",
               f"Total compute: {summary['total_s']} s", ""]
+    if summary.get("segmentation_audit"):
+        lines += segmentation_audit_markdown(summary["segmentation_audit"])
     return "\n".join(lines)
+
+
+def segmentation_audit_markdown(audit: dict) -> list[str]:
+    from medfake.bench.audit import audit_rows
+
+    header, rows = audit_rows(audit)
+    cell = lambda v: "—" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+    return ["## Segmentation robustness audit", "",
+            f"Target {audit['target']}, held-out slices {audit['slices']}, requested drop {audit['requested_drop']}; "
+            "PGD/FGSM at the attack's mean drop.", "",
+            "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *["| " + " | ".join(cell(v) for v in row) + " |" for row in rows], ""]
+
+
+def segmentation_audit_section(audit: dict) -> Section:
+    from medfake.bench.audit import audit_rows
+
+    section = Section("segaudit", "Segmentation robustness audit")
+    section.text(f"Target {audit['target']}, attacked on held-out slices {audit['slices']} with a requested "
+                 f"{audit['requested_drop']:.0%} relative Dice drop; PGD and FGSM with ε bisected to the same mean "
+                 "drop. P: RMS of x̃ − x on z-scored slices (see the audit's report).")
+    section.table(*audit_rows(audit))
+    if (Path(audit["folder"]) / "attack.png").exists():
+        section.image(Path(audit["folder"]) / "attack.png", "image, S(x), adversarial, S(adversarial), u, b")
+    return section
 
 
 def crop(scan, zyx):
@@ -197,7 +225,8 @@ def build_sections(matrix: dict, summary: dict, max_locations: int = 12) -> list
 
     reproduce = Section("reproduce", "Configuration, versions and commit")
     reproduce.code(json.loads((run / "run.json").read_text()))
-    return [summary_section, locations, roc, screen, training, timings, reproduce]
+    audit = [segmentation_audit_section(matrix["segmentation_audit"])] if matrix.get("segmentation_audit") else []
+    return [summary_section, locations, roc, screen, training, *audit, timings, reproduce]
 
 
 def _cad(diameter) -> str:

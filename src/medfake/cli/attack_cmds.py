@@ -53,6 +53,9 @@ def segmentation(target: Path = typer.Option(..., "--target", help="Segmenter ru
                  lambda_b: float = typer.Option(ATT.lambda_b, "--lambda-b"),
                  max_disp_mm: float = typer.Option(ATT.max_disp_mm, "--max-disp-mm"),
                  max_bias_hu: float = typer.Option(ATT.max_bias_hu, "--max-bias-hu"),
+                 lambda_p: float = typer.Option(ATT.lambda_p, "--lambda-p", help="Weight of the perceptibility P."),
+                 whole_slice: bool = typer.Option(False, "--whole-slice",
+                                                  help="Optimize mode: fields over the whole slice, not the organs."),
                  no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip u-only, b-only, PGD, FGSM."),
                  table: bool = typer.Option(False, "--table", help="Also Chen's Table 1 over α = 0.5 … 3."),
                  slices: str = typer.Option(None, "--slices", help="Axial slices A:B (default: all with an organ)."),
@@ -62,7 +65,8 @@ def segmentation(target: Path = typer.Option(..., "--target", help="Segmenter ru
     from medfake.attack.run import audit
 
     attack = AttackConfig(alpha=alpha, drop=drop, steps=steps, lambda_u=lambda_u, lambda_b=lambda_b,
-                          max_disp_mm=max_disp_mm, max_bias_hu=max_bias_hu, seed=seed)
+                          max_disp_mm=max_disp_mm, max_bias_hu=max_bias_hu, lambda_p=lambda_p,
+                          local=not whole_slice, seed=seed)
     results = audit(target, scan, labels, output, attack, mode, generator, GeneratorConfig(steps=gen_steps, seed=seed),
                     baselines=not no_baselines, table=table, overwrite=overwrite, slices=slices)
     drops = ", ".join(f"{k} {v['dice_before']:.2f}→{v['dice_after']:.2f}" for k, v in results["organs"].items()
