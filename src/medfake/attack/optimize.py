@@ -27,7 +27,7 @@ from scipy import ndimage
 
 from medfake.attack.data import SliceSet
 from medfake.attack.fields import (dice_per_class, gradient_energy, jacobian_determinant, smooth_field, soft_dice,
-                                   transform, warp)
+                                   transform, warp, without_folding)
 from medfake.attack.target import SegTarget
 from medfake.errors import MedfakeError
 
@@ -44,7 +44,7 @@ class AttackConfig:
     steps: int = 150  # at most (drop mode stops early at the requested drop)
     lr: float | None = None  # default 0.01 in drop mode (small steps: stop near the smallest fields), 0.05 for α
     cell: int = 4  # control-grid spacing of the optimised fields (pixels)
-    max_disp_mm: float = 12.0
+    max_disp_mm: float = 3.0  # a bound per field before the drop-mode scale (≤ 2×)
     max_bias_hu: float = 150.0
     margin: int = 4  # organ-mask dilation (pixels)
     lambda_fold: float = 1.0  # penalty on det(I + ∇u) < 0.2, against folding
@@ -219,6 +219,7 @@ class FieldParams(torch.nn.Module):
         b = smooth_field(self.max_bias * torch.tanh(self.cb), self.size)
         if self.envelope is not None:
             u, b = u * self.envelope, b * self.envelope
+        u = without_folding(u)
         if self.components == "bias":
             u = torch.zeros_like(u)
         if self.components == "deformation":
@@ -279,32 +280,31 @@ def optimize_fields(problem: Problem, config: AttackConfig, method: str | None =
         opt.step()
         if config.drop is not None and (step % config.check_every == config.check_every - 1 or step == config.steps - 1):
             with torch.no_grad():
-                u, b = params()
-            gap = float(np.nanmax(np.abs(relative_drops(work.dice_before, evaluate(work, u, b, "").dice_after)
-                                         - config.drop)))
+                u, b = (paste(f, rows, cols, problem.x.shape) for f in params())
+            gap = float(np.nanmax(np.abs(relative_drops(problem.dice_before, evaluate(problem, u, b, "").dice_after)
+                                         - config.drop)))  # on the whole slices: the crop sees less context
             if gap < best_gap:
-                best, best_gap = (u.detach().clone(), b.detach().clone()), gap
+                best, best_gap = (u, b), gap
             if gap <= config.tolerance:  # early stop: the requested drop is reached for every organ
                 break
     if best is None:
         with torch.no_grad():
-            best = params()
+            best = tuple(paste(f, rows, cols, problem.x.shape) for f in params())
     u, b = best
     if config.drop is not None:
-        u, b = scale_to_drop(work, u, b, config.drop)
+        u, b = scale_to_drop(problem, u, b, config.drop)
     name = method or ("optimize" if config.components == "both" else f"{config.components}-only")
-    outcome = evaluate(problem, paste(u, rows, cols, problem.x.shape), paste(b, rows, cols, problem.x.shape), name,
-                       time.perf_counter() - start)
+    outcome = evaluate(problem, u, b, name, time.perf_counter() - start)
     outcome.iterations = step + 1
     return outcome
 
 
 def scale_to_drop(problem: Problem, u: torch.Tensor, b: torch.Tensor, drop: float, iters: int = 10,
                   high: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """One factor s on both fields, bisected in [0, high] so that the mean hard drop is `drop`."""
-    scaled = lambda s: mean_drop(problem, evaluate(problem, s * u, s * b, ""))
+    """One factor s on both fields, bisected in [0, high] so that the mean hard drop is `drop` (u kept fold-free)."""
+    scaled = lambda s: mean_drop(problem, evaluate(problem, without_folding(s * u), s * b, ""))
     s = bisect(scaled, drop, 0.0, high, iters)
-    return s * u, s * b
+    return without_folding(s * u), s * b
 
 
 def bisect(fn, goal: float, low: float, high: float, iters: int, tolerance: float = 0.005) -> float:
