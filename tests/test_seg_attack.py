@@ -12,7 +12,8 @@ import yaml
 
 from clihelp import run_cli
 from medfake.attack.data import SliceSet, axial_slices, labels_on_scan_grid, load_labelled, parse_classes
-from medfake.attack.fields import dice_per_class, jacobian_determinant, max_gradient, soft_dice, warp
+from medfake.attack.fields import (dice_per_class, jacobian_determinant, max_gradient, soft_dice, warp,
+                                   without_folding)
 from medfake.attack.fields import perceptibility as fields_perceptibility
 from medfake.attack.optimize import AttackConfig, FieldParams, Problem, mean_drop, optimize_fields, organ_envelope
 from medfake.attack.segmenter import SegmenterConfig, train_segmenter
@@ -80,6 +81,7 @@ def test_dice_and_jacobian_against_hand_values():
     fold = torch.zeros(1, 2, 5, 5)
     fold[0, 0] = -2.0 * torch.arange(5.0)  # u_x = -2x: det = 1 - 2 = -1 everywhere
     assert torch.allclose(jacobian_determinant(fold), -torch.ones(1, 3, 3))
+    assert torch.allclose(jacobian_determinant(without_folding(fold)), torch.full((1, 3, 3), 0.1), atol=1e-5)  # -0.9x
 
 
 def test_labels_are_put_on_the_scan_grid_or_refused():

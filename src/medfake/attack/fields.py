@@ -58,10 +58,11 @@ def without_folding(u: torch.Tensor, bound: float = 0.9) -> torch.Tensor:
     """u scaled down (per slice, only where needed) so that the Frobenius norm of its Jacobian stays below
     `bound` < 1 at every pixel: every eigenvalue of ∇u then has modulus < 1, so det(I + ∇u) > 0 — no folding,
     by construction (the same central differences as jacobian_determinant)."""
-    dx = (u[..., 1:-1, 2:] - u[..., 1:-1, :-2]) / 2
-    dy = (u[..., 2:, 1:-1] - u[..., :-2, 1:-1]) / 2
-    norm = (dx.pow(2) + dy.pow(2)).sum(dim=1).sqrt().amax(dim=(-2, -1))  # (B,)
-    factor = (bound / norm.clamp_min(1e-12)).clamp(max=1.0)
+    with torch.no_grad():  # a projection: no gradient through the factor (sqrt at a zero field has none)
+        dx = (u[..., 1:-1, 2:] - u[..., 1:-1, :-2]) / 2
+        dy = (u[..., 2:, 1:-1] - u[..., :-2, 1:-1]) / 2
+        norm = (dx.pow(2) + dy.pow(2)).sum(dim=1).amax(dim=(-2, -1)).sqrt()  # (B,)
+        factor = (bound / norm.clamp_min(1e-12)).clamp(max=1.0)
     return u * factor[:, None, None, None]
 
 
