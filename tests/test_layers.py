@@ -113,3 +113,14 @@ def test_checker_flags_an_upward_import_in_a_synthetic_graph():
     ]
     del graph["medfake.data.cohort"], graph["medfake.tamper.run"], graph["medfake.attack.fields"]
     assert upward_imports(graph) == []
+
+
+def test_cli_start_up_does_not_import_torch():
+    """Every command's defaults come from torch-free config modules: `medfake convert` or `info` must not pay for
+    `import torch` (seconds on a CPU machine); only the commands that run a network import it."""
+    import subprocess
+    import sys
+
+    code = "import sys; from medfake.cli import _register; _register(); print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

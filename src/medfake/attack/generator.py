@@ -17,34 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medfake.attack.config import AttackConfig, GeneratorConfig
 from medfake.attack.fields import transform
-from medfake.attack.optimize import (AttackConfig, Outcome, Problem, attack_loss, evaluate, perceptibility_term,
+from medfake.attack.optimize import (Outcome, Problem, attack_loss, evaluate, perceptibility_term,
                                      regulariser, scale_to_drop)
 from medfake.errors import MedfakeError
 from medfake.nn.seg_attack import Critic, FieldGenerator
 
 GENERATOR, GENERATOR_JSON = "generator.pt", "generator.json"
-
-
-@dataclass
-class GeneratorConfig:
-    steps: int = 600
-    batch_size: int = 4
-    lr: float = 2e-4
-    n_critic: int = 5
-    lambda_gp: float = 10.0
-    w_adv: float = 0.05
-    beta_kl: float = 1e-3
-    width: int = 16
-    latent: int = 4
-    coarse: int = 8
-    critic_width: int = 16
-    seed: int = 0
-    snapshot_every: int = 500
-
-    def network(self, pixel_mm: float, std_hu: float, attack: AttackConfig) -> dict:
-        return {"width": self.width, "latent": self.latent, "depth": 4, "coarse": self.coarse,
-                "max_disp": attack.max_disp_mm / pixel_mm, "max_bias": attack.max_bias_hu / std_hu}
 
 
 @dataclass

@@ -25,50 +25,12 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from medfake.attack.config import AttackConfig
 from medfake.attack.data import SliceSet
 from medfake.attack.fields import (dice_per_class, gradient_energy, jacobian_determinant, smooth_field, soft_dice,
                                    transform, warp, without_folding)
 from medfake.attack.target import SegTarget
-from medfake.errors import MedfakeError
 
-COMPONENTS = ("both", "deformation", "bias")
-
-
-@dataclass
-class AttackConfig:
-    alpha: float | None = None  # default 2.0 when no drop is requested
-    drop: float | None = None  # requested relative Dice drop, e.g. 0.3
-    components: str = "both"
-    lambda_u: float = 0.1
-    lambda_b: float = 0.01
-    steps: int = 150  # at most (drop mode stops early at the requested drop)
-    lr: float | None = None  # default 0.01 in drop mode (small steps: stop near the smallest fields), 0.05 for α
-    cell: int = 4  # control-grid spacing of the optimised fields (pixels)
-    max_disp_mm: float = 3.0  # a bound per field before the drop-mode scale (≤ 2×)
-    max_bias_hu: float = 150.0
-    margin: int = 4  # organ-mask dilation (pixels)
-    lambda_fold: float = 1.0  # penalty on det(I + ∇u) < 0.2, against folding
-    lambda_p: float = 2.0  # weight of the perceptibility P (RMS of x̃ − x on z-scored slices) in the loss
-    tolerance: float = 0.03  # drop mode: stop once every organ's hard drop is within this of the request
-    check_every: int = 5  # drop mode: hard-Dice check (and early stop) every this many iterations
-    local: bool = True  # optimize mode: fields weighted by the blurred organ region, fitted on its bounding box
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.alpha is not None and self.drop is not None:
-            raise MedfakeError("give either --alpha or --drop, not both")
-        if self.alpha is None and self.drop is None:
-            self.alpha = 2.0
-        if self.drop is not None and not 0 < self.drop < 1:
-            raise MedfakeError(f"--drop is a relative Dice drop in (0, 1), got {self.drop}")
-        if self.alpha is not None and self.alpha <= 0:
-            raise MedfakeError(f"--alpha must be positive, got {self.alpha}")
-        if self.components not in COMPONENTS:
-            raise MedfakeError(f"components must be one of {', '.join(COMPONENTS)}, not '{self.components}'")
-
-    @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else (0.01 if self.drop is not None else 0.05)
 
 
 class Problem:

@@ -13,37 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medfake.attack.config import SegmenterConfig
 from medfake.attack.data import Normalisation, SliceSet, axial_slices, load_labelled, parse_classes
 from medfake.attack.fields import dice_per_class
 from medfake.errors import MedfakeError
-
-
-@dataclass
-class SegmenterConfig:
-    classes: str = "liver,spleen,kidneys,stomach,pancreas"
-    pixel_mm: float = 3.0
-    window: tuple[float, float] = (-200.0, 300.0)
-    channels: tuple[int, ...] = (16, 32, 64, 128)
-    steps: int = 1500
-    batch_size: int = 8
-    crop: int = 96
-    lr: float = 2e-3
-    seed: int = 0
-    holdout_every: int = 0  # >0: slices whose (z // 4) % holdout_every == 0 are held out for validation
-    snapshot_every: int = 500
-
-    def __post_init__(self):
-        parse_classes(self.classes)
-        if self.crop % 2 ** (len(self.channels) - 1):
-            raise MedfakeError(f"crop {self.crop} must be a multiple of {2 ** (len(self.channels) - 1)}")
-
-    @property
-    def monai(self) -> dict:
-        return {"name": "UNet", "args": {"spatial_dims": 2, "in_channels": 1,
-                                         "out_channels": len(parse_classes(self.classes)) + 1,
-                                         "channels": list(self.channels),
-                                         "strides": [2] * (len(self.channels) - 1), "num_res_units": 1,
-                                         "norm": "batch"}}
 
 
 def split_slices(slices: SliceSet, every: int) -> tuple[SliceSet, SliceSet | None]:

@@ -7,9 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from medfake.attack.generator import GeneratorConfig
-from medfake.attack.optimize import AttackConfig
-from medfake.attack.segmenter import SegmenterConfig
+from medfake.attack.config import AttackConfig, GeneratorConfig, SegmenterConfig
 
 out = Console()
 _registered: set[int] = set()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-UPSAMPLE_MODES = ("transposed", "resize")
+from medfake.nn import UPSAMPLE_MODES
 
 
 def norm2d(channels: int) -> nn.Module:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from medfake.errors import MedfakeError
-from medfake.nn.cyclegan import UPSAMPLE_MODES
+from medfake.nn import UPSAMPLE_MODES
 
 PRESETS: dict[str, dict] = {
     "becker-256": dict(size=(256, 256), ngf=32, ndf=64, n_blocks=9, steps=136_000, g_lr=2e-4, d_lr=2e-4,
