@@ -101,3 +101,41 @@ def test_a_nodule_detector_is_at_chance_when_injected_and_genuine_nodules_look_a
     header = (tmp_path / "eval/scores.csv").read_text().splitlines()[0]
     assert header.endswith(f"content,origin,group,{CONTENT_BASELINE}")
     assert json.loads((tmp_path / "eval/results.json").read_text())["rows"]["inject-all-ct"]["kind"] == "headline"
+
+
+def test_removal_negatives_match_the_removed_sites_position_and_density(lung1, tmp_path):
+    """In-painted sites (lung1's nodule and three lung points) against genuine lung1 lung: every genuine site is
+    matched to a removal site's side, depth, front-to-back position and dense-tissue fraction, so the content-only
+    baseline sits near chance on the headline removal row."""
+    from medfake.detect.samples import lung_positions
+    from medfake.detect.selfref import dense_fraction
+    from medfake.lungmask import lung_mask
+    from medfake.tamper.classical import inpaint_remove
+
+    sites = [(33, 359, 218), (20, 330, 150), (30, 300, 380), (12, 250, 120)]
+    voxels = lung1.voxels.astype(np.float32)
+    for zyx, diameter in zip(sites, (13.8, 8.0, 8.0, 8.0)):
+        voxels = inpaint_remove(lung1.with_voxels(voxels), zyx, diameter)
+    tampered = lung1.with_voxels(np.rint(voxels).astype(np.int16))
+    save_scan(tampered, tmp_path / "removed.npz", format="npz")
+    save_scan(lung1, tmp_path / "lung1.npz", format="npz")
+    append_manifest([ManifestRow("lung1.npz", "removed.npz", *lung1.voxel_to_world(z), *z, "remove", "inpaint", "none",
+                                 "{}", "now") for z in sites], tmp_path / "manifest.csv")
+    samples = evaluation_samples(tmp_path / "manifest.csv", tmp_path / "lung1.npz", per_scan=12, seed=0,
+                                 nodules=None)
+    genuine = [s for s in samples if not s.label and s.content == LUNG]
+    assert len(genuine) == 12 and {s.origin for s in genuine} == {"matched"}
+    lung = lung_mask(lung1)
+    target_side, target_depth, target_front = lung_positions(lung, np.asarray(sites))
+    target_density = dense_fraction(tampered, sites)
+    side, depth, front = lung_positions(lung, np.asarray([s.zyx for s in genuine]))
+    density = dense_fraction(lung1, [s.zyx for s in genuine])
+    for k in range(12):  # the targets in turn
+        t = k % len(sites)
+        assert side[k] == target_side[t]
+        assert abs(depth[k] - target_depth[t]) <= 0.1 + 1e-9 and abs(front[k] - target_front[t]) <= 0.1 + 1e-9
+        assert abs(density[k] - target_density[t]) <= 0.02 + 1e-9
+        assert min(np.linalg.norm((np.subtract(s.zyx, sites[0])) * lung1.spacing) for s in genuine) > 20.0
+    row = evaluate(samples, {}, tmp_path / "eval")["rows"]["remove-inpaint-ct"]
+    assert row["n_tampered"] == 4 and row["n_genuine"] == 12
+    assert abs(row["content_baseline"]["auc"] - 0.5) <= 0.15 and not row["content_differs"]

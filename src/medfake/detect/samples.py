@@ -6,8 +6,10 @@ a nodule removed?", so positives are only ever compared with genuine sites of th
 - before (label 0): the same site in the untouched source scan (bare lung before an injection, the real nodule
   before a removal); it differs from its tampered twin in content as well, so it only feeds secondary rows;
 - table (label 0): genuine nodules, the rows of a location table (LUNA16 / CT-GAN / manifest columns);
-- matched, random (label 0): nodule-free genuine lung, first at the removal sites' positions (same lung side and
-  depth), then anywhere in the lung; always `AVOID_MM` away from every nodule the evaluation knows of.
+- matched, random (label 0): nodule-free genuine lung; where there are removals, every one matched to a removal
+  site (same lung side, depth and front-to-back position, and the same local density: the content-only baseline's
+  dense-tissue fraction, read at the removal site in its tampered scan), else anywhere in the lung; always
+  `AVOID_MM` away from every nodule the evaluation knows of.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 from medfake.data.cohort import location_voxel, scan_key, scan_paths
 from medfake.detect.patches import lung_mask_or_none, to_unit
+from medfake.detect.selfref import dense_fraction
 from medfake.errors import MedfakeError
 from medfake.io import load_scan
 from medfake.io.tables import read_locations, read_manifest
@@ -29,7 +32,9 @@ NODULE, LUNG = "nodule", "lung"
 CLAIMS = {"inject": NODULE, "remove": LUNG}  # the content a tampered site pretends to show
 BEFORE = {"inject": LUNG, "remove": NODULE}  # what the same site showed before tampering
 AVOID_MM = 20.0  # genuine lung sites keep this far from every known nodule
-DEPTH_TOLERANCE = 0.1  # a matched site lies within this fraction of the lung's z extent of its target
+DEPTH_TOLERANCE = 0.1  # a matched site lies within this fraction of the lung's z (and y) extent of its target
+DENSITY_TOLERANCE = 0.02  # … and within this dense-tissue fraction of it (or the nearest one found)
+DENSITY_DRAWS = 200  # position-matched candidates whose density is measured per target
 GRID = 4  # candidate lung sites on a 4-voxel in-plane grid
 
 
@@ -101,21 +106,23 @@ def known_nodules(samples: list[Sample]) -> dict[Path, list[tuple[int, int, int]
     return dict(out)
 
 
-def removal_targets(samples: list[Sample]) -> list[tuple[int, float]]:
-    """(lung side, depth) of every removal site, read in its tampered scan."""
+def removal_targets(samples: list[Sample]) -> list[tuple[int, float, float, float]]:
+    """(lung side, depth, front-to-back position, dense-tissue fraction) of every removal site, read in its
+    tampered scan."""
     targets = []
     for path, sites in _group([s for s in samples if s.label and s.content == LUNG]).items():
-        lung = lung_mask_or_none(load_scan(path))
+        scan = load_scan(path)
+        lung = lung_mask_or_none(scan)
         if lung is not None and lung.any():
-            sides, depths = lung_positions(lung, np.asarray(sites))
-            targets += list(zip(sides.tolist(), depths.tolist()))
+            sides, depths, fronts = lung_positions(lung, np.asarray(sites))
+            targets += list(zip(sides.tolist(), depths.tolist(), fronts.tolist(), dense_fraction(scan, sites).tolist()))
     return targets
 
 
 def genuine_samples(spec, per_scan: int, seed: int, margin: int = 48, avoid: dict | None = None,
                     targets: list[tuple[int, float]] = ()) -> list[Sample]:
     """Genuine sites: the rows of a location table (nodules), or `per_scan` nodule-free lung sites (CT; MRI: the
-    foreground) of each genuine scan: one matched to each removal target first, then random ones."""
+    foreground) of each genuine scan: all matched to the removal targets in turn where there are any, else random."""
     spec = Path(spec)
     if spec.is_file() and spec.suffix.lower() in (".csv", ".tsv"):
         return nodule_samples(spec)
@@ -127,7 +134,8 @@ def genuine_samples(spec, per_scan: int, seed: int, margin: int = 48, avoid: dic
         points, lung = candidate_sites(scan, margin, avoid.get(Path(path).resolve(), ()))
         if len(points) == 0:
             raise MedfakeError("no lung/foreground to sample genuine locations from", path)
-        matched = matched_sites(points, lung, targets[:per_scan], rng) if targets and lung is not None else []
+        cycle = [targets[i % len(targets)] for i in range(per_scan)] if targets else []
+        matched = matched_sites(scan, points, lung, cycle, rng) if cycle and lung is not None else []
         taken = set(matched)
         rest = [i for i in range(len(points)) if i not in taken]
         extra = rng.choice(rest, size=min(per_scan - len(matched), len(rest)), replace=False) if rest else []
@@ -150,29 +158,35 @@ def candidate_sites(scan: Scan, margin: int, nodules) -> tuple[np.ndarray, np.nd
     return points, lung
 
 
-def lung_positions(lung: np.ndarray, zyx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Side (0: the lower-x half of the lungs' x extent, 1: the other) and depth (fraction of the lungs' z
-    extent) of sites (N, 3)."""
+def lung_positions(lung: np.ndarray, zyx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Side (0: the lower-x half of the lungs' x extent, 1: the other), depth and front-to-back position
+    (fractions of the lungs' z and y extents) of sites (N, 3)."""
     zs = np.flatnonzero(lung.any(axis=(1, 2)))
+    ys = np.flatnonzero(lung.any(axis=(0, 2)))
     xs = np.flatnonzero(lung.any(axis=(0, 1)))
     sides = (zyx[:, 2] >= (xs[0] + xs[-1]) / 2).astype(int)
     depths = (zyx[:, 0] - zs[0]) / max(1, zs[-1] - zs[0])
-    return sides, depths
+    fronts = (zyx[:, 1] - ys[0]) / max(1, ys[-1] - ys[0])
+    return sides, depths, fronts
 
 
-def matched_sites(points: np.ndarray, lung: np.ndarray, targets, rng) -> list[int]:
-    """For each (side, depth) target one distinct candidate on the same side within DEPTH_TOLERANCE of its
-    depth (or the nearest depth there), drawn at random."""
-    sides, depths = lung_positions(lung, points)
+def matched_sites(scan: Scan, points: np.ndarray, lung: np.ndarray, targets, rng) -> list[int]:
+    """For each (side, depth, front, density) target one distinct candidate: on the same side, within
+    DEPTH_TOLERANCE of its depth and front-to-back position (or the nearest there), and of those (up to
+    DENSITY_DRAWS at random) one within DENSITY_TOLERANCE of its dense-tissue fraction (or the nearest)."""
+    sides, depths, fronts = lung_positions(lung, points)
     chosen: list[int] = []
-    for side, depth in targets:
+    for side, depth, front, density in targets:
         pool = np.flatnonzero(sides == side)
         pool = pool[~np.isin(pool, chosen)]
         if len(pool) == 0:
             continue
-        gap = np.abs(depths[pool] - depth)
+        gap = np.maximum(np.abs(depths[pool] - depth), np.abs(fronts[pool] - front))
         near = pool[gap <= max(DEPTH_TOLERANCE, gap.min())]
-        chosen.append(int(rng.choice(near)))
+        near = rng.choice(near, size=min(len(near), DENSITY_DRAWS), replace=False)
+        miss = np.abs(dense_fraction(scan, points[near]) - density)
+        alike = near[miss <= max(DENSITY_TOLERANCE, miss.min())]
+        chosen.append(int(rng.choice(alike)))
     return chosen
 
 
