@@ -1,6 +1,8 @@
 """Detection quality on held-out CT (issue #10): held-out real scans (lung1, the TotalSegmentator chest CT
 chest2) and held-out synthetic scans, tampered by the classical methods no detector saw (copy-move injection
-at random lung points, in-painting removal of known nodules); every detector of `--methods` (trained on other,
+at random lung points, in-painting removal of known nodules) and, given trained runs (`--ctgan-inject`,
+`--ctgan-remove`: the cpu-small CT-GAN of benchmarks/tamper_train.py, trained on other synthetic scans, no real
+scan), by CT-GAN injection at other random lung points and CT-GAN removal of the same nodules; every detector of `--methods` (trained on other,
 genuine synthetic scans where it trains at all) beside the content-only baseline, on the protocol's headline
 rows (injected vs genuine nodules; removals vs nodule-free genuine lung at matched positions) and secondary rows
 (each site before), pooled and per real / synthetic; DeLong CIs, the paired DeLong test against BTD, Pd at 1%
@@ -8,8 +10,11 @@ FAR; and the screening top-3 rate of the best (first) method on the tampered sca
 
     python benchmarks/detect_quality.py                       # the default scale (about an hour on 2 busy cores)
     python benchmarks/detect_quality.py --smoke               # minutes: checks the pipeline only
+    python benchmarks/detect_quality.py --methods selfref,residual --cohort /work/runs/bench_tamper/cohort_test \
+        --ctgan-inject /work/runs/bench_tamper/run_inject --ctgan-remove /work/runs/bench_tamper/run_remove --tag ctgan
 
-CT-GAN fakes are not in this script (`medfake train inject|remove` + `medfake bench` cover them).
+No detector is trained on CT-GAN output (the supervised methods train on classical fakes of the training scans:
+their CT-GAN rows are cross-generator rows).
 Prints and saves benchmarks/results/detect_quality[_smoke].json (+ run record)."""
 
 from __future__ import annotations
@@ -51,10 +56,13 @@ def nodules_of(folder: Path) -> dict[str, list[tuple[tuple[int, int, int], float
     return out
 
 
-def tamper_scans(sources: dict, donor, donor_zyx, out: Path, per_scan: int, rng) -> Path:
-    """Copy-move injections at random lung points and in-painting removals of real nodules; one manifest."""
+def tamper_scans(sources: dict, donor, donor_zyx, out: Path, per_scan: int, rng, ctgan: dict | None = None) -> Path:
+    """Copy-move injections at random lung points and in-painting removals of real nodules (and with `ctgan`
+    models, CT-GAN injections at other random lung points and removals of the same nodules); one manifest."""
     manifest = out / "manifest.csv"
     for path, nodules in sources.items():
+        if ctgan:
+            append_manifest(ctgan_fakes(path, nodules[:per_scan], ctgan, out, per_scan, rng), manifest)
         scan = load_scan(path)
         mask = lung_mask(scan)
         points = np.argwhere(mask[:, ::4, ::4]) * [1, 4, 4]
@@ -77,6 +85,29 @@ def tamper_scans(sources: dict, donor, donor_zyx, out: Path, per_scan: int, rng)
                      for z, _ in nodules[:per_scan]]
         append_manifest(rows, manifest)
     return manifest
+
+
+def ctgan_fakes(path: Path, nodules, models: dict, out: Path, per_scan: int, rng) -> list[ManifestRow]:
+    """CT-GAN injections at `per_scan` random lung points and removals of the given nodules (one output each)."""
+    from medfake.tamper.pipeline import tamper_scan
+
+    scan = load_scan(path)
+    lung = lung_mask(scan)
+    stem = Path(path).name.split(".")[0]
+    points = np.argwhere(lung[:, ::4, ::4]) * [1, 4, 4]
+    points = points[(points[:, 1] > 60) & (points[:, 2] > 60)]
+    jobs = [("inject", [tuple(int(v) for v in points[i]) for i in rng.choice(len(points), per_scan, replace=False)])]
+    jobs += [("remove", [z for z, _ in nodules])] if nodules else []
+    rows = []
+    for action, sites in jobs:
+        if action not in models:
+            continue
+        fake, made = tamper_scan(scan, sites, action, models[action], "ctgan", rng, lung)
+        name = f"{stem}_ctgan_{action}.npz"
+        save_scan(fake.with_voxels(np.rint(fake.voxels).astype(np.int16)), out / name, format="npz", overwrite=True)
+        rows += [ManifestRow(str(path), name, *scan.voxel_to_world(z), *z, action, "ctgan", "none", "{}", "")
+                 for z in sites]
+    return rows
 
 
 def screening_hits(manifest: Path, detector, top: int = 3) -> dict:
@@ -125,6 +156,13 @@ def train_runs(args, tmp: Path, train_fakes: Path) -> dict:
     return runs
 
 
+def ctgan_models(args) -> dict:
+    from medfake.tamper.model import load_tamper_model
+
+    runs = {"inject": args.ctgan_inject, "remove": args.ctgan_remove}
+    return {action: load_tamper_model(run, action) for action, run in runs.items() if run}
+
+
 def main(args) -> dict:
     rng = np.random.default_rng(args.seed)
     started = time.time()
@@ -132,15 +170,19 @@ def main(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_cohort(tmp / "train", args.n_train, args.seed, fmt="npz", n_xy=args.n_xy, max_slices=args.slices)
-        write_cohort(tmp / "test", args.n_test, args.seed + 1, fmt="npz", n_xy=args.n_xy, max_slices=args.slices)
+        test = Path(args.cohort) if args.cohort else tmp / "test"
+        if not args.cohort:
+            write_cohort(test, args.n_test, args.seed + 1, fmt="npz", n_xy=args.n_xy, max_slices=args.slices)
         lung1 = load_scan(sample_path("lung1"))
         for folder in ("tampered", "train_fakes"):
             (tmp / folder).mkdir()
         real = {sample_path("lung1"): [(LUNG1_NODULE, 13.8)]}
         if "chest2" in args.real:
             real[sample_path("chest2")] = []  # no labelled nodule: injections only
-        held_out = {**nodules_of(tmp / "test"), **real}
-        manifest = tamper_scans(held_out, lung1, LUNG1_NODULE, tmp / "tampered", args.per_scan, rng)
+        held_out = {**nodules_of(test), **real}
+        ctgan = ctgan_models(args)
+        out["ctgan_models"] = {action: model.model_id for action, model in ctgan.items()}
+        manifest = tamper_scans(held_out, lung1, LUNG1_NODULE, tmp / "tampered", args.per_scan, rng, ctgan)
         train_nodules = nodules_of(tmp / "train")
         donor_path, donor_nodules = next((p, n) for p, n in train_nodules.items() if n)
         train_fakes = tamper_scans(train_nodules, load_scan(donor_path), donor_nodules[0][0], tmp / "train_fakes",
@@ -152,7 +194,7 @@ def main(args) -> dict:
         genuine = tmp / "genuine.txt"
         genuine.write_text("\n".join(str(p) for p in held_out) + "\n")
         samples = evaluation_samples(manifest, genuine, args.genuine_per_scan, args.seed, True,
-                                     nodules=tmp / "test/annotations.csv")
+                                     nodules=test / "annotations.csv")
         real_paths = {str(Path(p).resolve()) for p in real}
         for s in samples:
             source = s.scan if s.origin != "tampered" else next(
@@ -166,7 +208,8 @@ def main(args) -> dict:
         best = args.methods.split(",")[0]
         out["cross_generator_note"] = ("a detector named METHOD@GENERATOR was trained on that generator's fakes only: "
                                        "its rows of the other tamper methods are cross-generator rows")
-        out[f"screening_{best}"] = screening_hits(manifest, detectors[best])
+        if not args.skip_screening:
+            out[f"screening_{best}"] = screening_hits(manifest, detectors[best])
         out["markdown"] = (tmp / "eval/results.md").read_text()
     out["seconds"] = time.time() - started
     out["load_average_1min_after"] = os.getloadavg()[0]
@@ -191,6 +234,10 @@ if __name__ == "__main__":
     parser.add_argument("--per-scan", type=int, default=4)
     parser.add_argument("--genuine-per-scan", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cohort", default="", help="held-out synthetic scans with annotations.csv (default: generated)")
+    parser.add_argument("--ctgan-inject", default="", help="a CT-GAN injector run: adds CT-GAN injection rows")
+    parser.add_argument("--ctgan-remove", default="", help="a CT-GAN remover run: adds CT-GAN removal rows")
+    parser.add_argument("--skip-screening", action="store_true", help="detect_screening.py measures screening")
     parser.add_argument("--tag", default="", help="saved as detect_quality_TAG.json (a partial run beside the full one)")
     args = parser.parse_args()
     if args.smoke:

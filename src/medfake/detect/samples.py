@@ -33,8 +33,9 @@ CLAIMS = {"inject": NODULE, "remove": LUNG}  # the content a tampered site prete
 BEFORE = {"inject": LUNG, "remove": NODULE}  # what the same site showed before tampering
 AVOID_MM = 20.0  # genuine lung sites keep this far from every known nodule
 DEPTH_TOLERANCE = 0.1  # a matched site lies within this fraction of the lung's z (and y) extent of its target
-DENSITY_TOLERANCE = 0.02  # … and within this dense-tissue fraction of it (or the nearest one found)
-DENSITY_DRAWS = 200  # position-matched candidates whose density is measured per target
+DENSITY_DRAWS = 300  # position-matched candidates whose density is measured per target: the nearest is taken (most
+# removal sites hold no dense tissue; a tolerance would pair them with genuine sites holding a little, and the
+# content baseline would win the row)
 GRID = 4  # candidate lung sites on a 4-voxel in-plane grid
 
 
@@ -173,7 +174,7 @@ def lung_positions(lung: np.ndarray, zyx: np.ndarray) -> tuple[np.ndarray, np.nd
 def matched_sites(scan: Scan, points: np.ndarray, lung: np.ndarray, targets, rng) -> list[int]:
     """For each (side, depth, front, density) target one distinct candidate: on the same side, within
     DEPTH_TOLERANCE of its depth and front-to-back position (or the nearest there), and of those (up to
-    DENSITY_DRAWS at random) one within DENSITY_TOLERANCE of its dense-tissue fraction (or the nearest)."""
+    DENSITY_DRAWS at random) one of those nearest to its dense-tissue fraction."""
     sides, depths, fronts = lung_positions(lung, points)
     chosen: list[int] = []
     for side, depth, front, density in targets:
@@ -185,7 +186,7 @@ def matched_sites(scan: Scan, points: np.ndarray, lung: np.ndarray, targets, rng
         near = pool[gap <= max(DEPTH_TOLERANCE, gap.min())]
         near = rng.choice(near, size=min(len(near), DENSITY_DRAWS), replace=False)
         miss = np.abs(dense_fraction(scan, points[near]) - density)
-        alike = near[miss <= max(DENSITY_TOLERANCE, miss.min())]
+        alike = near[miss <= miss.min() + 1e-9]
         chosen.append(int(rng.choice(alike)))
     return chosen
 
