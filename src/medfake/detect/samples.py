@@ -130,12 +130,13 @@ def genuine_samples(spec, per_scan: int, seed: int, margin: int = 48, avoid: dic
     rng = np.random.default_rng(seed)
     avoid = avoid or {}
     out = []
-    for path in scan_paths(spec):
+    for k, path in enumerate(scan_paths(spec)):
         scan = load_scan(path)
         points, lung = candidate_sites(scan, margin, avoid.get(Path(path).resolve(), ()))
         if len(points) == 0:
             raise MedfakeError("no lung/foreground to sample genuine locations from", path)
-        cycle = [targets[i % len(targets)] for i in range(per_scan)] if targets else []
+        # the targets in turn, carried on from scan to scan, so every removal site (of every method) gets matches
+        cycle = [targets[(k * per_scan + i) % len(targets)] for i in range(per_scan)] if targets else []
         matched = matched_sites(scan, points, lung, cycle, rng) if cycle and lung is not None else []
         taken = set(matched)
         rest = [i for i in range(len(points)) if i not in taken]
