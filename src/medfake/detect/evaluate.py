@@ -89,7 +89,7 @@ def rows(samples: list[Sample]) -> dict[str, tuple[np.ndarray, str]]:
     out = {}
     for (action, method, modality, group), pos in sorted(groups.items()):
         mine = [(i, s) for i, s in genuine if s.modality == modality and group in ("", s.group)]
-        claimed = [i for i, s in mine if s.content == CLAIMS[action]]
+        claimed = [i for i, s in mine if s.content == CLAIMS[action] and headline_negative(s, action, method)]
         before = [i for i, s in mine if s.origin == "before" and s.action == action and method in ("all", s.method)]
         suffix = f"-{group}" if group else ""
         for name, neg, kind in ((f"{action}-{method}-{modality}{suffix}", claimed, "headline"),
@@ -97,6 +97,14 @@ def rows(samples: list[Sample]) -> dict[str, tuple[np.ndarray, str]]:
             if neg:
                 out[name] = (np.asarray(pos + neg), kind)
     return out
+
+
+def headline_negative(s: Sample, action: str, method: str) -> bool:
+    """Removal rows take genuine lung drawn for them (not the bare lung before an injection, drawn anywhere), and
+    lung matched to one method's removal sites only in that method's rows and "all"."""
+    if action != "remove":
+        return True
+    return s.origin == "random" or (s.origin == "matched" and (not s.method or method in ("all", s.method)))
 
 
 def evaluate(samples: list[Sample], detectors: dict[str, Detector], out: Path, overwrite: bool = False,

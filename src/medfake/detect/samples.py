@@ -107,16 +107,19 @@ def known_nodules(samples: list[Sample]) -> dict[Path, list[tuple[int, int, int]
     return dict(out)
 
 
-def removal_targets(samples: list[Sample]) -> list[tuple[int, float, float, float]]:
-    """(lung side, depth, front-to-back position, dense-tissue fraction) of every removal site, read in its
-    tampered scan."""
+def removal_targets(samples: list[Sample]) -> list[tuple[int, float, float, float, str]]:
+    """(lung side, depth, front-to-back position, dense-tissue fraction, tamper method) of every removal site,
+    read in its tampered scan."""
     targets = []
-    for path, sites in _group([s for s in samples if s.label and s.content == LUNG]).items():
+    removals = [s for s in samples if s.label and s.content == LUNG]
+    for path, index in _group_index(removals).items():
         scan = load_scan(path)
         lung = lung_mask_or_none(scan)
         if lung is not None and lung.any():
+            sites = [removals[i].zyx for i in index]
             sides, depths, fronts = lung_positions(lung, np.asarray(sites))
-            targets += list(zip(sides.tolist(), depths.tolist(), fronts.tolist(), dense_fraction(scan, sites).tolist()))
+            targets += list(zip(sides.tolist(), depths.tolist(), fronts.tolist(), dense_fraction(scan, sites).tolist(),
+                                [removals[i].method for i in index]))
     return targets
 
 
@@ -138,10 +141,11 @@ def genuine_samples(spec, per_scan: int, seed: int, margin: int = 48, avoid: dic
         # the targets in turn, carried on from scan to scan, so every removal site (of every method) gets matches
         cycle = [targets[(k * per_scan + i) % len(targets)] for i in range(per_scan)] if targets else []
         matched = matched_sites(scan, points, lung, cycle, rng) if cycle and lung is not None else []
-        taken = set(matched)
+        taken = {i for i, _ in matched}
         rest = [i for i in range(len(points)) if i not in taken]
         extra = rng.choice(rest, size=min(per_scan - len(matched), len(rest)), replace=False) if rest else []
-        out += [Sample(path, tuple(int(v) for v in points[i]), 0, content=LUNG, origin="matched") for i in matched]
+        out += [Sample(path, tuple(int(v) for v in points[i]), 0, "remove", method, content=LUNG, origin="matched")
+                for i, method in matched]
         out += [Sample(path, tuple(int(v) for v in points[i]), 0, content=LUNG, origin="random") for i in extra]
     return out
 
@@ -172,15 +176,15 @@ def lung_positions(lung: np.ndarray, zyx: np.ndarray) -> tuple[np.ndarray, np.nd
     return sides, depths, fronts
 
 
-def matched_sites(scan: Scan, points: np.ndarray, lung: np.ndarray, targets, rng) -> list[int]:
-    """For each (side, depth, front, density) target one distinct candidate: on the same side, within
+def matched_sites(scan: Scan, points: np.ndarray, lung: np.ndarray, targets, rng) -> list[tuple[int, str]]:
+    """For each (side, depth, front, density, method) target one distinct candidate (with the target's method): on the same side, within
     DEPTH_TOLERANCE of its depth and front-to-back position (or the nearest there), and of those (up to
     DENSITY_DRAWS at random) one of those nearest to its dense-tissue fraction."""
     sides, depths, fronts = lung_positions(lung, points)
-    chosen: list[int] = []
-    for side, depth, front, density in targets:
+    chosen: list[tuple[int, str]] = []
+    for side, depth, front, density, method in targets:
         pool = np.flatnonzero(sides == side)
-        pool = pool[~np.isin(pool, chosen)]
+        pool = pool[~np.isin(pool, [i for i, _ in chosen])]
         if len(pool) == 0:
             continue
         gap = np.maximum(np.abs(depths[pool] - depth), np.abs(fronts[pool] - front))
@@ -188,12 +192,12 @@ def matched_sites(scan: Scan, points: np.ndarray, lung: np.ndarray, targets, rng
         near = rng.choice(near, size=min(len(near), DENSITY_DRAWS), replace=False)
         miss = np.abs(dense_fraction(scan, points[near]) - density)
         alike = near[miss <= miss.min() + 1e-9]
-        chosen.append(int(rng.choice(alike)))
+        chosen.append((int(rng.choice(alike)), method))
     return chosen
 
 
-def _group(samples: list[Sample]) -> dict[Path, list[tuple[int, int, int]]]:
+def _group_index(samples: list[Sample]) -> dict[Path, list[int]]:
     out = defaultdict(list)
-    for s in samples:
-        out[s.scan].append(s.zyx)
+    for i, s in enumerate(samples):
+        out[s.scan].append(i)
     return dict(out)
