@@ -61,9 +61,11 @@ class Screening:
     slices: list[int] = field(default_factory=list)
 
 
-def screening_region(scan: Scan, unit: np.ndarray) -> np.ndarray:
+def screening_region(scan: Scan) -> np.ndarray:
+    """The lungs; without them (no lung found, not a chest CT) the body: a windowed float copy of the whole volume
+    is made only then, since it is the memory peak of screening."""
     mask = lung_mask_or_none(scan)
-    return mask if mask is not None else unit > 0.05
+    return mask if mask is not None else to_unit(scan) > 0.05
 
 
 def tile_origins(lo: int, hi: int, size: int, stride: int, limit: int) -> list[int]:
@@ -81,7 +83,7 @@ def screen_scan(scan: Scan, detector: Detector, progress=None, **options) -> Scr
         opts = ScreenOptions(**options)
     except TypeError as exc:
         raise MedfakeError(f"bad screening options ({exc})") from None
-    region = screening_region(scan, to_unit(scan))
+    region = screening_region(scan)
     if detector.scan_level:
         return screen_scan_level(scan, detector, region, opts)
     unit = detector.unit(scan)
@@ -123,7 +125,9 @@ def screen_scan_level(scan: Scan, detector: Detector, region: np.ndarray, opts: 
     """A scan-level detector's own 3-D map, standardised inside the lung like the tiled one."""
     raw = detector.screen_map(scan, region, opts)
     measured = region & np.isfinite(raw)
-    volume = np.where(measured, standardise(np.nan_to_num(raw), measured), 0.0).astype(np.float32)
+    raw[~measured] = 0.0
+    volume = standardise(raw, measured, out=raw)  # in place: the map is the memory peak of screening
+    volume[~measured] = 0.0
     findings = peaks(volume, measured, scan, opts.top, opts.separation_mm)
     slices = [int(z) for z in np.flatnonzero(measured.any(axis=(1, 2)))]
     return Screening(volume, region, findings, findings[0].score if findings else 0.0, 0, slices)
@@ -134,31 +138,35 @@ def smooth_slices(maps: np.ndarray, spacing, smooth_mm: float) -> np.ndarray:
     return ndimage.gaussian_filter(maps, sigma=sigma)
 
 
-def standardise(maps: np.ndarray, region: np.ndarray) -> np.ndarray:
+def standardise(maps: np.ndarray, region: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Robust z-score of float32 `maps` against its values inside `region`; `out=maps` works in place."""
     values = maps[region]
     if values.size == 0:
         return np.zeros_like(maps)
     median = float(np.median(values))
     spread = max(robust_sigma(values), 1e-12)
-    return ((maps - median) / spread).astype(np.float32)
+    del values
+    out = np.subtract(maps, median, out=out, dtype=np.float32)
+    return np.divide(out, spread, out=out)
 
 
 def peaks(volume: np.ndarray, region: np.ndarray, scan: Scan, top: int, separation_mm: float) -> list[LocationScore]:
     """The `top` highest points of the map inside the region, at least `separation_mm` apart."""
-    work = np.where(region, volume, -np.inf)
-    radius = [separation_mm / s for s in scan.spacing]
+    radius = np.array([separation_mm / s for s in scan.spacing])
+    index = np.flatnonzero(region)
+    values = volume.ravel()[index]
+    index = index[np.isfinite(values)]
+    order = np.argsort(-volume.ravel()[index], kind="stable")  # ties: the lowest voxel index first, as argmax
+    picked: list[np.ndarray] = []
     out = []
-    for _ in range(top):
-        flat = int(np.argmax(work))
-        if not np.isfinite(work.flat[flat]):
-            break
-        zyx = np.unravel_index(flat, volume.shape)
-        out.append(LocationScore(tuple(int(v) for v in zyx), tuple(float(v) for v in scan.voxel_to_world(zyx)),
-                                 float(volume[zyx])))
-        axes = [np.arange(max(0, int(c - r)), min(n, int(c + r) + 1)) for c, r, n in zip(zyx, radius, volume.shape)]
-        offsets = np.ix_(*[((a - c) / r) ** 2 for a, c, r in zip(axes, zyx, radius)])
-        ball = (offsets[0] + offsets[1] + offsets[2]) <= 1.0
-        box = work[np.ix_(*axes)]
-        box[ball] = -np.inf
-        work[np.ix_(*axes)] = box
+    for start in range(0, order.size, 4096):  # candidates in chunks: no full-volume copy of the map
+        zyx_all = np.stack(np.unravel_index(index[order[start:start + 4096]], volume.shape), axis=1)
+        for zyx in zyx_all:
+            if any(float((((zyx - p) / radius) ** 2).sum()) <= 1.0 for p in picked):
+                continue
+            picked.append(zyx)
+            out.append(LocationScore(tuple(int(v) for v in zyx), tuple(float(v) for v in scan.voxel_to_world(zyx)),
+                                     float(volume[tuple(zyx)])))
+            if len(out) == top:
+                return out
     return out
