@@ -5,6 +5,7 @@ Each step is a resumable cell (see `bench.Cells`). Real scans (lung1) are only e
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,8 @@ def tamper_all(cells: Cells, config: dict, scans: list[dict], models: dict, spli
         for k, attack in enumerate(config["attacks"]):
             action, method = attack["action"], attack["method"]
             name = f"tamper-{split}-{scan['name']}-{k}-{action}-{method}"
+            if attack.get("targets") == "labels" and not (scan["table"] or scan["label"]):
+                continue  # no labelled nodule: a removal site (and size) picked by the CAD would be judged by it
 
             def make(folder: Path, scan=scan, attack=attack, action=action, method=method, k=k):
                 if (method, action) not in loaded:
@@ -143,12 +146,42 @@ def tamper_all(cells: Cells, config: dict, scans: list[dict], models: dict, spli
                                         table=scan["table"] if by_label and scan["table"] else None,
                                         auto=0 if by_label and scan["table"] else int(attack.get("auto", 1)),
                                         label=scan["label"], method=method, seed=config["seed"] + 31 * k, fmt="nrrd")
+                if method == "copy-move":  # the donor comes from the labels, never from the judge
+                    donor, donor_coord = labelled_donor(scan, scans)
+                    request = replace(request, donor=donor, donor_coord=donor_coord)
                 result = tamper_file(request, model=loaded[method, action])
                 return {"output": str(result.output), "rows": len(result.rows)}
 
             jobs[name] = make
     cells.run_all(jobs)
     return merge_manifests(cells, split)
+
+
+def scan_labels(scan: dict):
+    """(loaded scan, [(voxel z,y,x, diameter mm)] largest first) of a test scan's labelled nodules."""
+    from medfake.data.cohort import locations_for
+    from medfake.io import load_scan
+    from medfake.io.tables import read_locations
+    from medfake.tamper.run import label_nodules, to_voxel
+
+    loaded = load_scan(scan["path"])
+    if scan["label"]:
+        return loaded, label_nodules(loaded, scan["label"])
+    if not scan["table"]:
+        return loaded, []
+    rows = locations_for(Path(scan["path"]), loaded, read_locations(scan["table"]))
+    found = [(to_voxel(loaded, r.coords, r.system), float(r.diameter_mm or 0.0)) for r in rows]
+    return loaded, sorted(found, key=lambda n: -n[1])
+
+
+def labelled_donor(scan: dict, scans: list[dict]) -> tuple[str, str]:
+    """Copy-move donor: the largest labelled nodule of this scan, else of the first other scan with labels
+    (donor path, 'z,y,x' voxel text)."""
+    for candidate in [scan] + [s for s in scans if s is not scan]:
+        _, nodules = scan_labels(candidate)
+        if nodules:
+            return candidate["path"], ",".join(str(int(v)) for v in nodules[0][0])
+    raise MedfakeError("copy-move needs a labelled donor nodule and no test scan has one")
 
 
 def merge_manifests(cells: Cells, split: str) -> str:
