@@ -220,7 +220,7 @@ def texture(before, after, zyx, band_mm, centre: bool) -> dict:
 def seam(before, after, zyx, band, face_mm) -> dict:
     from medfake.judges import seam_profile
 
-    radii = sorted(set(np.round(np.arange(band[0] - 1.0, band[1] + 1.01, 1.0), 1)) | {round(face_mm, 1)})
+    radii = sorted(set(np.round(np.arange(band[0], band[1] + 1.01, 1.0), 1)) | {round(face_mm, 1)})
     profile = seam_profile(before, after, zyx, radii)
     face = float(profile[radii.index(round(face_mm, 1))])
     return {"radii_mm": [float(r) for r in radii], "profile": [round(float(p), 3) for p in profile],
