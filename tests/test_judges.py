@@ -41,6 +41,18 @@ def test_core_shell_rejects_a_vessel_and_accepts_a_ball():
     assert ball.present and ball.length_mm == pytest.approx(8.0, abs=1.5)
 
 
+def test_core_shell_sees_a_ball_touching_a_thinner_vessel_but_not_a_thick_vessel():
+    voxels = np.full((70, 80, 80), -850.0, np.float32)
+    zz, yy, xx = np.mgrid[:70, :80, :80]
+    voxels[:, 34:37, 45:48] = 40.0  # a 3 mm vessel along z, touching the ball's side
+    voxels[(zz - 35) ** 2 + (yy - 35) ** 2 + (xx - 40) ** 2 <= 25] = 40.0  # a 10 mm ball
+    voxels[:, 60:70, 5:15] = 40.0  # a 10 mm vessel along z
+    scan = Scan(voxels, (1.0, 1.0, 1.0))
+    attached = core_shell(scan, (35, 35, 40))
+    assert attached.present and attached.length_mm < 15
+    assert not core_shell(scan, (35, 65, 10)).present and core_shell(scan, (35, 65, 10)).length_mm == 50.0
+
+
 def test_noise_power_tells_smoothed_noise_from_a_fresh_draw():
     rng = np.random.default_rng(0)
     a, b = (Scan(rng.normal(-850, 25, (5, 64, 64)).astype(np.float32), (2.0, 0.7, 0.7)) for _ in range(2))

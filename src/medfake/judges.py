@@ -56,25 +56,30 @@ def core_shell(scan: Scan, zyx, core_mm: float = 2.5, shell_mm: tuple[float, flo
     return CoreShellVerdict(bool(present), core, shell, length)
 
 
-def dense_length(scan: Scan, zyx, threshold_hu: float, reach_mm: float = 25.0) -> float:
+def dense_length(scan: Scan, zyx, threshold_hu: float, reach_mm: float = 25.0, thick_fraction: float = 0.7) -> float:
     """Longest extent (mm, along the principal axis) of the dense component touching the centre voxel,
     within `reach_mm`, after an in-plane opening of ~1.5 mm that cuts thin vessel attachments; a blob that
-    reaches the edge of that box (a vessel, the chest wall) measures 2·reach."""
+    reaches the edge of that box (a vessel, the chest wall) measures 2·reach. The blob is the component's
+    core (voxels at least `thick_fraction` as deep below its surface as the centre) grown back by that depth:
+    a nodule touching a thinner vessel stays compact, a vessel through the centre stays as long as it is."""
     half = np.ceil(reach_mm / np.asarray(scan.spacing)).astype(int)
     crop = scan.crop(zyx, 2 * half + 1, pad=-1000.0)
     side = [max(2, int(round(1.5 / s))) for s in crop.spacing[1:]]
     dense = ndimage.binary_opening(crop.voxels > threshold_hu, structure=np.ones((1, *side), bool))
-    labels, _ = ndimage.label(dense)
-    label = labels[tuple(half)]
-    if label == 0:
+    if not dense[tuple(half)]:
         return 0.0
-    points = np.argwhere(labels == label) * np.asarray(crop.spacing)
-    if len(points) < 2:
+    depth = ndimage.distance_transform_edt(dense, sampling=crop.spacing)
+    centre_depth = depth[tuple(half)]
+    labels, _ = ndimage.label(dense & (depth >= thick_fraction * centre_depth))
+    core = labels == labels[tuple(half)]
+    reach_of_core = ndimage.distance_transform_edt(~core, sampling=crop.spacing)  # the blob = the core grown back
+    blob = dense & (reach_of_core <= thick_fraction * centre_depth + max(crop.spacing))
+    voxels = np.argwhere(blob)
+    if len(voxels) < 2:
         return float(min(crop.spacing))
-    touches_edge = np.any(np.argwhere(labels == label) == 0) or np.any(
-        np.argwhere(labels == label) == np.asarray(crop.shape) - 1)
-    if touches_edge:
+    if np.any(voxels == 0) or np.any(voxels == np.asarray(crop.shape) - 1):
         return 2 * reach_mm
+    points = voxels * np.asarray(crop.spacing)
     centred = points - points.mean(axis=0)
     axis = np.linalg.svd(centred, full_matrices=False)[2][0]
     along = centred @ axis
