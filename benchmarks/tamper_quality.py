@@ -371,8 +371,8 @@ def summarize(scans: list[dict]) -> dict:
     labelled = [r for u in untouched for r in u["labelled"]]
     out = {"scans": [s["scan"] for s in scans], "judges_untouched": {
         "random_sites": sum(u["random_sites"] for u in untouched),
-        "cad_fp_rate": _median_weighted(untouched, "cad_fp_rate"),
-        "core_shell_fp_rate": _median_weighted(untouched, "core_shell_fp_rate"),
+        "cad_fp_rate": _pooled_rate(untouched, "cad_fp_rate"),
+        "core_shell_fp_rate": _pooled_rate(untouched, "core_shell_fp_rate"),
         "labelled_nodules": len(labelled),
         "cad_sensitivity": _rate(r["cad"] for r in labelled),
         "core_shell_sensitivity": _rate(r["core_shell"] for r in labelled),
@@ -396,7 +396,7 @@ def summarize(scans: list[dict]) -> dict:
     return out
 
 
-def _median_weighted(untouched, key) -> float | None:
+def _pooled_rate(untouched, key) -> float | None:
     """Pooled rate over every random site of these scans."""
     hits = sum((u[key] or 0) * u["random_sites"] for u in untouched)
     total = sum(u["random_sites"] for u in untouched)
@@ -477,6 +477,9 @@ def main() -> None:
 
     torch.set_num_threads(1)
     models = args.models or args.work
+    RESULTS.mkdir(exist_ok=True)  # the record first: the commit the code ran from, before any result is written
+    write_run_record(RESULTS, vars(args) | {"work": str(args.work), "models": str(models)}, args.seed,
+                     name=f"{args.name}.run.json")
     inj, rem = load_tamper_model(models / "run_inject", "inject"), load_tamper_model(models / "run_remove", "remove")
     cases = load_cases(args.work)
     chosen = [c for c in cases if args.scans is None or c.name in args.scans.split(",")]
@@ -503,11 +506,8 @@ def main() -> None:
               "minutes": round((time.time() - start) / 60, 1)}
     if not args.skip_command:
         result["command"] = command_timing(args.work, models / "run_inject", Path("runs") / "tamper_quality_scratch")
-    RESULTS.mkdir(exist_ok=True)
     save_examples(examples, RESULTS / f"{args.name.replace('quality', 'examples')}.png")
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1, default=float))
-    write_run_record(RESULTS, vars(args) | {"work": str(args.work), "models": str(models)}, args.seed,
-                     name=f"{args.name}.run.json")
     print(json.dumps({k: v for k, v in result.items() if k not in ("scans", "previous")}, indent=1, default=float))
     if failures:
         print("\n" + "!" * 72 + "\nINVALID RUN: a control failed\n" + "\n".join(failures) + "\n" + "!" * 72,
