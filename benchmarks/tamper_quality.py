@@ -1,6 +1,6 @@
 """Quality of CT-GAN-style tampering, judged by two judges, with controls, on held-out scans.
 
-    nice -n 10 .venv/bin/python benchmarks/tamper_quality.py [--work runs/bench_tamper] [--per-scan 4]
+    nice -n 10 .venv/bin/python benchmarks/tamper_quality.py [--work runs/bench_tamper] [--per-scan 6]
 
 Scans: the 4 held-out synthetic scans of WORK/cohort_test and two real chest CTs that no tamperer was trained
 on (benchmarks/tamper_train.py holds real scans out): lung1 (5 mm slices, one labelled nodule) and chest2
@@ -19,7 +19,7 @@ Per scan:
 - removal of every labelled nodule by the CT-GAN remover and by classical in-painting with the label diameter;
 - controls at the strict sites: null (the pipeline with an identity generator: judged "no nodule" by both),
   easy (a pasted 10 mm ball of 40 HU: judged "nodule" by both), hard paste (a sphere of the blend's middle
-  radius copied without blending from lung ≥ 40 mm away: the seam measure must flag it). A failed control marks
+  radius copied without blending from a sphere wholly inside the lung ≥ 40 mm away: the seam measure must flag it). A failed control marks
   the whole run `"valid": false`.
 Noise (independent of the pipeline's own σ target): `judges.noise_power`, a radial NPS after a per-slice quadratic
 detrend the pipeline never uses, on 4 in-plane ROIs in the blend band (and, for removals, one at the centre), after
@@ -170,7 +170,8 @@ def easy_control(scan, sites):
 
 
 def hard_paste_control(scan, sites, lung, radius_mm, rng):
-    """Each site's sphere replaced, without blending, by lung ≥ 40 mm away (same offsets around a random voxel)."""
+    """Each site's sphere replaced, without blending, by a sphere of lung ≥ 40 mm away that lies wholly inside the
+    lung mask (parenchyma and vessels, never chest wall: the seam must be found in lung texture)."""
     voxels = np.asarray(scan.voxels, np.float32).copy()
     points = np.argwhere(lung[:, ::4, ::4]) * [1, 4, 4]
     for zyx in sites:
@@ -178,7 +179,7 @@ def hard_paste_control(scan, sites, lung, radius_mm, rng):
         far = points[np.linalg.norm((points - zyx) * np.asarray(scan.spacing), axis=1) >= 40.0]
         for source in far[rng.permutation(len(far))]:
             src_sl, src_ball = sphere(scan, source, radius_mm)
-            if src_ball.shape == ball.shape:
+            if src_ball.shape == ball.shape and lung[src_sl][src_ball].all():
                 voxels[sl][ball] = np.asarray(scan.voxels[src_sl], np.float32)[ball]
                 break
     return scan.with_voxels(voxels.astype(scan.voxels.dtype))
@@ -464,7 +465,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("runs/bench_tamper"), help="tamper_train.py's folder")
     parser.add_argument("--models", type=Path, default=None, help="folder with run_inject, run_remove (default: WORK)")
-    parser.add_argument("--per-scan", type=int, default=4, help="injection sites per scan (strict and relaxed)")
+    parser.add_argument("--per-scan", type=int, default=6, help="injection sites per scan (strict and relaxed)")
     parser.add_argument("--scans", type=str, default=None, help="comma-separated scan names (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-command", action="store_true", help="skip the 512x512x64 DICOM command timing")
