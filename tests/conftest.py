@@ -45,6 +45,24 @@ def lung1_dicom(lung1_slab, tmp_path_factory):
     return save_scan(lung1_slab, folder, format="dicom")
 
 
+@pytest.fixture(scope="session")
+def tiny_injector(tmp_path_factory):
+    """A 16³ CT-GAN injector trained once per session (60 steps on lung1's nodule, see tests/tiny.py): it paints a
+    faint blob (about +250 HU in lung parenchyma); quality is not the point."""
+    from tiny import NODULE_ROW, tiny_tamper_run
+
+    return tiny_tamper_run(tmp_path_factory.mktemp("tiny_injector"), "inject", NODULE_ROW)
+
+
+@pytest.fixture(scope="session")
+def tiny_remover(tmp_path_factory):
+    """A 16³ CT-GAN remover trained once per session (60 steps on two healthy lung spots of lung1): its 8 mm hole
+    clears a nodule's core, not a whole 14 mm nodule (test_tamper_pipeline trains a 32³ one for that)."""
+    from tiny import HEALTHY_ROWS, tiny_tamper_run
+
+    return tiny_tamper_run(tmp_path_factory.mktemp("tiny_remover"), "remove", HEALTHY_ROWS)
+
+
 CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright's own download is unreachable here (see Makefile system-deps)
 
 

@@ -19,42 +19,21 @@ from medfake.protect.config import OptimizeConfig, ProtectConfig
 from medfake.protect.run import protect_scan
 from medfake.protect.surrogate import (Surrogate, TamperSite, ctgan_site, load_tamper_model, noise_free_context,
                                        tamper_scan)
-from medfake.tamper.config import AugmentConfig, GanTrainConfig, TrainsetConfig
-from medfake.tamper.train import train
-from medfake.tamper.trainset import build_trainset
 
 SITE = (30, 300, 150)  # healthy lung parenchyma of lung1 (about -890 HU)
 NODULE = (33, 359, 218)  # lung1's nodule (about +30 HU in its core)
 
 
-def tiny_tamper_run(root, action: str, rows: str):
-    """A tiny CT-GAN run (16³ cubes, 60 steps, one thread) trained on the lung1 locations in `rows`."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    table = root / "locs.csv"
-    table.write_text("filename,x,y,z\n" + rows)
-    config = TrainsetConfig(action, cube=16, augment=AugmentConfig(rotation_step_deg=90))
-    data = build_trainset(action, [sample_path("lung1")], root / "set", coords=table, config=config)
-    train_config = GanTrainConfig.resolve(action, "cpu-small", g_filters=(4, 8, 16, 16), d_filters=(4, 8, 16, 16),
-                                          batch_size=4, steps=60, g_lr=2e-3, d_lr=2e-4, hole=8,
-                                          snapshot_every=60, checkpoint_every=60)
-    try:
-        return train(data, root / "run", train_config, show_progress=False)
-    finally:
-        torch.set_num_threads(before)
+@pytest.fixture(scope="module")
+def injector(tiny_injector):
+    """A tiny injector trained on lung1's nodule (16³ cubes, 60 steps; shared, see tests/tiny.py)."""
+    return tiny_injector
 
 
 @pytest.fixture(scope="module")
-def injector(tmp_path_factory):
-    """A tiny injector trained on lung1's nodule."""
-    return tiny_tamper_run(tmp_path_factory.mktemp("injector"), "inject", "lung1,-21.86,-120.54,-611.50\n")
-
-
-@pytest.fixture(scope="module")
-def remover(tmp_path_factory):
-    """A tiny remover trained on two healthy lung spots of lung1."""
-    return tiny_tamper_run(tmp_path_factory.mktemp("remover"), "remove",
-                           "lung1,-78.70,-120.83,-662.50\nlung1,55.89,-139.08,-657.50\n")
+def remover(tiny_remover):
+    """A tiny remover trained on two healthy lung spots of lung1 (16³ cubes, 60 steps; shared)."""
+    return tiny_remover
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import json
 import numpy as np
 import pydicom
 import pytest
-import torch
 
 from medfake.data.samples import sample_path
 from medfake.io import load_scan
@@ -26,23 +25,9 @@ CLICK = (4, 350, 370)  # lung1 z=33 (slice 4 of the DICOM slab), left lung paren
 
 
 @pytest.fixture(scope="module")
-def injector(tmp_path_factory):
-    """A tiny injector: 6 steps on lung1's nodule (enough to paint something; quality is not the point)."""
-    from medfake.tamper.config import AugmentConfig, GanTrainConfig, TrainsetConfig
-    from medfake.tamper.train import train
-    from medfake.tamper.trainset import build_trainset
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("injector")
-    data = build_trainset("inject", [sample_path("lung1")], root / "set", seed=3,
-                          coords=sample_path("lung1").parent / "annotations.csv",
-                          config=TrainsetConfig("inject", augment=AugmentConfig(rotation_step_deg=180)))
-    config = GanTrainConfig.resolve("inject", "cpu-small", g_filters=(4, 8, 16, 32, 32), d_filters=(4, 8, 16, 32),
-                                    batch_size=2, steps=6, snapshot_every=6, checkpoint_every=6)
-    run = train(data, root / "run", config, show_progress=False)
-    torch.set_num_threads(before)
-    return run
+def injector(tiny_injector):
+    """The session's tiny injector (16³ cubes, 60 steps on lung1's nodule): enough to paint something."""
+    return tiny_injector
 
 
 @pytest.fixture(scope="module")
