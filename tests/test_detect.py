@@ -16,7 +16,7 @@ from medfake.detect.patches import patches_at, to_unit
 from medfake.detect.train import train_detector
 from medfake.io import save_scan
 from medfake.io.tables import ManifestRow, append_manifest
-from medfake.stats import auc_score
+from medfake.stats import auc_score, robust_sigma
 from medfake.training import read_losses
 
 NODULE = (33, 359, 218)
@@ -35,11 +35,16 @@ def tiny_run(lung1_file, tmp_path_factory):
     return run
 
 
-@pytest.fixture(scope="session")
-def genuine_centres(lung1):
+@pytest.fixture(scope="module")
+def lung1_lungs(lung1):
     from medfake.lungmask import lung_mask
 
-    mask = lung_mask(lung1)
+    return lung_mask(lung1)
+
+
+@pytest.fixture(scope="module")
+def genuine_centres(lung1_lungs):
+    mask = lung1_lungs.copy()
     mask[:, :40], mask[:, -40:], mask[:, :, :40], mask[:, :, -40:] = False, False, False, False
     points = np.argwhere(mask[:, ::8, ::8]) * [1, 8, 8]
     return points[np.random.default_rng(0).choice(len(points), 24, replace=False)]
@@ -119,36 +124,76 @@ def _manifest(tmp_path, lung1, lung1_file):
     return tmp_path / "manifest.csv"
 
 
-def test_detect_and_evaluate_cli_end_to_end(tiny_run, lung1, lung1_file, tmp_path):
+def mann_whitney_auc(positives, negatives) -> float:
+    """P(score of a positive > score of a negative), ties counting one half: the AUC by hand."""
+    pos, neg = np.asarray(positives, float)[:, None], np.asarray(negatives, float)[None, :]
+    return float(np.mean((pos > neg) + 0.5 * (pos == neg)))
+
+
+def test_detect_and_evaluate_cli_end_to_end(tiny_run, lung1, lung1_lungs, lung1_file, tmp_path):
     manifest = _manifest(tmp_path, lung1, lung1_file)
-    main(["detect", str(tmp_path / "inj.npz"), "--model", str(tiny_run), "-c", "20,300,150", "-c", "25,250,250",
-          "-o", str(tmp_path / "det")])
-    rows = list(csv.DictReader(open(tmp_path / "det/scores.csv")))
-    assert [(r["voxel_z"], r["voxel_y"], r["voxel_x"]) for r in rows] == [("20", "300", "150"), ("25", "250", "250")]
-    assert all(float(r["score"]) > 0 for r in rows) and (tmp_path / "det/patches.png").stat().st_size > 1000
+    for name, scan in (("inj", tmp_path / "inj.npz"), ("genuine", lung1_file)):
+        main(["detect", str(scan), "--model", str(tiny_run), "-c", "20,300,150", "-c", "25,250,250",
+              "-o", str(tmp_path / f"det_{name}")])
+    rows = {name: list(csv.DictReader(open(tmp_path / f"det_{name}/scores.csv"))) for name in ("inj", "genuine")}
+    assert [(r["voxel_z"], r["voxel_y"], r["voxel_x"]) for r in rows["inj"]] == [("20", "300", "150"), ("25", "250", "250")]
+    tampered, untouched = (np.array([float(r["score"]) for r in rows[name]]) for name in ("inj", "genuine"))
+    assert tampered[0] > 1.5 * untouched[0]  # the pasted nodule scores above the same place in the genuine scan
+    assert tampered[1] == pytest.approx(untouched[1], rel=1e-6)  # 5 slices away from any change: the same score
+    assert (tmp_path / "det_inj/patches.png").stat().st_size > 1000
 
     main(["detect", str(lung1_file), "--model", str(tiny_run), "--screen", "--stride", "32", "--slice-step", "6",
           "--top", "3", "-o", str(tmp_path / "screen")])
     findings = json.loads((tmp_path / "screen/findings.json").read_text())
-    assert len(findings["findings"]) == 3 and findings["scan_score"] == findings["findings"][0]["score"] > 0
+    anomaly = np.load(tmp_path / "screen/anomaly_map.npz")["anomaly"].astype(np.float32)
+    assert anomaly.shape == lung1.shape and not anomaly[~lung1_lungs].any()  # the map covers the lungs only
+    inside = anomaly[lung1_lungs]
+    assert abs(float(np.median(inside))) < 0.1 and robust_sigma(inside) == pytest.approx(1.0, abs=0.1)  # robust z
+    peaks = [(tuple(f["voxel_zyx"]), f["score"]) for f in findings["findings"]]
+    assert len(peaks) == 3 and all(score == pytest.approx(float(anomaly[zyx]), rel=2e-3) for zyx, score in peaks)
+    assert findings["scan_score"] == pytest.approx(float(anomaly.max()), rel=2e-3)  # the map's highest point
+    spacing = np.asarray(lung1.spacing)
+    assert all(np.linalg.norm((np.subtract(a, b)) * spacing) > 10 for (a, _), (b, _) in zip(peaks, peaks[1:]))
     assert (tmp_path / "screen/finding_1.png").exists() and (tmp_path / "screen/anomaly_mip.png").exists()
 
     main(["evaluate", "--genuine", str(lung1_file), "--tampered", str(manifest), "-m", str(tiny_run),
           "--per-scan", "8", "-o", str(tmp_path / "eval")])
     results = json.loads((tmp_path / "eval/results.json").read_text())
-    inject = results["subsets"]["inject-copy-move-ct"]["btd"]
-    assert inject["n_tampered"] == 2 and inject["n_genuine"] == 1  # headline: the one genuine nodule (before removal)
-    assert 0 <= inject["ci95"][0] <= inject["auc"] <= inject["ci95"][1] <= 1
+    scores = list(csv.DictReader(open(tmp_path / "eval/scores.csv")))
+    assert len(scores) == 3 + 3 + 8  # 3 tampered sites, each also before tampering, 8 genuine lung sites
+
+    def by_hand(column, positive, negative) -> float:
+        return mann_whitney_auc([float(r[column]) for r in scores if positive(r)],
+                                [float(r[column]) for r in scores if negative(r)])
+
+    def tampered_by(action):
+        return lambda r: r["label"] == "1" and r["action"] == action
+
+    # headline rows: tampered sites against genuine sites holding the content they claim; secondary: the same
+    # sites before tampering. Every AUC in results.json is the one computed here from the written scores.
+    expected = {"inject-copy-move-ct": (tampered_by("inject"), lambda r: r["label"] == "0" and r["content"] == "nodule"),
+                "inject-vs-before-copy-move-ct": (tampered_by("inject"),
+                                                  lambda r: r["origin"] == "before" and r["action"] == "inject"),
+                "remove-inpaint-ct": (tampered_by("remove"), lambda r: r["label"] == "0" and r["content"] == "lung"),
+                "remove-vs-before-inpaint-ct": (tampered_by("remove"),
+                                                lambda r: r["origin"] == "before" and r["action"] == "remove")}
+    for row, (positive, negative) in expected.items():
+        assert results["subsets"][row]["btd"]["auc"] == pytest.approx(by_hand("btd", positive, negative)), row
+        assert results["rows"][row]["content_baseline"]["auc"] == pytest.approx(
+            by_hand("content-baseline", positive, negative)), row
+        assert results["rows"][row]["n_tampered"] == sum(map(positive, scores))
+        assert results["rows"][row]["n_genuine"] == sum(map(negative, scores))
+    assert results["subsets"]["inject-vs-before-copy-move-ct"]["btd"]["auc"] == 1.0  # as the detect CLI found
     remove = results["rows"]["remove-inpaint-ct"]
     assert remove["kind"] == "headline" and remove["n_genuine"] == 8 + 2  # genuine lung sites + the sites before injection
-    assert results["rows"]["remove-vs-before-inpaint-ct"]["n_genuine"] == 1
+    assert results["rows"]["inject-copy-move-ct"]["n_genuine"] == 1  # the one genuine nodule (before removal)
     assert (tmp_path / "eval/roc_inject-all-ct.png").exists()
     assert "| inject-copy-move-ct | headline | 2 | 1 |" in (tmp_path / "eval/results.md").read_text()
-    genuine_lung = [r for r in csv.DictReader(open(tmp_path / "eval/scores.csv")) if r["origin"] in ("matched", "random")]
+    genuine_lung = [r for r in scores if r["origin"] in ("matched", "random")]
     assert len(genuine_lung) == 8 and sum(r["origin"] == "matched" for r in genuine_lung) == 1
-    spacing = np.asarray(lung1.spacing)  # no genuine lung site near the real nodule
+    assert all(lung1_lungs[int(r["voxel_z"]), int(r["voxel_y"]), int(r["voxel_x"])] for r in genuine_lung)
     assert all(np.linalg.norm((np.array([int(r[f"voxel_{a}"]) for a in "zyx"]) - NODULE) * spacing) > 20
-               for r in genuine_lung)
+               for r in genuine_lung)  # no genuine lung site near the real nodule
 
 
 def test_bad_checkpoints_and_modalities_are_one_line_errors(tiny_run, lung1_file, tmp_path, capsys):
