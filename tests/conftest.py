@@ -29,6 +29,16 @@ def lung1_label():
 
 
 @pytest.fixture(scope="session")
+def lung1_lungs(lung1):
+    """lung1's lung mask (`medfake.lungmask.lung_mask`), computed once per session; read-only."""
+    from medfake.lungmask import lung_mask
+
+    mask = lung_mask(lung1)
+    mask.setflags(write=False)
+    return mask
+
+
+@pytest.fixture(scope="session")
 def lung1_slab(lung1):
     """8 full slices of lung1 around the nodule (z 29..36) with the matching origin: a small real CT."""
     voxels = np.ascontiguousarray(lung1.voxels[29:37])

@@ -12,14 +12,13 @@ from scipy import ndimage
 from medfake.cli import main
 from medfake.io import save_scan
 from medfake.cad import detect_nodules, nodule_near
-from medfake.lungmask import lung_mask
 
 LABELLED = np.array([33, 359, 218])
 
 
 @pytest.fixture(scope="module")
-def lungs(lung1):
-    return lung_mask(lung1)
+def lungs(lung1_lungs):
+    return lung1_lungs
 
 
 def test_finds_lung1s_labelled_nodule(lung1, lungs):

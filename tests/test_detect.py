@@ -36,13 +36,6 @@ def tiny_run(lung1_file, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def lung1_lungs(lung1):
-    from medfake.lungmask import lung_mask
-
-    return lung_mask(lung1)
-
-
-@pytest.fixture(scope="module")
 def genuine_centres(lung1_lungs):
     mask = lung1_lungs.copy()
     mask[:, :40], mask[:, -40:], mask[:, :, :40], mask[:, :, -40:] = False, False, False, False

@@ -18,7 +18,6 @@ from medfake.detect.selfref import SelfRefConfig, flat_parenchyma
 from medfake.detect.train import train_detector
 from medfake.io import save_scan
 from medfake.io.tables import ManifestRow, append_manifest
-from medfake.lungmask import lung_mask
 from medfake.stats import auc_score
 
 NODULE = (33, 359, 218)
@@ -30,10 +29,10 @@ def lung1_file(lung1, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def blatant(lung1):
+def blatant(lung1, lung1_lungs):
     """10 sites in flat lung and lung1 with a smoothed disc (radius 12 px ≈ 7 mm, on the site's slice and its
     two neighbours) at each."""
-    flat = ndimage.binary_erosion(lung_mask(lung1) & flat_parenchyma(lung1, SelfRefConfig()), np.ones((1, 31, 31)))
+    flat = ndimage.binary_erosion(lung1_lungs & flat_parenchyma(lung1, SelfRefConfig()), np.ones((1, 31, 31)))
     points = np.argwhere(flat[:, ::16, ::16]) * [1, 16, 16]
     sites = [tuple(int(v) for v in p) for p in points[np.random.default_rng(1).choice(len(points), 10, replace=False)]]
     hu = lung1.voxels.astype(np.float32)

@@ -7,7 +7,6 @@ import pytest
 from scipy import ndimage
 
 from medfake.detect.selfref import SelfRefConfig, dense_fraction, score_sites
-from medfake.lungmask import lung_mask
 from medfake.scan import Scan
 from medfake.stats import auc_score
 from medfake.tamper.pipeline import tamper_scan
@@ -55,8 +54,8 @@ def test_content_baseline_sits_at_chance_when_content_matches_and_selfref_does_n
 
 
 @pytest.fixture(scope="module")
-def lung1_tampered(lung1):
-    lung = lung_mask(lung1)
+def lung1_tampered(lung1, lung1_lungs):
+    lung = lung1_lungs
     sites = [(25, 382, 118), (8, 402, 146), (15, 390, 122), (10, 326, 154), (12, 450, 154), (3, 386, 102)]
     injected, _ = tamper_scan(lung1, sites, "inject", method="copy-move", rng=np.random.default_rng(0))
     removed, _ = tamper_scan(lung1, [NODULE], "remove", method="inpaint", rng=np.random.default_rng(0))

@@ -75,10 +75,10 @@ def test_blend_weight_falls_off_in_mm_along_every_axis(lung1):
     assert weight[0, 0, 0] == 0.0
 
 
-def test_noise_model_matches_this_scans_parenchyma(lung1):
-    from medfake.lungmask import lung_mask, lung_parenchyma
+def test_noise_model_matches_this_scans_parenchyma(lung1, lung1_lungs):
+    from medfake.lungmask import lung_parenchyma
 
-    parenchyma = lung_parenchyma(lung1, lung_mask(lung1))
+    parenchyma = lung_parenchyma(lung1, lung1_lungs)
     rng = np.random.default_rng(0)
     shape = block_shape(lung1.spacing, IsoGrid(HEALTHY, 32, 1.0))
     model = estimate_noise(lung1, parenchyma, shape, rng, avoid_zyx=[HEALTHY])
@@ -125,14 +125,14 @@ class SmoothCube(UnchangedCube):
         return ndimage.gaussian_filter(cube_hu, 2.0)
 
 
-def test_pasting_an_unchanged_cube_touches_nothing_outside_the_blend(lung1):
-    from medfake.lungmask import lung_mask, lung_parenchyma
+def test_pasting_an_unchanged_cube_touches_nothing_outside_the_blend(lung1, lung1_lungs):
+    from medfake.lungmask import lung_parenchyma
 
     config = GanTrainConfig(action="remove")
     model = UnchangedCube(config, None, None, "unchanged")
     block = scan_block(lung1, IsoGrid(HEALTHY, 32, 1.0))
     rng = np.random.default_rng(0)
-    noise = estimate_noise(lung1, lung_parenchyma(lung1, lung_mask(lung1)), block.shape, rng)
+    noise = estimate_noise(lung1, lung_parenchyma(lung1, lung1_lungs), block.shape, rng)
     out = ctgan_site(lung1, Site(HEALTHY), "remove", model, Context(noise, rng, blend_radii(model)))
     diff = out - lung1.voxels
     weight = np.zeros(lung1.shape, bool)
@@ -146,11 +146,11 @@ def test_pasting_an_unchanged_cube_touches_nothing_outside_the_blend(lung1):
 
 
 @pytest.fixture(scope="module")
-def lung1_noise(lung1):
-    from medfake.lungmask import lung_mask, lung_parenchyma
+def lung1_noise(lung1, lung1_lungs):
+    from medfake.lungmask import lung_parenchyma
 
     shape = block_shape(lung1.spacing, IsoGrid(HEALTHY, 32, 1.0))
-    return estimate_noise(lung1, lung_parenchyma(lung1, lung_mask(lung1)), shape, np.random.default_rng(0))
+    return estimate_noise(lung1, lung_parenchyma(lung1, lung1_lungs), shape, np.random.default_rng(0))
 
 
 @pytest.mark.parametrize("fake", [NoisyCube, SmoothCube, UnchangedCube])

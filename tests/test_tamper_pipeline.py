@@ -34,10 +34,8 @@ def remover(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def lungs(lung1):
-    from medfake.lungmask import lung_mask
-
-    return lung_mask(lung1)
+def lungs(lung1_lungs):
+    return lung1_lungs
 
 
 @pytest.fixture(scope="module")
