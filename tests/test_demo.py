@@ -73,18 +73,48 @@ def test_auc_table_equals_results_json(tiny_run):
     assert results["counts"]["genuine"] >= results["counts"]["tampered"] > 0
 
 
-def test_real_nodule_removal_and_manifest_are_recorded(tiny_run):
+def cad_at(scan_path, places, capsys) -> dict:
+    """The `cad` command's verdicts at voxels of one file, run here on the written file: zyx → diameter or None."""
+    main(["cad", str(scan_path), *[a for zyx in places for a in ("-c", ",".join(map(str, zyx)))], "--top", "50",
+          "--json"])
+    found = json.loads(capsys.readouterr().out)["locations"]
+    return {zyx: None if f["nodule"] is None else f["nodule"]["diameter_mm"] for zyx, f in zip(places, found)}
+
+
+def test_real_nodule_removal_and_the_cad_verdicts_on_lung1(tiny_run, lung1, lung1_label, capsys):
+    """Every CAD verdict on the real scan (before and after, each tampering) is re-derived here by running `cad` on
+    the written scans; the classical removal must succeed (the in-painted nodule is gone, as its HU shows)."""
+    from medfake.io import load_scan
     from medfake.io.tables import read_manifest
 
     _, run = tiny_run
     rows = read_manifest(run / "cells" / "manifest-test.csv")
-    lung1_removals = [r for r in rows if r.scan.endswith("lung1_image.nrrd") and r.action == "remove"]
-    assert {r.method for r in lung1_removals} == {"ctgan", "inpaint"}
-    for r in lung1_removals:  # the labelled nodule: centre voxel ≈ (33, 359, 218)
+    lung1_rows = [r for r in rows if r.scan.endswith("lung1_image.nrrd")]
+    removals = [r for r in lung1_rows if r.action == "remove"]
+    assert {r.method for r in removals} == {"ctgan", "inpaint"}
+    for r in removals:  # the labelled nodule: centre voxel ≈ (33, 359, 218)
         assert abs(r.voxel_z - 33) <= 1 and abs(r.voxel_y - 359) <= 3 and abs(r.voxel_x - 218) <= 3
-    cad = json.loads((run / "cells" / "cad" / "done.json").read_text())["result"]
-    assert len(cad) == len(rows) and all(v["before"] is not None for v in cad if v["action"] == "remove"
-                                         and v["output"] in {r.output for r in lung1_removals})
+    cad = {(v["output"], tuple(v["zyx"])): v for v in json.loads((run / "cells" / "cad" / "done.json").read_text())["result"]}
+    assert len(cad) == len(rows) and {r.action for r in lung1_rows} == {"inject", "remove"}
+    places = {}
+    for r in lung1_rows:
+        for path in (r.scan, r.output):
+            places.setdefault(path, []).append((r.voxel_z, r.voxel_y, r.voxel_x))
+    rerun = {path: cad_at(path, zyx, capsys) for path, zyx in places.items()}
+    for r in lung1_rows:
+        zyx = (r.voxel_z, r.voxel_y, r.voxel_x)
+        verdict, before, after = cad[r.output, zyx], rerun[r.scan][zyx], rerun[r.output][zyx]
+        assert verdict["before"] == pytest.approx(before, abs=0.051) if before else verdict["before"] is None
+        assert verdict["after"] == pytest.approx(after, abs=0.051) if after else verdict["after"] is None
+        found = (after is not None and before is None) if r.action == "inject" else (before is not None and after is None)
+        assert verdict["success"] is found, (r.method, r.action, before, after)
+        if r.action == "remove":
+            assert 9.0 <= before <= 20.0  # lung1's nodule (13.8 mm labelled) is there before
+    inpaint = next(r for r in removals if r.method == "inpaint")
+    nodule = lung1_label.voxels > 0
+    assert load_scan(inpaint.output).voxels[nodule].mean() < lung1.voxels[nodule].mean() - 300
+    verdict = cad[inpaint.output, (inpaint.voxel_z, inpaint.voxel_y, inpaint.voxel_x)]
+    assert verdict["success"] and verdict["after"] is None
 
 
 def test_rerun_reuses_every_cell(tiny_run, capsys):
