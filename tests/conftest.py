@@ -39,6 +39,14 @@ def lung1_lungs(lung1):
 
 
 @pytest.fixture(scope="session")
+def lung1_file(lung1, tmp_path_factory):
+    """lung1 written once per session as a compressed .npz (what the detector CLIs read in tests)."""
+    from medfake.io import save_scan
+
+    return save_scan(lung1, tmp_path_factory.mktemp("genuine") / "lung1.npz", format="npz")
+
+
+@pytest.fixture(scope="session")
 def lung1_slab(lung1):
     """8 full slices of lung1 around the nodule (z 29..36) with the matching origin: a small real CT."""
     voxels = np.ascontiguousarray(lung1.voxels[29:37])

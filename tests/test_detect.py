@@ -24,11 +24,6 @@ TINY = dict(method="btd", preset="tiny", patch_size=32, batch_size=16, lr=2e-3, 
 
 
 @pytest.fixture(scope="session")
-def lung1_file(lung1, tmp_path_factory):
-    return save_scan(lung1, tmp_path_factory.mktemp("genuine") / "lung1.npz", format="npz")
-
-
-@pytest.fixture(scope="session")
 def tiny_run(lung1_file, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "btd"
     train_detector([lung1_file], run, DetectorTrainConfig(**TINY, steps=50, save_every=25), show_progress=False)

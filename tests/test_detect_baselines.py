@@ -18,11 +18,6 @@ from medfake.io.tables import ManifestRow, append_manifest
 from medfake.stats import auc_score
 
 
-@pytest.fixture(scope="module")
-def lung1_file(lung1, tmp_path_factory):
-    return save_scan(lung1, tmp_path_factory.mktemp("genuine") / "lung1.npz", format="npz")
-
-
 def test_noise_statistics_flag_smoothed_regions(lung1, lung1_file, tmp_path):
     run = train_detector([lung1_file], tmp_path / "noise", DetectorTrainConfig(method="noise", noise_patches=150),
                          show_progress=False)

@@ -24,11 +24,6 @@ NODULE = (33, 359, 218)
 
 
 @pytest.fixture(scope="module")
-def lung1_file(lung1, tmp_path_factory):
-    return save_scan(lung1, tmp_path_factory.mktemp("genuine") / "lung1.npz", format="npz")
-
-
-@pytest.fixture(scope="module")
 def blatant(lung1, lung1_lungs):
     """10 sites in flat lung and lung1 with a smoothed disc (radius 12 px ≈ 7 mm, on the site's slice and its
     two neighbours) at each."""
