@@ -88,6 +88,7 @@ def test_real_nodule_removal_and_the_cad_verdicts_on_lung1(tiny_run, lung1, lung
     from medfake.io.tables import read_manifest
 
     _, run = tiny_run
+    capsys.readouterr()  # nothing printed before this test may reach the JSON read below
     rows = read_manifest(run / "cells" / "manifest-test.csv")
     lung1_rows = [r for r in rows if r.scan.endswith("lung1_image.nrrd")]
     removals = [r for r in lung1_rows if r.action == "remove"]
