@@ -121,6 +121,48 @@ def test_cli_end_to_end_dicom_budget_tags_and_record(injector, lung1_dicom, tmp_
     assert load_scan(lung1_dicom).voxels.tolist() == original.voxels.tolist()  # input untouched
 
 
+def test_evaluate_protection_cli_rows_judges_panels_and_report(injector, remover, lung1_dicom, tmp_path):
+    """protect (white-box: the injector) then `medfake evaluate protection` under a white-box, a grey-box remover
+    (never protected against), black-box in-painting and a DICOM re-save: one row each, with both judges,
+    ROI metrics, collateral change, detector AUCs, a 5-panel PNG per row and a self-contained report."""
+    main(["protect", str(lung1_dicom), "-o", str(tmp_path / "prot"), "--against", str(injector), "--passes", "32",
+          "--focus", "1,300,150", "--focus-mm", "0.5"])  # 4 sites a step: 8 sign steps of 2 HU
+    out = tmp_path / "eval"
+    main(["evaluate", "protection", str(tmp_path / "prot" / "series_protected"), "-o", str(out), "--attacker",
+          str(injector), "--attacker", str(remover), "--classical", "inpaint", "--before", "dicom-resave",
+          "--detector", "selfref", "--site", "1,300,150", "--sites", "1"])
+    case = json.loads((out / "protection.json").read_text())["cases"][0]
+    imp = case["imperceptibility"]["whole_scan"]
+    assert imp["max_abs_hu"] == 8 and 0 < imp["rmse_hu"] < 1 and imp["psnr_lung_db"] > 60
+    rows = case["attackers"]
+    assert sorted(r["threat"] for r in rows.values()) == ["benign", "black-box", "grey-box", "white-box"]
+    white = next(r for r in rows.values() if r["threat"] == "white-box")
+    assert white["sites"][0]["site"] == [1, 300, 150] and white["action"] == "inject"
+    assert white["core_change_protected_hu"] < white["core_change_unprotected_hu"] - 2  # the protection bites
+    assert white["roi_psnr_lung_db"] < 80  # T(x) and T(x_p) differ in the ROI
+    nodule_in_slab = np.asarray(NODULE) - (29, 0, 0)
+    for row in (r for r in rows.values() if r["action"] == "remove"):
+        assert np.abs(np.asarray(row["sites"][0]["site"]) - nodule_in_slab).max() <= 3  # the CAD's nodule
+    inpaint = next(r for r in rows.values() if r["threat"] == "black-box")
+    assert inpaint["success_unprotected"] == 1.0 and inpaint["core_shell_unprotected"] == 1.0  # both judges
+    assert inpaint["core_change_unprotected_hu"] < -500 and inpaint["collateral_rmse_hu"] < 1.0
+    aucs = white["detectors"]["selfref"]
+    assert len(aucs["scores"]["tampered"]) == 1 and aucs["auc_tampered_protected_vs_tampered"] in (0.0, 0.5, 1.0)
+    panels = sorted((out / "panels").glob("*.png"))
+    assert len(panels) == 4
+    image = plt_imread(panels[0])
+    assert image.shape[1] > 4 * image.shape[0] // 2  # five panels side by side
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png") == 4 and "white-box" in html and "src='http" not in html
+    assert "| white-box inject" in (out / "protection.md").read_text()
+
+
+def plt_imread(path):
+    from matplotlib import image
+
+    return image.imread(path)
+
+
 def _fails(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)

@@ -32,8 +32,19 @@ def _register() -> None:
         module.register(app, data_app, train_app)
 
 
+ALIASES = {("evaluate", "protection"): "evaluate-protection"}  # `medfake evaluate` itself is the detectors'
+
+
+def _resolve_alias(argv: list[str]) -> list[str]:
+    first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if first is not None and tuple(argv[first:first + 2]) in ALIASES:
+        return [*argv[:first], ALIASES[tuple(argv[first:first + 2])], *argv[first + 2:]]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _resolve_alias(argv)
     debug = "--debug" in argv
     _register()
     try:

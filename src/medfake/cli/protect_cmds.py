@@ -71,9 +71,51 @@ def train_protector(scans: list[Path] = typer.Option(..., "--scans", help="Cohor
     out.print(f"protector run {run} (model in {run / 'model'})")
 
 
+def evaluate_protection(paths: list[Path] = typer.Argument(..., help="Protected scan(s) (or their .protection.json "
+                                                          "records) as `medfake protect` wrote them."),
+                        output: Path = typer.Option(..., "-o", "--output", help="New output folder."),
+                        attackers: list[Path] = typer.Option(None, "--attacker", help="Tamper model run folder "
+                                                             "(white-box when the scan was protected against it, "
+                                                             "else grey-box); repeatable."),
+                        classical: list[str] = typer.Option(None, "--classical", help="Black-box attack: copy-move "
+                                                            "| inpaint; repeatable."),
+                        processing: list[str] = typer.Option(None, "--before", help="Processing before the "
+                                                             "white-box attack: dicom-resave | jpeg2000-10to1 | "
+                                                             "blur-0.5mm | resample-1mm | median-3x3x1; repeatable."),
+                        detectors: list[str] = typer.Option(None, "--detector", help="Detector run folder or a "
+                                                            "training-free name (selfref): AUC of tampered-protected "
+                                                            "vs tampered-unprotected; repeatable."),
+                        sites: int = typer.Option(3, "--sites", help="Sites per action (removals: the nodules "
+                                                  "the CAD finds, at most this many)."),
+                        site: list[str] = typer.Option(None, "--site", help="Injection site z,y,x (voxels; "
+                                                       "repeatable; default: --sites healthy lung places)."),
+                        original: Path = typer.Option(None, "--original", help="The unprotected scan, when the "
+                                                      "record's path no longer points to it (one scan only)."),
+                        seed: int = typer.Option(0, "--seed"),
+                        overwrite: bool = typer.Option(False, "--overwrite")):
+    """How well a protection holds: imperceptibility, both judges' success rates on protected vs unprotected
+    scans, ROI similarity of the two tamperings, collateral change, detector AUC; JSON, Markdown, PNG panels
+    and report.html. Also reachable as `medfake evaluate protection`."""
+    from medfake.protect.report import evaluate_protection as run
+    from medfake.tamper.run import parse_coordinate
+    from medfake.training import progress_bar
+
+    inject_sites = [[int(round(v)) for v in parse_coordinate(s, "vox")] for s in site or []]
+    with progress_bar() as bar:
+        results = run(paths, list(attackers or []), output, list(classical or []), list(processing or []),
+                      list(detectors or []), sites, seed, original, overwrite, bar, inject_sites)
+    for case in results["cases"]:
+        for name, row in case["attackers"].items():
+            if row.get("n_sites"):
+                out.print(f"{case['scan']}: {name}: CAD success {row['success_unprotected']:.2f} -> "
+                          f"{row['success_protected']:.2f}, ROI PSNR {row['roi_psnr_lung_db']:.1f} dB")
+    out.print(f"{output}: protection.json, protection.md, panels/, report.html")
+
+
 def register(app, data_app, train_app) -> None:
     if id(app) in _registered:
         return
     _registered.add(id(app))
     app.command("protect")(protect)
+    app.command("evaluate-protection")(evaluate_protection)
     train_app.command("protector")(train_protector)
