@@ -82,35 +82,68 @@ def jittered(zyx, surrogate: Surrogate, scan: Scan, rng, config: OptimizeConfig)
 def optimize_perturbation(scan: Scan, surrogates: list[Surrogate], budget_hu: float, allowed: np.ndarray,
                           lung: np.ndarray, nodules, config: OptimizeConfig, noise_sigma: float,
                           progress=None) -> np.ndarray:
-    """The float32 perturbation δ (scan shape, |δ| ≤ budget, 0 outside `allowed`)."""
+    """The float32 perturbation δ (scan shape, |δ| ≤ budget, 0 outside `allowed`). δ and its gradient live
+    only on the bounding box of `allowed`; each step updates only the boxes its sites touched."""
     rng = np.random.default_rng(config.seed)
-    x = torch.from_numpy(np.asarray(scan.voxels, dtype=np.float32))
-    delta = torch.zeros_like(x)
-    mask = torch.from_numpy(np.asarray(allowed, dtype=bool))
     jobs = []
     for surrogate in surrogates:
         tiles = attack_sites(surrogate, scan, lung, config, nodules)
         jobs += [(surrogate, t) for t in tiles]
     if not jobs:
         raise MedfakeError("no place to protect: no lung tile (or nodule, for a remover) in the scan", scan.path)
+    area = bounding_box(allowed)
+    start = np.asarray([s.start for s in area])
+    delta = torch.zeros(tuple(s.stop - s.start for s in area))
+    grad = torch.zeros_like(delta)
+    mask = torch.from_numpy(np.ascontiguousarray(allowed[area], dtype=bool))
     steps = int(np.ceil(config.passes * len(jobs) / config.sites_per_step))
     order = np.concatenate([rng.permutation(len(jobs)) for _ in range(config.passes)])
     task = progress.add_task("protect (optimize)", total=steps, status="") if progress is not None else None
     for step in range(steps):
-        grad = torch.zeros_like(delta)
+        touched = []
         for index in order[step * config.sites_per_step:(step + 1) * config.sites_per_step]:
             surrogate, tile = jobs[index]
-            zyx = jittered(tile, surrogate, scan, rng, config)
-            box, local_scan, local_zyx = local_crop(scan, surrogate, zyx)
-            local = delta[box].clone().requires_grad_(True)
+            box, local_scan, local_zyx = local_crop(scan, surrogate, jittered(tile, surrogate, scan, rng, config))
+            inner, part = overlap_in_area(box, area, start)
+            if part is None:
+                continue
+            local = torch.zeros(local_scan.shape)
+            local[inner] = delta[part]
+            local.requires_grad_(True)
+            x = torch.from_numpy(np.asarray(local_scan.voxels, dtype=np.float32))
             geo = surrogate.geometry(local_scan, local_zyx)
-            loss = site_loss(surrogate, x[box] + local, local_scan, geo, noise_sigma, config.soft_views_hu)
+            loss = site_loss(surrogate, x + local, local_scan, geo, noise_sigma, config.soft_views_hu)
             (g,) = torch.autograd.grad(loss, local)
-            grad[box] += g
-        delta = (delta - config.step_hu * torch.sign(grad)).clamp(-budget_hu, budget_hu) * mask
+            grad[part] += g[inner]
+            touched.append(part)
+        for part in touched:  # a voxel in several boxes: its gradient is zeroed after its first update
+            delta[part] = ((delta[part] - config.step_hu * torch.sign(grad[part])).clamp(-budget_hu, budget_hu)
+                           * mask[part])
+            grad[part] = 0.0
         if task is not None:
             progress.update(task, advance=1)
-    return delta.detach().numpy()
+    out = np.zeros(scan.shape, dtype=np.float32)
+    out[area] = delta.numpy()
+    return out
+
+
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    points = np.argwhere(np.asarray(mask))
+    if not len(points):
+        return tuple(slice(0, 0) for _ in mask.shape)
+    return tuple(slice(int(a), int(b) + 1) for a, b in zip(points.min(axis=0), points.max(axis=0)))
+
+
+def overlap_in_area(box, area, start):
+    """(slices into the crop, slices into the area) where the crop `box` (scan slices) meets the area;
+    (None, None) when they do not meet."""
+    lo = [max(b.start, a.start) for b, a in zip(box, area)]
+    hi = [min(b.stop, a.stop) for b, a in zip(box, area)]
+    if any(h <= l for l, h in zip(lo, hi)):
+        return None, None
+    inner = tuple(slice(l - b.start, h - b.start) for l, h, b in zip(lo, hi, box))
+    part = tuple(slice(l - s, h - s) for l, h, s in zip(lo, hi, start))
+    return inner, part
 
 
 def local_crop(scan: Scan, surrogate: Surrogate, zyx):
@@ -132,8 +165,9 @@ def project_stored(original: np.ndarray, delta: np.ndarray, budget_hu: float) ->
     if np.issubdtype(x.dtype, np.integer):
         b = int(np.floor(budget_hu))
         info = np.iinfo(x.dtype)
-        step = np.clip(np.rint(delta), -b, b).astype(np.int64)
-        return np.clip(x.astype(np.int64) + step, info.min, info.max).astype(x.dtype)
+        wide = np.int64 if x.dtype.itemsize >= 4 else np.int32
+        step = np.clip(np.rint(delta), -b, b).astype(wide)
+        return np.clip(x.astype(wide) + step, info.min, info.max).astype(x.dtype)
     xp = (x.astype(np.float64) + np.clip(delta, -budget_hu, budget_hu)).astype(x.dtype)
     over = np.abs(xp.astype(np.float64) - x.astype(np.float64)) > budget_hu  # float rounding of the sum
     return np.where(over, x, xp)

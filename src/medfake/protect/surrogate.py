@@ -201,30 +201,42 @@ class Surrogate:
         cube = self.iso_cube(volume, geo, scan.pad_value)
         generated = self.generate(cube, views)
         original = cut(volume, geo.block_start, geo.block_shape, scan.pad_value)
-        return torch.stack([self.finish(g, cube, original, scan, geo, None, sigma) for g in generated]), original
+        ratio = None  # the noise tone-down is measured once, on the first view, and shared (it has no gradient)
+        blocks = []
+        for g in generated:
+            block, ratio = self.finish(g, cube, original, scan, geo, None, sigma, ratio, with_ratio=True)
+            blocks.append(block)
+        return torch.stack(blocks), original
 
-    def finish(self, generated, cube, original, scan: Scan, geo: SiteGeometry, noise, sigma) -> torch.Tensor:
-        """One generated cube → the blended block (the pipeline after the generator)."""
+    def finish(self, generated, cube, original, scan: Scan, geo: SiteGeometry, noise, sigma, measured=None,
+               with_ratio: bool = False):
+        """One generated cube → the blended block (the pipeline after the generator). `measured`: the noise
+        ratio of a block measured before (None: measure it on this one); `with_ratio`: return (block, ratio)."""
         change = separable(generated - cube, geo.from_iso)
         content = original + change
         if self.action == "inject":
             content = torch.maximum(content, original)
-        content, ratio = self.match_noise(content, scan.spacing, geo, sigma)
+        if measured is None:
+            measured = self.noise_ratio(content, scan.spacing, geo, sigma)
+        content, ratio = self.match_noise(content, scan.spacing, measured)
         w = geo.weight
         block = w * content + (1.0 - w) * original
         if noise is not None:
             block = block + noise * torch.from_numpy(noise_gain(w.numpy(), ratio))
-        return block
+        return (block, measured) if with_ratio else block
 
-    def match_noise(self, content: torch.Tensor, spacing, geo: SiteGeometry, sigma: float | None):
-        """`tamper.noise.match_noise` with the tone-down amount measured on the detached block."""
+    @staticmethod
+    def noise_ratio(content: torch.Tensor, spacing, geo: SiteGeometry, sigma: float | None) -> float:
+        """The block's noise level over the site's (0 when either is unknown), measured without gradient."""
         if not sigma:
-            return content, 0.0
+            return 0.0
         block = content.detach().numpy()
         level = noise_level(block, spacing, flat_parenchyma(block, spacing) & (geo.weight.numpy() >= 0.99))
-        if level is None:
-            return content, 0.0
-        r = level / sigma
+        return 0.0 if level is None else level / sigma
+
+    @staticmethod
+    def match_noise(content: torch.Tensor, spacing, r: float):
+        """`tamper.noise.match_noise` for a measured noise ratio r: excess noise toned down."""
         if r <= 1.0:
             return content, r
         return tone_down(content, spacing, 1.0 - 1.0 / r), 1.0
