@@ -60,7 +60,7 @@ def load_config(path: str | Path | None, fast: bool = False) -> dict:
 
 
 KNOWN_KEYS = {"name", "seed", "cohort", "tamper_models", "detectors", "attacks", "screen", "fast", "report",
-              "segmentation_audit"}
+              "segmentation_audit", "protection"}
 DETECTOR_METHODS = METHODS  # the detector registry's names
 ATTACK_METHODS = ("ctgan", "copy-move", "inpaint", "cyclegan")
 
@@ -72,6 +72,10 @@ def validate(config: dict, path) -> dict:
     for name in config.get("detectors", {}):
         if name not in DETECTOR_METHODS:
             raise MedfakeError(f"unknown detector '{name}' (choose from {', '.join(DETECTOR_METHODS)})", path)
+    if config.get("protection") is not None:
+        from medfake.bench.protection import validate_protection
+
+        validate_protection(config["protection"], path)
     for attack in config.get("attacks", []):
         if attack.get("action") not in ACTIONS or attack.get("method") not in ATTACK_METHODS:
             raise MedfakeError(f"attack needs action inject|remove and method {'|'.join(ATTACK_METHODS)}: {attack}", path)

@@ -354,6 +354,11 @@ def run_matrix(config: dict, run: Path, fresh: bool = False, log=print, executor
     screening = screen_real(cells, config, manifest, detectors)
     verdicts = cad_verdicts(cells, manifest)
     seg_audit = segmentation_audit(cells, config) if "segmentation_audit" in config else None
+    protection = None
+    if config.get("protection") is not None:  # the protection axis (bench/protection.py)
+        from medfake.bench.protection import run_protection
+
+        protection = run_protection(cells, config, models, detectors, test_scans)
     return {"run": str(run), "config": config, "cohort": cohort, "models": models, "detectors": detectors,
             "manifest": manifest, "evaluation": evaluation, "screening": screening, "cad": verdicts,
-            "segmentation_audit": seg_audit, "timings": dict(cells.timings)}
+            "segmentation_audit": seg_audit, "protection": protection, "timings": dict(cells.timings)}

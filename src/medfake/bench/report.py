@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medfake.bench.protection import protection_section, protection_summary
 from medfake.report import Section, write_report
 from medfake.io.tables import read_manifest
 from medfake.tamper.config import ACTIONS
@@ -50,6 +51,7 @@ def results_summary(matrix: dict) -> dict:
         "timings_s": {k: round(v, 2) for k, v in matrix["timings"].items()},
         "total_s": round(sum(matrix["timings"].values()), 1),
         **({"segmentation_audit": matrix["segmentation_audit"]} if matrix.get("segmentation_audit") else {}),
+        **({"protection": protection_summary(matrix)} if matrix.get("protection") else {}),
     }
 
 
@@ -226,7 +228,9 @@ def build_sections(matrix: dict, summary: dict, max_locations: int = 12) -> list
     reproduce = Section("reproduce", "Configuration, versions and commit")
     reproduce.code(json.loads((run / "run.json").read_text()))
     audit = [segmentation_audit_section(matrix["segmentation_audit"])] if matrix.get("segmentation_audit") else []
-    return [summary_section, locations, roc, screen, training, *audit, timings, reproduce]
+    protection = protection_section(matrix)  # only with a `protection:` axis
+    return [summary_section, locations, roc, screen, *([protection] if protection else []), training, *audit,
+            timings, reproduce]
 
 
 def _cad(diameter) -> str:

@@ -212,6 +212,7 @@ def write_outputs(out: Path, results: dict, panels: list[tuple[str, np.ndarray]]
     from medfake.report import Section, write_report
     from medfake.runinfo import write_run_record
 
+    results["panels"] = {f"{k:02d}.png": caption for k, (caption, _) in enumerate(panels)}
     with atomic_dir(out, overwrite) as tmp:
         (tmp / "protection.json").write_text(json.dumps(results, indent=2, default=float))
         text = markdown(results)
