@@ -31,6 +31,7 @@ class Attacker:
     threat: str  # white-box | grey-box | black-box | benign | adaptive
     action: str
     attack: threats.Attack
+    scored: bool = True  # scored by the detectors (rows after processing are judged only, to save time)
 
 
 @dataclass
@@ -128,7 +129,7 @@ def evaluate_case(case: Case, attackers: list[Attacker], n_sites: int, seed: int
                                                   "note": "no site (no nodule found for a removal)"}
         else:
             row = disruption(case.original, case.protected, attacker.attack, sites[attacker.action], attacker.action,
-                             lung, detectors, keep=True)
+                             lung, detectors if attacker.scored else None, keep=True)
             zyx, plain, guarded = row.pop("scans")[0]
             result["attackers"][attacker.name] = {"threat": attacker.threat, "action": attacker.action, **row}
             panels.append((f"{case.name}: {attacker.name} at z,y,x={zyx}",
