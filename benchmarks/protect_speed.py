@@ -41,6 +41,14 @@ def stand_in_model(work: Path, data: Path) -> Path:
     run = work / "cpu_small_2steps" / "run"
     if (run / "model" / "model.json").exists():
         return run
+    if not data.exists():  # no shared training set: two healthy-lung cubes of lung1 will do for timing
+        from medfake.data.samples import sample_path
+        from medfake.tamper.trainset import build_trainset
+
+        table = work / "locs.csv"
+        work.mkdir(parents=True, exist_ok=True)
+        table.write_text("filename,x,y,z\nlung1,-21.86,-120.54,-611.50\n")
+        data = build_trainset("inject", [sample_path("lung1")], work / "set", coords=table)
     config = GanTrainConfig.resolve("inject", "cpu-small", steps=2, snapshot_every=2, checkpoint_every=2,
                                     batch_size=2)
     return train(data, run, config, show_progress=False)

@@ -8,7 +8,7 @@ long in the JSON). Black-box: copy-move injection, in-paint removal. Benign proc
 Trivial baseline: uniform random ±budget noise in the lungs, against both white-box tamperers.
 
 Protection: `optimize` against both white-box models, focused on the evaluation's sites with the attacker's
-place known (jitter 0, 16 sign steps of budget/8) — the defender's easy case; `--lungs` adds the realistic
+place known (jitter 0, 16 sign steps of budget/8) — the defender's easy case; `--regimes lungs` adds the realistic
 case (the default whole-lung optimisation: the attacker picks the place) against the white-box rows.
 Sites: --sites healthy lung places for injections (away from the nodules the CAD finds), the nodules the CAD
 finds for removals. Judges: the CAD and the core/shell HU rule; detector: selfref (training-free), its AUC of
@@ -71,10 +71,15 @@ def main() -> None:
     parser.add_argument("--grey-note", default="")
     parser.add_argument("--sites", type=int, default=3)
     parser.add_argument("--budget", type=float, default=8.0)
-    parser.add_argument("--lungs", action="store_true", help="also protect the whole lung (free placement)")
+    parser.add_argument("--regimes", nargs="+", default=["baseline", "focused"],
+                        choices=["baseline", "focused", "lungs"], help="lungs: protect the whole lung (free placement)")
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    missing = [str(p) for p in (args.inject, args.remove) if not (p / "model" / "model.json").exists()]
+    if missing:  # `make bench` on a fresh machine: tamper_train.py (which makes them) runs later
+        print(f"skipped: no trained tamper model at {', '.join(missing)} (run benchmarks/tamper_train.py first)")
+        return
     name = args.name or f"protect_threats_{args.scan}"
     t0 = time.time()
     white = {"inject": load_tamper_model(args.inject), "remove": load_tamper_model(args.remove)}
@@ -85,7 +90,8 @@ def main() -> None:
     print("sites", sites, flush=True)
     surrogates = [Surrogate(m) for m in white.values()]
     t1 = time.time()
-    protected = protect_scan(scan, surrogates, ProtectConfig(args.budget, optimize=focused(sites, args.budget)), lung)
+    protected = protect_scan(scan, surrogates, ProtectConfig(args.budget, optimize=focused(sites, args.budget)),
+                             lung) if "focused" in args.regimes else None
     protect_seconds = time.time() - t1
     ids = [m.model_id for m in white.values()]
     rng = np.random.default_rng(0)
@@ -101,9 +107,11 @@ def main() -> None:
            "protection": "optimize against both white-box models, focused on the sites (jitter 0), 16 sign steps "
                          "of budget/8, soft max over the flip views", "protect_seconds": round(protect_seconds, 1),
            "machine": "2 shared CPU cores, heavily oversubscribed (seconds are wall clock)", "regimes": {}}
-    regimes = [("trivial baseline: random ±budget noise in the lungs", noisy, white_rows, None),
-               ("focused (attacker's place known)", protected, attackers(white, grey), detectors)]
-    if args.lungs:
+    regimes = [("trivial baseline: random ±budget noise in the lungs", noisy, white_rows, None)] \
+        if "baseline" in args.regimes else []
+    if protected is not None:
+        regimes.append(("focused (attacker's place known)", protected, attackers(white, grey), detectors))
+    if "lungs" in args.regimes:
         t2 = time.time()
         whole = protect_scan(scan, surrogates, ProtectConfig(args.budget, optimize=OptimizeConfig()), lung)
         out["protect_seconds_lungs"] = round(time.time() - t2, 1)
