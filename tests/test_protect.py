@@ -105,7 +105,7 @@ def test_remover_leaves_more_nodule_tissue_in_a_protected_scan(remover, lung1, l
 def test_cli_end_to_end_dicom_budget_tags_and_record(injector, lung1_dicom, tmp_path):
     out = tmp_path / "prot"
     main(["protect", str(lung1_dicom), "-o", str(out), "--against", str(injector), "--budget-hu", "5.5",
-          "--passes", "2", "--focus", "1,300,150", "--focus-mm", "6"])
+          "--passes", "16", "--focus", "1,300,150", "--focus-mm", "6"])  # 4 sign steps of 2 HU
     written = out / "series_protected"
     original, protected = load_scan(lung1_dicom), load_scan(written)
     change = protected.voxels.astype(np.int32) - original.voxels.astype(np.int32)
@@ -192,6 +192,12 @@ def test_one_line_errors(injector, lung1, tmp_path, capsys):
     _fails(capsys, ["protect", str(phantom), "-o", str(tmp_path / "o2"), "--against", str(injector)],
            "no lung")
     assert not (tmp_path / "o").exists() and not (tmp_path / "o2").exists()
+    evaluate = ["evaluate", "protection", str(phantom), "-o", str(tmp_path / "e")]
+    _fails(capsys, evaluate + ["--attacker", str(injector)], "no protection record")
+    _fails(capsys, evaluate, "give at least one attacker")
+    _fails(capsys, evaluate + ["--classical", "splice"], "unknown classical attack")
+    _fails(capsys, evaluate + ["--attacker", str(not_model)], "not a medfake tamper model")
+    assert not (tmp_path / "e").exists()
 
 
 def test_network_protector_trains_on_the_loop_and_protects_within_budget(injector, lung1_dicom, tmp_path):

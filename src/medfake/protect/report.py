@@ -245,6 +245,12 @@ def evaluate_protection(paths: list[Path], runs: list[Path], out: Path, classica
         raise MedfakeError(f"--sites must be at least 1, not {n_sites}")
     if not runs and not classical:
         raise MedfakeError("give at least one attacker (--attacker RUN or --classical copy-move|inpaint)")
+    for method in classical:  # bad names fail before anything is loaded
+        if method not in threats.CLASSICAL:
+            raise MedfakeError(f"unknown classical attack '{method}' (choose from {', '.join(threats.CLASSICAL)})")
+    for name in transforms:
+        if name not in threats.TRANSFORMS:
+            raise MedfakeError(f"unknown processing '{name}' (choose from {', '.join(threats.TRANSFORMS)})")
     if original is not None and len(paths) != 1:
         raise MedfakeError("--original names the source of one protected scan; give one")
     models = {}
