@@ -1,6 +1,6 @@
-"""The benchmark's protection axis at a tiny size: a tiny injector trained here on lung1, an 8-slice lung1
-slab protected against it at the evaluation's site, then white-box and black-box rows, the summary and the
-report section with its panels."""
+"""The benchmark's protection axis at a tiny size: an 8-slice lung1 slab protected against the session's
+`tiny_injector` (trained once on lung1) at the evaluation's site, then white-box and black-box rows, the summary
+and the report section with its panels."""
 
 from __future__ import annotations
 
@@ -16,12 +16,10 @@ from medfake.bench.protection import protection_section, protection_summary, run
 from medfake.errors import MedfakeError
 from medfake.io import load_scan, save_scan
 from medfake.report import write_report
-from test_protect import tiny_tamper_run
 
 
-def test_protection_stage_rows_summary_and_report_section(lung1_slab, tmp_path):
-    (tmp_path / "injector").mkdir()
-    injector = tiny_tamper_run(tmp_path / "injector", "inject", "lung1,-21.86,-120.54,-611.50\n")
+def test_protection_stage_rows_summary_and_report_section(lung1_slab, tiny_injector, tmp_path):
+    injector = tiny_injector
     path = save_scan(lung1_slab, tmp_path / "slab.nrrd", format="nrrd")
     config = {"seed": 0, "protection": {"scans": ["slab"], "against": ["inject"], "classical": ["inpaint"],
                                         "detectors": ["selfref"], "sites": 1}}
