@@ -387,12 +387,7 @@ def snapshot_panel(curve_png: Path, curves: dict, selected: dict, out: Path) -> 
 
 
 def crossed(curve, threshold) -> bool:
-    below = False
-    for _, v in curve:
-        below = below or v < threshold
-        if below and v >= threshold:
-            return True
-    return False
+    return first_crossing(curve, threshold) is not None
 
 
 def run_all() -> None:
