@@ -106,13 +106,12 @@ def test_a_nodule_detector_is_at_chance_when_injected_and_genuine_nodules_look_a
     assert json.loads((tmp_path / "eval/results.json").read_text())["rows"]["inject-all-ct"]["kind"] == "headline"
 
 
-def test_removal_negatives_match_the_removed_sites_position_and_density(lung1, tmp_path):
+def test_removal_negatives_match_the_removed_sites_position_and_density(lung1, lung1_lungs, tmp_path):
     """In-painted sites (lung1's nodule and three lung points) against genuine lung1 lung: every genuine site is
     matched to a removal site's side, depth, front-to-back position and dense-tissue fraction, so the content-only
     baseline sits near chance on the headline removal row."""
     from medfake.detect.samples import lung_positions
     from medfake.detect.selfref import dense_fraction
-    from medfake.lungmask import lung_mask
     from medfake.tamper.classical import inpaint_remove
 
     sites = [(33, 359, 218), (20, 330, 150), (30, 300, 380), (12, 250, 120)]
@@ -128,7 +127,7 @@ def test_removal_negatives_match_the_removed_sites_position_and_density(lung1, t
                                  nodules=None)
     genuine = [s for s in samples if not s.label and s.content == LUNG]
     assert len(genuine) == 12 and {(s.origin, s.action, s.method) for s in genuine} == {("matched", "remove", "inpaint")}
-    lung = lung_mask(lung1)
+    lung = lung1_lungs
     target_side, target_depth, target_front = lung_positions(lung, np.asarray(sites))
     target_density = dense_fraction(tampered, sites)
     side, depth, front = lung_positions(lung, np.asarray([s.zyx for s in genuine]))
@@ -138,7 +137,7 @@ def test_removal_negatives_match_the_removed_sites_position_and_density(lung1, t
         assert side[k] == target_side[t]
         assert abs(depth[k] - target_depth[t]) <= 0.1 + 1e-9 and abs(front[k] - target_front[t]) <= 0.1 + 1e-9
         assert abs(density[k] - target_density[t]) <= 0.02 + 1e-9
-        assert min(np.linalg.norm((np.subtract(s.zyx, sites[0])) * lung1.spacing) for s in genuine) > 20.0
+    assert min(np.linalg.norm((np.subtract(s.zyx, sites[0])) * lung1.spacing) for s in genuine) > 20.0
     row = evaluate(samples, {}, tmp_path / "eval")["rows"]["remove-inpaint-ct"]
     assert row["n_tampered"] == 4 and row["n_genuine"] == 12
     assert abs(row["content_baseline"]["auc"] - 0.5) <= 0.15 and not row["content_differs"]

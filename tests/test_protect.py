@@ -147,7 +147,9 @@ def test_evaluate_protection_cli_rows_judges_panels_and_report(injector, remover
     assert inpaint["success_unprotected"] == 1.0 and inpaint["core_shell_unprotected"] == 1.0  # both judges
     assert inpaint["core_change_unprotected_hu"] < -500 and inpaint["collateral_rmse_hu"] < 1.0
     aucs = white["detectors"]["selfref"]
-    assert len(aucs["scores"]["tampered"]) == 1 and aucs["auc_tampered_protected_vs_tampered"] in (0.0, 0.5, 1.0)
+    (protected_score,), (plain_score,) = aucs["scores"]["tampered_protected"], aucs["scores"]["tampered"]
+    expected = 1.0 if protected_score > plain_score else 0.0 if protected_score < plain_score else 0.5
+    assert aucs["auc_tampered_protected_vs_tampered"] == expected  # one pair: the AUC is which of the two is higher
     panels = sorted((out / "panels").glob("*.png"))
     assert len(panels) == 4
     image = plt_imread(panels[0])
@@ -197,6 +199,8 @@ def test_one_line_errors(injector, lung1, tmp_path, capsys):
     _fails(capsys, evaluate, "give at least one attacker")
     _fails(capsys, evaluate + ["--classical", "splice"], "unknown classical attack")
     _fails(capsys, evaluate + ["--attacker", str(not_model)], "not a medfake tamper model")
+    (tmp_path / "phantom.protection.json").write_text("{not json")
+    _fails(capsys, evaluate + ["--attacker", str(injector)], "not a protection record")
     assert not (tmp_path / "e").exists()
 
 

@@ -1,5 +1,5 @@
 """Tiny CT-GAN tamperers trained on lung1 in seconds, shared by the tests through session fixtures in conftest.py
-(`tiny_injector`, `tiny_remover`, `small_remover`): each is trained once per test session, however many test
+(`tiny_injector`, `tiny_remover`): each is trained once per test session, however many test
 files use it. Quality is not the point; each fixture's docstring says what its users rely on."""
 
 from __future__ import annotations

@@ -37,6 +37,13 @@ def validate_protection(spec: dict, path=None) -> None:
         raise MedfakeError(f"unknown protection key(s): {', '.join(sorted(unknown))}", path)
     if spec.get("focus", "sites") not in ("sites", "lungs"):
         raise MedfakeError("protection.focus must be sites or lungs", path)
+    wrong = [a for a in spec.get("against", DEFAULTS["against"]) if a not in ("inject", "remove")]
+    if wrong:
+        raise MedfakeError(f"protection.against names CT-GAN tamper models, inject or remove, not {', '.join(wrong)}",
+                           path)
+    from medfake.protect.report import check_threat_names
+
+    check_threat_names(spec.get("classical", []), spec.get("before", []), path)
 
 
 def protection_scans(spec: dict, test_scans: list[dict]) -> list[dict]:
@@ -83,7 +90,8 @@ def _cell(scan: dict, spec: dict, models: dict, detectors: dict, seed: int):
                               show_progress=False)
         from medfake.protect.report import evaluate_protection
 
-        evaluate_protection([result.output], list(models.values()), folder / "evaluation", spec["classical"],
+        ctgan_runs = [models[a] for a in ("inject", "remove") if a in models]  # the CycleGAN is no protect target
+        evaluate_protection([result.output], ctgan_runs, folder / "evaluation", spec["classical"],
                             spec["before"], [detectors.get(d, d) for d in spec["detectors"]], int(spec["sites"]),
                             seed, original=scan["path"], inject_sites=sites["inject"])
         return {"scan": scan["name"], "protected": str(result.output), "record": str(result.record),

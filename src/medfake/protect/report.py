@@ -19,8 +19,7 @@ import numpy as np
 from medfake.errors import MedfakeError
 from medfake.protect import threats
 from medfake.protect.evaluate import LUNG_WINDOW, disruption, similarity
-
-RECORD_SUFFIX = ".protection.json"
+from medfake.protect.run import RECORD_SUFFIX
 PANEL_MM = 60.0
 DELTA_GAIN = 10.0
 
@@ -31,7 +30,6 @@ class Attacker:
     threat: str  # white-box | grey-box | black-box | benign | adaptive
     action: str
     attack: threats.Attack
-    scored: bool = True  # scored by the detectors (rows after processing are judged only, to save time)
 
 
 @dataclass
@@ -58,15 +56,30 @@ def load_case(path: Path, original: Path | None = None) -> Case:
     if not record_path.exists():
         raise MedfakeError(f"no protection record ({record_path.name}) beside it: give what `medfake protect` wrote",
                            path)
-    record = json.loads(record_path.read_text())
-    record = record.get("config", record)  # the run record wraps what protect wrote
-    protected = load_scan(record.get("output") if Path(path) == record_path else path)
-    original = load_scan(original or record["scan"])
+    try:
+        record = json.loads(record_path.read_text())
+        record = record.get("config", record)  # the run record wraps what protect wrote
+        source = original or record["scan"]
+        output = record["output"] if Path(path) == record_path else path
+    except (ValueError, KeyError, AttributeError) as exc:
+        raise MedfakeError(f"not a protection record (unreadable or missing {exc})", record_path) from None
+    protected = load_scan(output)
+    original = load_scan(source)
     if original.shape != protected.shape:
         raise MedfakeError(f"the original {original.shape} and the protected scan {protected.shape} differ in shape",
                            path)
     return Case(Path(str(protected.path or path)).name.split(".")[0], original, protected,
                 [m for m in record.get("models", []) if not m.startswith("protector ")])
+
+
+def check_threat_names(classical: list[str], transforms: list[str], path=None) -> None:
+    """Unknown black-box or processing names fail before anything is loaded or optimised."""
+    for method in classical:
+        if method not in threats.CLASSICAL:
+            raise MedfakeError(f"unknown classical attack '{method}' (choose from {', '.join(threats.CLASSICAL)})", path)
+    for name in transforms:
+        if name not in threats.TRANSFORMS:
+            raise MedfakeError(f"unknown processing '{name}' (choose from {', '.join(threats.TRANSFORMS)})", path)
 
 
 def attackers_for(models: dict, protected_against: list[str], classical: list[str],
@@ -76,15 +89,12 @@ def attackers_for(models: dict, protected_against: list[str], classical: list[st
     for name, model in models.items():
         threat = "white-box" if model.model_id in protected_against else "grey-box"
         out.append(Attacker(f"{threat} {model.action} ({name})", threat, model.action, threats.ctgan_attack(model)))
+    check_threat_names(classical, transforms)
     for method in classical:
-        if method not in threats.CLASSICAL:
-            raise MedfakeError(f"unknown classical attack '{method}' (choose from {', '.join(threats.CLASSICAL)})")
         action = threats.CLASSICAL[method]
         out.append(Attacker(f"black-box {action} ({method})", "black-box", action, threats.classical_attack(method)))
     white = [a for a in out if a.threat == "white-box"]
     for name in transforms:
-        if name not in threats.TRANSFORMS:
-            raise MedfakeError(f"unknown processing '{name}' (choose from {', '.join(threats.TRANSFORMS)})")
         for attacker in white:
             kind = threats.transform_kind(name)
             out.append(Attacker(f"{kind} {name}, then {attacker.name}", kind, attacker.action,
@@ -129,7 +139,7 @@ def evaluate_case(case: Case, attackers: list[Attacker], n_sites: int, seed: int
                                                   "note": "no site (no nodule found for a removal)"}
         else:
             row = disruption(case.original, case.protected, attacker.attack, sites[attacker.action], attacker.action,
-                             lung, detectors if attacker.scored else None, keep=True)
+                             lung, detectors, keep=True)
             zyx, plain, guarded = row.pop("scans")[0]
             result["attackers"][attacker.name] = {"threat": attacker.threat, "action": attacker.action, **row}
             panels.append((f"{case.name}: {attacker.name} at z,y,x={zyx}",
@@ -245,12 +255,7 @@ def evaluate_protection(paths: list[Path], runs: list[Path], out: Path, classica
         raise MedfakeError(f"--sites must be at least 1, not {n_sites}")
     if not runs and not classical:
         raise MedfakeError("give at least one attacker (--attacker RUN or --classical copy-move|inpaint)")
-    for method in classical:  # bad names fail before anything is loaded
-        if method not in threats.CLASSICAL:
-            raise MedfakeError(f"unknown classical attack '{method}' (choose from {', '.join(threats.CLASSICAL)})")
-    for name in transforms:
-        if name not in threats.TRANSFORMS:
-            raise MedfakeError(f"unknown processing '{name}' (choose from {', '.join(threats.TRANSFORMS)})")
+    check_threat_names(classical, transforms)
     if original is not None and len(paths) != 1:
         raise MedfakeError("--original names the source of one protected scan; give one")
     models = {}

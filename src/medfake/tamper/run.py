@@ -77,13 +77,11 @@ def resolve_sites(scan: Scan, target: Path, action: str, coords=(), system: str 
     return sites
 
 
-def auto_sites(scan: Scan, action: str, n: int, rng, lung, labelled, taken, nodules=None) -> list[Site]:
+def auto_sites(scan: Scan, action: str, n: int, rng, lung, labelled, taken, nodules) -> list[Site]:
     """Injection: free lung parenchyma away from vessels, pleura and nodules (labelled or detected).
     Removal: the labelled nodules (largest first) or else the detector's strongest candidates.
-    `labelled`: [(zyx, diameter_mm)] from `label_nodules`; `nodules`: `detect_nodules(scan, lung)` when the
-    caller already has it."""
-    if nodules is None and (action == "inject" or not labelled):
-        nodules = detect_nodules(scan, lung)
+    `labelled`: [(zyx, diameter_mm)] from `label_nodules`; `nodules`: `detect_nodules(scan, lung)`, needed
+    unless the removal has labels (`needs_candidates`)."""
     if action == "remove":
         pool = labelled or [(n_.center_zyx, n_.diameter_mm) for n_ in nodules]
         pool = [p for p in pool if tuple(p[0]) not in set(map(tuple, taken))]
@@ -92,6 +90,12 @@ def auto_sites(scan: Scan, action: str, n: int, rng, lung, labelled, taken, nodu
         return [Site(tuple(int(v) for v in zyx), "auto", float(d)) for zyx, d in pool[:n]]
     existing = [zyx for zyx, _ in labelled] + [n_.center_zyx for n_ in nodules] + list(taken)
     return [Site(zyx, "auto") for zyx in pick_sites(scan, n, rng, lung, avoid_zyx=existing, avoid_mm=20.0)]
+
+
+def needs_candidates(action: str, labelled) -> bool:
+    """Automatic sites need the CAD's candidates to keep injections away from nodules, and to find nodules to
+    remove when there are no labels."""
+    return action == "inject" or not labelled
 
 
 def label_nodules(scan: Scan, label: str | Path) -> list[tuple[tuple[int, int, int], float]]:
@@ -153,7 +157,7 @@ def tamper_file(request: TamperRequest, model: TamperModel | None = None) -> Tam
     lung = lung_mask(scan) if r.auto else None  # user locations need no lung segmentation
     nodules = None  # the CAD's candidates: one pass serves the automatic sites and the copy-move donor
     if r.auto:
-        if r.action == "inject" or not labelled:
+        if needs_candidates(r.action, labelled):
             nodules = detect_nodules(scan, lung)
         sites += auto_sites(scan, r.action, r.auto, rng, lung, labelled, [s.zyx for s in sites], nodules)
     donor_scan = load_scan(r.donor) if r.donor else None
