@@ -33,7 +33,7 @@ from medfake.lungmask import lung_mask
 from medfake.protect import threats
 from medfake.protect.config import OptimizeConfig, ProtectConfig
 from medfake.detect.detectors import load_detector
-from medfake.protect.report import Attacker, Case, attack_sites, evaluate_case, markdown
+from medfake.protect.report import Attacker, Case, evaluate_case, evaluation_sites, markdown
 from medfake.protect.run import protect_scan
 from medfake.protect.surrogate import Surrogate, load_tamper_model
 from medfake.render import save_png
@@ -86,7 +86,7 @@ def main() -> None:
     grey = {a: load_tamper_model(p) for a, p in (("inject", args.grey_inject), ("remove", args.grey_remove)) if p}
     scan = load_scan(sample_path(args.scan))
     lung = lung_mask(scan)
-    sites = {a: attack_sites(scan, lung, a, args.sites, 0) for a in ("inject", "remove")}
+    sites = evaluation_sites(scan, lung, ("inject", "remove"), args.sites, 0)
     print("sites", sites, flush=True)
     surrogates = [Surrogate(m) for m in white.values()]
     t1 = time.time()

@@ -70,12 +70,12 @@ def _cell(scan: dict, spec: dict, models: dict, detectors: dict, seed: int):
         from medfake.io import load_scan
         from medfake.lungmask import lung_mask
         from medfake.protect.config import OptimizeConfig, ProtectConfig
-        from medfake.protect.report import attack_sites
+        from medfake.protect.report import evaluation_sites
         from medfake.protect.run import protect_file
 
         original = load_scan(scan["path"])
         lung = lung_mask(original)
-        sites = {a: attack_sites(original, lung, a, int(spec["sites"]), seed) for a in ("inject", "remove")}
+        sites = evaluation_sites(original, lung, ("inject", "remove"), int(spec["sites"]), seed)
         optimize = OptimizeConfig(passes=int(spec["passes"]), seed=seed)
         if spec["focus"] == "sites":  # the evaluation's places, known to the defender: jitter 0
             focus = [list(s) for a in spec["against"] for s in sites[a]]

@@ -108,17 +108,23 @@ def attacker_name(run: Path, taken) -> str:
     return name if name not in taken else f"{name} #{len(taken) + 1}"
 
 
-def attack_sites(original, lung, action: str, n: int, seed: int, inject_sites=()) -> list[tuple[int, int, int]]:
-    """Removals: the nodules the CAD finds (at most n); injections: `inject_sites`, else n healthy places."""
+def evaluation_sites(original, lung, actions, n: int, seed: int, inject_sites=()) -> dict:
+    """{action: [z,y,x]}: removals at the nodules the CAD finds (at most n); injections at `inject_sites`, else
+    at n healthy places away from those nodules. One CAD pass serves both actions."""
     from medfake.cad import detect_nodules
     from medfake.tamper.sites import pick_sites
 
-    if action == "inject" and inject_sites:
-        return [tuple(int(v) for v in s) for s in inject_sites]
-    nodules = [tuple(int(v) for v in n_.center_zyx) for n_ in detect_nodules(original, lung)]
-    if action == "remove":
-        return nodules[:n]
-    return pick_sites(original, n, np.random.default_rng(seed), lung, avoid_zyx=nodules, allow_fewer=True)
+    out = {}
+    if "inject" in actions and inject_sites:
+        out["inject"] = [tuple(int(v) for v in s) for s in inject_sites]
+    if set(actions) - set(out):
+        nodules = [tuple(int(v) for v in n_.center_zyx) for n_ in detect_nodules(original, lung)]
+        if "remove" in actions:
+            out["remove"] = nodules[:n]
+        if "inject" in actions and "inject" not in out:
+            out["inject"] = pick_sites(original, n, np.random.default_rng(seed), lung, avoid_zyx=nodules,
+                                       allow_fewer=True)
+    return out
 
 
 def evaluate_case(case: Case, attackers: list[Attacker], n_sites: int, seed: int, detectors: dict | None = None,
@@ -127,7 +133,7 @@ def evaluate_case(case: Case, attackers: list[Attacker], n_sites: int, seed: int
     from medfake.lungmask import lung_mask
 
     lung = lung_mask(case.original)
-    sites = {a: attack_sites(case.original, lung, a, n_sites, seed, inject_sites) for a in {x.action for x in attackers}}
+    sites = evaluation_sites(case.original, lung, {x.action for x in attackers}, n_sites, seed, inject_sites)
     result = {"scan": case.name, "shape": list(case.original.shape), "spacing_mm": list(case.original.spacing),
               "protected_against": case.models, "sites": {a: [list(s) for s in v] for a, v in sites.items()},
               "imperceptibility": imperceptibility(case.original, case.protected, lung), "attackers": {}}
