@@ -11,8 +11,8 @@ NODULE = (33, 359, 218)  # lung1's labelled nodule (voxel z,y,x), 13.75 mm
 def test_labels_from_a_label_volume_and_from_a_table_agree_on_lung1():
     lung1, label = str(sample_path("lung1")), str(sample_path("lung1_label"))
     table = str(sample_path("lung1").parent / "annotations.csv")
-    _, by_label = scan_labels({"path": lung1, "label": label, "table": None})
-    _, by_table = scan_labels({"path": lung1, "label": None, "table": table})
+    by_label = scan_labels({"path": lung1, "label": label, "table": None})
+    by_table = scan_labels({"path": lung1, "label": None, "table": table})
     assert len(by_label) == len(by_table) == 1
     for (zyx, diameter) in (by_label[0], by_table[0]):
         assert abs(zyx[0] - NODULE[0]) <= 1 and abs(zyx[1] - NODULE[1]) <= 3 and abs(zyx[2] - NODULE[2]) <= 3

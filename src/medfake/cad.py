@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from medfake.scan import Scan
+from medfake.scan import Scan, mask_box
 
 SCALES_MM = (1.5, 2.0, 2.7, 3.5, 4.5, 6.0, 8.0)
 MIN_SCORE = 120.0  # minimum scale-normalised LoG response (HU) of a peak
@@ -84,11 +84,9 @@ def detect_nodules(scan: Scan, lung: np.ndarray | None = None, min_diameter_mm: 
 def _bounding_box(mask: np.ndarray, step, margin: int) -> tuple[slice, slice, slice]:
     """Box around the mask (coarse-grid aligned) with `margin` coarse voxels of room."""
     box = []
-    for axis, k in enumerate(step):
-        other = tuple(i for i in range(3) if i != axis)
-        idx = np.flatnonzero(mask.any(axis=other))
-        lo = max(0, (idx[0] // k - margin) * k)
-        hi = min(mask.shape[axis], (idx[-1] // k + margin + 1) * k)
+    for axis, (k, tight) in enumerate(zip(step, mask_box(mask))):
+        lo = max(0, (tight.start // k - margin) * k)
+        hi = min(mask.shape[axis], ((tight.stop - 1) // k + margin + 1) * k)
         box.append(slice(int(lo), int(hi)))
     return tuple(box)
 

@@ -147,6 +147,15 @@ class Scan:
         return replace(self, voxels=voxels, meta=meta, **changes)
 
 
+def mask_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box (slices) of a mask's True voxels; None when there is none. Reads the mask through its
+    projections, so no index array of the whole volume is made."""
+    where = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis))) for axis in range(mask.ndim)]
+    if any(w.size == 0 for w in where):
+        return None
+    return tuple(slice(int(w[0]), int(w[-1]) + 1) for w in where)
+
+
 def cube_bounds(center_zyx: Sequence[int], shape_zyx: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """Start (inclusive) and stop (exclusive) of a cuboid of `shape` whose centre voxel is `center`.
 

@@ -114,15 +114,12 @@ def train_cyclegan(cells: Cells, config: dict, train_dir: str) -> dict:
 
 
 def load_attack_model(models: dict, method: str, action: str):
-    if method == "cyclegan":
-        from medfake.tamper.cyclegan.apply import load_cyclegan
+    """The matrix's trained model for an attack (None for the classical methods)."""
+    from medfake.tamper.run import load_model
 
-        if "cyclegan" not in models:
-            raise MedfakeError("attack method cyclegan needs tamper_models: {cyclegan: {...}} in the config")
-        return load_cyclegan(models["cyclegan"], action)
-    from medfake.tamper.model import load_tamper_model
-
-    return load_tamper_model(models[action], action) if method == "ctgan" else None
+    if method == "cyclegan" and "cyclegan" not in models:
+        raise MedfakeError("attack method cyclegan needs tamper_models: {cyclegan: {...}} in the config")
+    return load_model(method, action, models.get("cyclegan" if method == "cyclegan" else action))
 
 
 def tamper_all(cells: Cells, config: dict, scans: list[dict], models: dict, split: str) -> str:
@@ -158,27 +155,27 @@ def tamper_all(cells: Cells, config: dict, scans: list[dict], models: dict, spli
 
 
 def scan_labels(scan: dict):
-    """(loaded scan, [(voxel z,y,x, diameter mm)] largest first) of a test scan's labelled nodules."""
+    """[(voxel z,y,x, diameter mm)] of a test scan's labelled nodules, largest first."""
     from medfake.data.cohort import locations_for
     from medfake.io import load_scan
     from medfake.io.tables import read_locations
     from medfake.tamper.run import label_nodules, to_voxel
 
+    if not (scan["label"] or scan["table"]):
+        return []
     loaded = load_scan(scan["path"])
     if scan["label"]:
-        return loaded, label_nodules(loaded, scan["label"])
-    if not scan["table"]:
-        return loaded, []
+        return label_nodules(loaded, scan["label"])
     rows = locations_for(Path(scan["path"]), loaded, read_locations(scan["table"]))
     found = [(to_voxel(loaded, r.coords, r.system), float(r.diameter_mm or 0.0)) for r in rows]
-    return loaded, sorted(found, key=lambda n: -n[1])
+    return sorted(found, key=lambda n: -n[1])
 
 
 def labelled_donor(scan: dict, scans: list[dict]) -> tuple[str, str]:
     """Copy-move donor: the largest labelled nodule of this scan, else of the first other scan with labels
     (donor path, 'z,y,x' voxel text)."""
     for candidate in [scan] + [s for s in scans if s is not scan]:
-        _, nodules = scan_labels(candidate)
+        nodules = scan_labels(candidate)
         if nodules:
             return candidate["path"], ",".join(str(int(v)) for v in nodules[0][0])
     raise MedfakeError("copy-move needs a labelled donor nodule and no test scan has one")

@@ -13,7 +13,7 @@ import numpy as np
 from scipy import ndimage, signal
 
 from medfake.detect.selfref import SelfRefConfig, band_stack, flat_parenchyma
-from medfake.scan import Scan
+from medfake.scan import Scan, mask_box
 from medfake.stats import robust_sigma
 
 CHUNK = 12  # slices per chunk
@@ -83,10 +83,9 @@ def selfref_map(scan: Scan, region: np.ndarray, config: SelfRefConfig | None = N
     pixel = float(np.mean(scan.spacing[1:]))
     factor = max(1, int(round(step_mm / pixel)))
     reach = int(np.ceil((config.ring_mm[1] + 3 * max(config.bands_mm) + config.flat_margin_mm) / pixel))
-    lo = np.argwhere(region).min(axis=0)
-    hi = np.argwhere(region).max(axis=0) + 1
-    box = (slice(int(lo[0]), int(hi[0])), slice(max(0, int(lo[1]) - reach), min(scan.shape[1], int(hi[1]) + reach)),
-           slice(max(0, int(lo[2]) - reach), min(scan.shape[2], int(hi[2]) + reach)))
+    tight = mask_box(region)
+    box = (tight[0], slice(max(0, tight[1].start - reach), min(scan.shape[1], tight[1].stop + reach)),
+           slice(max(0, tight[2].start - reach), min(scan.shape[2], tight[2].stop + reach)))
     energy, counts = pooled_energies(scan, box, config, factor, bands_fn, halo)
     features = dense_features(energy, counts, float(scan.spacing[0]), pixel * factor, config)
     inside = _pool(region[box].astype(np.float32), factor) > 0.5 * factor ** 2

@@ -20,7 +20,7 @@ import torch
 from medfake.errors import MedfakeError
 from medfake.protect.config import OptimizeConfig
 from medfake.protect.surrogate import Surrogate
-from medfake.scan import Scan
+from medfake.scan import Scan, mask_box
 
 def core_ball(surrogate: Surrogate, geo) -> torch.Tensor:
     """Block voxels within hole/4 of the site (at least the centre voxel)."""
@@ -91,7 +91,7 @@ def optimize_perturbation(scan: Scan, surrogates: list[Surrogate], budget_hu: fl
         jobs += [(surrogate, t) for t in tiles]
     if not jobs:
         raise MedfakeError("no place to protect: no lung tile (or nodule, for a remover) in the scan", scan.path)
-    area = bounding_box(allowed)
+    area = mask_box(allowed) or tuple(slice(0, 0) for _ in allowed.shape)
     start = np.asarray([s.start for s in area])
     delta = torch.zeros(tuple(s.stop - s.start for s in area))
     grad = torch.zeros_like(delta)
@@ -125,13 +125,6 @@ def optimize_perturbation(scan: Scan, surrogates: list[Surrogate], budget_hu: fl
     out = np.zeros(scan.shape, dtype=np.float32)
     out[area] = delta.numpy()
     return out
-
-
-def bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
-    points = np.argwhere(np.asarray(mask))
-    if not len(points):
-        return tuple(slice(0, 0) for _ in mask.shape)
-    return tuple(slice(int(a), int(b) + 1) for a, b in zip(points.min(axis=0), points.max(axis=0)))
 
 
 def overlap_in_area(box, area, start):

@@ -125,20 +125,20 @@ def append_manifest_atomic(rows: list[ManifestRow], path: Path) -> Path:
     return path
 
 
-def load_model(r: TamperRequest):
+def load_model(method: str, action: str, model_dir):
     """The trained model a learned method needs (None for the classical ones, which never import torch)."""
-    if r.method == "ctgan":
-        if r.model_dir is None:
+    if method == "ctgan":
+        if model_dir is None:
             raise MedfakeError("method ctgan needs --model RUN (a folder written by `medfake train`)")
         from medfake.tamper.model import load_tamper_model
 
-        return load_tamper_model(r.model_dir, r.action)
-    if r.method == "cyclegan":
-        if r.model_dir is None:
+        return load_tamper_model(model_dir, action)
+    if method == "cyclegan":
+        if model_dir is None:
             raise MedfakeError("method cyclegan needs --model RUN (a folder written by `medfake train cyclegan`)")
         from medfake.tamper.cyclegan.apply import load_cyclegan
 
-        return load_cyclegan(r.model_dir, r.action)
+        return load_cyclegan(model_dir, action)
     return None
 
 
@@ -148,7 +148,7 @@ def tamper_file(request: TamperRequest, model: TamperModel | None = None) -> Tam
     parsed = [parse_coordinate(c, r.system) if isinstance(c, str) else c for c in r.coords]  # fail before any work
     target, outdir = Path(r.target), Path(r.outdir)
     if model is None:
-        model = load_model(r)
+        model = load_model(r.method, r.action, r.model_dir)
     scan = load_scan(target, series=r.series)
     rng = np.random.default_rng(r.seed)
     whole_image = r.method == "cyclegan" and scan.shape[0] == 1  # a 2-D image: no location = all of it

@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from medfake.errors import MedfakeError
 from medfake.lungmask import lung_mask
-from medfake.scan import Scan
+from medfake.scan import Scan, mask_box
 
 VESSEL_HU = -600.0
 COARSE_MM = 2.0
@@ -33,7 +33,7 @@ def pick_sites(scan: Scan, n: int, rng: np.random.Generator, lung: np.ndarray | 
     coarse_spacing = np.asarray(scan.spacing) * step
     sub = (slice(None), slice(step[1] // 2, None, step[1]), slice(step[2] // 2, None, step[2]))
     inside = np.asarray(lung[sub], dtype=bool)
-    box = _box(inside)  # every distance below is exact inside the lungs' box (see _distance_inside)
+    box = mask_box(inside) or tuple(slice(0, n) for n in inside.shape)  # every distance below is exact inside the lungs' box (see _distance_inside)
     corner = np.array([b.start for b in box])
     inside = inside[box]
     hu = np.asarray(scan.voxels[sub][box], dtype=np.float32)
@@ -52,14 +52,6 @@ def pick_sites(scan: Scan, n: int, rng: np.random.Generator, lung: np.ndarray | 
                     for s in best]
     raise MedfakeError(f"found room for only {len(best)} of {n} site(s) inside the lungs "
                        f"(need {room_mm:g} mm from the pleura, {avoid_mm:g} mm from nodules)", scan.path)
-
-
-def _box(mask: np.ndarray) -> tuple[slice, slice, slice]:
-    """The bounding box of the True voxels (all of the array when there is none)."""
-    where = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-    if any(w.size == 0 for w in where):
-        return tuple(slice(0, n) for n in mask.shape)
-    return tuple(slice(int(w[0]), int(w[-1]) + 1) for w in where)
 
 
 def _distance_to(features: np.ndarray, spacing) -> np.ndarray:
