@@ -91,14 +91,16 @@ def _bounding_box(mask: np.ndarray, step, margin: int) -> tuple[slice, slice, sl
     return tuple(box)
 
 
-def laplacian_mm(volume: np.ndarray, spacing) -> np.ndarray:
-    """Σ ∂²/∂axis² in mm⁻² (three-point stencil per axis, so anisotropic voxels are weighted right)."""
-    out, term = np.zeros_like(volume), np.empty_like(volume)
+def laplacian_mm(volume: np.ndarray, spacing, factor: float = 1.0) -> np.ndarray:
+    """factor · Σ ∂²/∂axis² in mm⁻² (three-point stencil per axis, so anisotropic voxels are weighted right);
+    the factor and 1/spacing² ride in the stencils: two passes over the volume per axis."""
+    out, term = np.empty_like(volume), np.empty_like(volume)
     for axis, s in enumerate(spacing):
-        ndimage.correlate1d(volume, np.array([1.0, -2.0, 1.0], dtype=volume.dtype), axis=axis, output=term,
+        stencil = np.array([1.0, -2.0, 1.0]) * (factor / (s * s))
+        ndimage.correlate1d(volume, stencil.astype(volume.dtype), axis=axis, output=out if axis == 0 else term,
                             mode="nearest")
-        term /= np.float32(s * s)
-        out += term
+        if axis:
+            out += term
     return out
 
 
@@ -106,12 +108,16 @@ def _scale_space_peaks(work, inside, spacing, scales, min_score):
     """Per scale, in order: (k, smoothed image, scale-normalised LoG response, its peaks (N, 3)): points inside
     with a response ≥ min_score that are maxima of the whole (scale, z, y, x) stack, holding three scales at a time."""
     levels: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    planar = {-1: work}  # smoothed in-plane only, the last scale's
 
     def level(k):
         if k not in levels:
-            smooth = ndimage.gaussian_filter(work, [scales[k] / sp for sp in spacing])
-            response = laplacian_mm(smooth, spacing)
-            response *= -(scales[k] ** 2)  # in place, the same float32 product
+            # in-plane, each scale adds the missing variance to the previous one (shorter kernels); along z
+            # each scale smooths directly: thick slices give sub-voxel σ, where sampled kernels do not add up
+            extra = np.sqrt(scales[k] ** 2 - (scales[k - 1] ** 2 if k else 0.0))
+            planar[k] = ndimage.gaussian_filter(planar.pop(k - 1), [0.0, extra / spacing[1], extra / spacing[2]])
+            smooth = ndimage.gaussian_filter1d(planar[k], scales[k] / spacing[0], axis=0)
+            response = laplacian_mm(smooth, spacing, -(scales[k] ** 2))
             levels[k] = (smooth, response)
         return levels[k]
 

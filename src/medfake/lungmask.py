@@ -10,11 +10,12 @@ The heavy steps run on a grid coarsened in-plane to ~1.2 mm pixels; thick (5 mm)
 
 from __future__ import annotations
 
+import edt
 import numpy as np
 from scipy import ndimage
 
 from medfake.errors import MedfakeError
-from medfake.scan import Scan
+from medfake.scan import Scan, mask_box
 
 AIR_THRESHOLD_HU = -400.0
 PARENCHYMA_MAX_HU = -500.0
@@ -192,17 +193,28 @@ def airway_tree(coarse: np.ndarray, inner: np.ndarray, spacing, superior_last: b
     airway = np.zeros_like(inner)
     if seed is None:
         return airway
+    # every stricter threshold's region lies inside the loosest one's: label the rest in that region's box
+    labels, _ = label_small(inner & (coarse < AIRWAY_THRESHOLDS_HU[-1]))
+    if labels[seed] == 0:
+        return airway
+    reach = labels == labels[seed]
+    del labels
+    box = mask_box(reach)
+    reach, local = reach[box], tuple(int(v - b.start) for v, b in zip(seed, box))
+    local_coarse = coarse[box]
     voxel_ml = float(np.prod(spacing)) / 1000.0
     previous = 0.0
     for threshold in AIRWAY_THRESHOLDS_HU:
-        labels, _ = label_small(inner & (coarse < threshold))
-        if labels[seed] == 0:
+        labels, _ = label_small(reach & (local_coarse < threshold))
+        if labels[local] == 0:
             continue
-        grown = labels == labels[seed]
+        grown = labels == labels[local]
         volume = grown.sum() * voxel_ml
         if volume > MAX_AIRWAY_ML or (previous > 0 and volume > 2.0 * previous + 5.0):
             break
-        airway, previous = grown, volume
+        airway[:] = False
+        airway[box] = grown
+        previous = volume
     return airway
 
 
@@ -229,7 +241,7 @@ def separate_touching_lungs(lung: np.ndarray, spacing) -> np.ndarray:
     threshold until two large cores appear, then give every voxel to the nearer core (watershed)."""
     from skimage.segmentation import watershed
 
-    distance = np.stack([ndimage.distance_transform_edt(s, sampling=spacing[1:]) for s in lung])
+    distance = np.stack([distance_mm(s, spacing[1:]) for s in lung])
     for core_mm in (1.5, 3.0, 4.5, 6.0, 8.0):
         cores, count = ndimage.label(distance > core_mm)
         if count < 2:
@@ -266,8 +278,15 @@ def fill_lungs(lungs: np.ndarray, spacing, closing_mm: float) -> np.ndarray:
 
 
 def close_disk(mask2d: np.ndarray, pixel, radius_mm: float) -> np.ndarray:
-    grown = ndimage.distance_transform_edt(~mask2d, sampling=pixel) <= radius_mm
-    return ndimage.distance_transform_edt(grown, sampling=pixel) > radius_mm
+    grown = distance_mm(~mask2d, pixel) <= radius_mm
+    return distance_mm(grown, pixel) > radius_mm
+
+
+def distance_mm(mask: np.ndarray, spacing) -> np.ndarray:
+    """Distance (mm) from every True voxel to the nearest False one, 0 on False: the exact Euclidean distance
+    transform of `ndimage.distance_transform_edt`, from the `edt` package (float32, ~2× faster)."""
+    return edt.edt(np.ascontiguousarray(mask), anisotropy=tuple(float(s) for s in spacing), black_border=False,
+                   parallel=1)
 
 
 def refine_border(filled: np.ndarray, voxels: np.ndarray, threshold: float, factor: int) -> np.ndarray:

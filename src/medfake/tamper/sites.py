@@ -9,10 +9,9 @@ When too few places qualify, the vessel clearance is relaxed before giving up (u
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from medfake.errors import MedfakeError
-from medfake.lungmask import lung_mask
+from medfake.lungmask import distance_mm, lung_mask
 from medfake.scan import Scan, mask_box
 
 VESSEL_HU = -600.0
@@ -58,7 +57,7 @@ def _distance_to(features: np.ndarray, spacing) -> np.ndarray:
     """Distance (mm) to the nearest True voxel (infinite when there is none)."""
     if not features.any():
         return np.full(features.shape, np.inf)
-    return ndimage.distance_transform_edt(~features, sampling=spacing)
+    return distance_mm(~features, spacing)
 
 
 def _distance_inside(inside: np.ndarray, spacing) -> np.ndarray:
@@ -66,7 +65,7 @@ def _distance_inside(inside: np.ndarray, spacing) -> np.ndarray:
     to the mask's box changes nothing inside the mask: the nearest outside voxel is never farther than the
     padding layer around the box."""
     padded = np.pad(inside, 1, constant_values=False)
-    return ndimage.distance_transform_edt(padded, sampling=spacing)[1:-1, 1:-1, 1:-1]
+    return distance_mm(padded, spacing)[1:-1, 1:-1, 1:-1]
 
 
 def _far_from(shape, corner, step, points_zyx, spacing, distance_mm) -> np.ndarray:
