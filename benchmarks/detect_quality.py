@@ -30,7 +30,7 @@ import numpy as np
 
 from medfake.data.samples import sample_path
 from medfake.data.synth import write_cohort
-from medfake.detect.config import DetectorTrainConfig
+from medfake.detect.config import DetectorTrainConfig, ScoreOptions
 from medfake.detect.detectors import detector_class, load_detector
 from medfake.detect.evaluate import evaluate, evaluation_samples
 from medfake.detect.screen import screen_scan
@@ -156,6 +156,20 @@ def train_runs(args, tmp: Path, train_fakes: Path) -> dict:
     return runs
 
 
+def bf16_differences(subsets: dict) -> dict:
+    """Per BTD method: the AUC of bf16 scoring minus fp32's on every row, and the largest |difference|."""
+    out: dict = {}
+    for row, by_method in subsets.items():
+        for name, figures in by_method.items():
+            if name.endswith("/bf16") and name[: -len("/bf16")] in by_method:
+                fp32 = by_method[name[: -len("/bf16")]]["auc"]
+                out.setdefault(name[: -len("/bf16")], {})[row] = round(figures["auc"] - fp32, 6)
+    for method, rows in out.items():
+        rows["max_abs"] = max(abs(v) for v in rows.values())
+        rows["within_0.005"] = rows["max_abs"] <= 0.005
+    return out
+
+
 def ctgan_models(args) -> dict:
     from medfake.tamper.model import load_tamper_model
 
@@ -191,6 +205,9 @@ def main(args) -> dict:
         runs = train_runs(args, tmp, train_fakes)
         out["training_seconds"] = time.time() - timing
         detectors = {m: load_detector(r) for m, r in runs.items()}
+        if args.bf16_twins:  # the issue accepts bf16 BTD scoring where its AUC equals fp32's within ±0.005
+            detectors |= {f"{m}/bf16": load_detector(r, options=ScoreOptions(precision="bf16"))
+                          for m, r in runs.items() if m.startswith("btd")}
         genuine = tmp / "genuine.txt"
         genuine.write_text("\n".join(str(p) for p in held_out) + "\n")
         samples = evaluation_samples(manifest, genuine, args.genuine_per_scan, args.seed, True,
@@ -205,6 +222,8 @@ def main(args) -> dict:
         out["scoring_seconds"] = time.time() - timing
         out["rows"] = results["rows"]
         out["auc"] = results["subsets"]
+        if args.bf16_twins:
+            out["bf16_minus_fp32_auc"] = bf16_differences(results["subsets"])
         best = args.methods.split(",")[0]
         out["cross_generator_note"] = ("a detector named METHOD@GENERATOR was trained on that generator's fakes only: "
                                        "its rows of the other tamper methods are cross-generator rows")
@@ -237,6 +256,7 @@ if __name__ == "__main__":
     parser.add_argument("--cohort", default="", help="held-out synthetic scans with annotations.csv (default: generated)")
     parser.add_argument("--ctgan-inject", default="", help="a CT-GAN injector run: adds CT-GAN injection rows")
     parser.add_argument("--ctgan-remove", default="", help="a CT-GAN remover run: adds CT-GAN removal rows")
+    parser.add_argument("--bf16-twins", action="store_true", help="also score every BTD detector in bf16: AUC differences")
     parser.add_argument("--skip-screening", action="store_true", help="detect_screening.py measures screening")
     parser.add_argument("--tag", default="", help="saved as detect_quality_TAG.json (a partial run beside the full one)")
     args = parser.parse_args()
