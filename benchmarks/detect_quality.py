@@ -56,13 +56,17 @@ def nodules_of(folder: Path) -> dict[str, list[tuple[tuple[int, int, int], float
     return out
 
 
-def tamper_scans(sources: dict, donor, donor_zyx, out: Path, per_scan: int, rng, ctgan: dict | None = None) -> Path:
-    """Copy-move injections at random lung points and in-painting removals of real nodules (and with `ctgan`
-    models, CT-GAN injections at other random lung points and removals of the same nodules); one manifest."""
+def tamper_scans(sources: dict, donor, donor_zyx, out: Path, per_scan: int, rng, gans: dict | None = None,
+                 classical: bool = True) -> Path:
+    """Copy-move injections at random lung points and in-painting removals of real nodules (unless not
+    `classical`), and with `gans` ({method: {action: model}}: ctgan, cyclegan) that generator's injections at
+    other random lung points and removals of the same nodules; one manifest."""
     manifest = out / "manifest.csv"
     for path, nodules in sources.items():
-        if ctgan:
-            append_manifest(ctgan_fakes(path, nodules[:per_scan], ctgan, out, per_scan, rng), manifest)
+        for method, models in (gans or {}).items():
+            append_manifest(gan_fakes(path, nodules[:per_scan], models, method, out, per_scan, rng), manifest)
+        if not classical:
+            continue
         scan = load_scan(path)
         mask = lung_mask(scan)
         points = np.argwhere(mask[:, ::4, ::4]) * [1, 4, 4]
@@ -87,9 +91,10 @@ def tamper_scans(sources: dict, donor, donor_zyx, out: Path, per_scan: int, rng,
     return manifest
 
 
-def ctgan_fakes(path: Path, nodules, models: dict, out: Path, per_scan: int, rng) -> list[ManifestRow]:
-    """CT-GAN injections at `per_scan` random lung points and removals of the given nodules (one output each)."""
-    from medfake.tamper.pipeline import tamper_scan
+def gan_fakes(path: Path, nodules, models: dict, method: str, out: Path, per_scan: int, rng) -> list[ManifestRow]:
+    """A GAN's (`method` ctgan or cyclegan) injections at `per_scan` random lung points and removals of the given
+    nodules, sized by their table diameters (one output per action)."""
+    from medfake.tamper.pipeline import Site, tamper_scan
 
     scan = load_scan(path)
     lung = lung_mask(scan)
@@ -97,16 +102,17 @@ def ctgan_fakes(path: Path, nodules, models: dict, out: Path, per_scan: int, rng
     points = np.argwhere(lung[:, ::4, ::4]) * [1, 4, 4]
     points = points[(points[:, 1] > 60) & (points[:, 2] > 60)]
     jobs = [("inject", [tuple(int(v) for v in points[i]) for i in rng.choice(len(points), per_scan, replace=False)])]
-    jobs += [("remove", [z for z, _ in nodules])] if nodules else []
+    jobs += [("remove", [Site(tuple(z), "table", d) for z, d in nodules])] if nodules else []
     rows = []
     for action, sites in jobs:
         if action not in models:
             continue
-        fake, made = tamper_scan(scan, sites, action, models[action], "ctgan", rng, lung)
-        name = f"{stem}_ctgan_{action}.npz"
+        fake, made = tamper_scan(scan, sites, action, models[action], method, rng, lung)
+        name = f"{stem}_{method}_{action}.npz"
         save_scan(fake.with_voxels(np.rint(fake.voxels).astype(np.int16)), out / name, format="npz", overwrite=True)
-        rows += [ManifestRow(str(path), name, *scan.voxel_to_world(z), *z, action, "ctgan", "none", "{}", "")
-                 for z in sites]
+        zyxs = [getattr(z, "zyx", z) for z in sites]
+        rows += [ManifestRow(str(path), name, *scan.voxel_to_world(z), *z, action, method, "none", "{}", "")
+                 for z in zyxs]
     return rows
 
 
@@ -170,11 +176,16 @@ def bf16_differences(subsets: dict) -> dict:
     return out
 
 
-def ctgan_models(args) -> dict:
+def gan_models(args) -> dict:
+    """{method: {action: model}} of the trained tamperers given on the command line."""
+    from medfake.tamper.cyclegan.apply import load_cyclegan
     from medfake.tamper.model import load_tamper_model
 
     runs = {"inject": args.ctgan_inject, "remove": args.ctgan_remove}
-    return {action: load_tamper_model(run, action) for action, run in runs.items() if run}
+    out = {"ctgan": {action: load_tamper_model(run, action) for action, run in runs.items() if run}}
+    if args.cyclegan:
+        out["cyclegan"] = {action: load_cyclegan(args.cyclegan, action) for action in ("inject", "remove")}
+    return {method: models for method, models in out.items() if models}
 
 
 def main(args) -> dict:
@@ -194,13 +205,15 @@ def main(args) -> dict:
         if "chest2" in args.real:
             real[sample_path("chest2")] = []  # no labelled nodule: injections only
         held_out = {**nodules_of(test), **real}
-        ctgan = ctgan_models(args)
-        out["ctgan_models"] = {action: model.model_id for action, model in ctgan.items()}
-        manifest = tamper_scans(held_out, lung1, LUNG1_NODULE, tmp / "tampered", args.per_scan, rng, ctgan)
+        gans = gan_models(args)
+        out["gan_models"] = {method: {action: model.model_id for action, model in models.items()}
+                             for method, models in gans.items()}
+        manifest = tamper_scans(held_out, lung1, LUNG1_NODULE, tmp / "tampered", args.per_scan, rng, gans)
         train_nodules = nodules_of(tmp / "train")
         donor_path, donor_nodules = next((p, n) for p, n in train_nodules.items() if n)
+        # --train-gans: the training scans are tampered by the GANs only (one detector per GAN family)
         train_fakes = tamper_scans(train_nodules, load_scan(donor_path), donor_nodules[0][0], tmp / "train_fakes",
-                                   args.per_scan, rng)
+                                   args.per_scan, rng, gans if args.train_gans else None, not args.train_gans)
         timing = time.time()
         runs = train_runs(args, tmp, train_fakes)
         out["training_seconds"] = time.time() - timing
@@ -257,6 +270,10 @@ if __name__ == "__main__":
     parser.add_argument("--ctgan-inject", default="", help="a CT-GAN injector run: adds CT-GAN injection rows")
     parser.add_argument("--ctgan-remove", default="", help="a CT-GAN remover run: adds CT-GAN removal rows")
     parser.add_argument("--bf16-twins", action="store_true", help="also score every BTD detector in bf16: AUC differences")
+    parser.add_argument("--cyclegan", default="", help="a CycleGAN run (both directions): adds CycleGAN rows")
+    parser.add_argument("--train-gans", action="store_true",
+                        help="tamper the training scans with the given GANs instead of the classical methods: "
+                             "one supervised detector per GAN family (the cross-generator rows)")
     parser.add_argument("--skip-screening", action="store_true", help="detect_screening.py measures screening")
     parser.add_argument("--tag", default="", help="saved as detect_quality_TAG.json (a partial run beside the full one)")
     args = parser.parse_args()
