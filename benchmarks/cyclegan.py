@@ -116,10 +116,11 @@ def train_run(args, set_name: str, run_name: str, preset: str, **overrides) -> P
     from medfake.tamper.cyclegan.train import train
 
     run = WORK / "runs" / run_name
-    shutil.rmtree(run, ignore_errors=True)
+    if not args.resume:
+        shutil.rmtree(run, ignore_errors=True)
     config = CycleGANConfig.resolve(preset, **overrides)
     start = time.perf_counter()
-    train(WORK / "sets" / set_name, run, config, max_minutes=args.max_minutes, show_progress=False)
+    train(WORK / "sets" / set_name, run, config, resume=args.resume, max_minutes=args.max_minutes, show_progress=False)
     seconds = time.perf_counter() - start
     rows = list(csv_rows(run / "losses.csv"))
     summary = {"run": run_name, "preset": preset, "steps": len(rows), "seconds": round(seconds, 1),
@@ -322,28 +323,62 @@ def mammo_figure(args) -> dict:
 
 
 def grid_figure(args) -> dict:
-    from medfake.tamper.cyclegan.config import GRID_THRESHOLD
-    from medfake.tamper.cyclegan.grid import plot_curves, select_step
+    """Each run's grid-score curve (rescored from its kept snapshots with `--rescore`: the current score, 32
+    held-out images per domain or as many as are held out, the chance-level threshold), the selected snapshot,
+    and how often real, grid-free changes (differences of two of the set's own images) pass the threshold."""
+    from medfake.tamper.cyclegan.grid import plot_curves, row_threshold, select_step
+    from medfake.tamper.cyclegan.train import rescore
 
-    curves, selected, out = {}, {}, {}
+    curves, selected, out, thresholds = {}, {}, {"runs": {}}, {}
     for run_name in args.runs:
         run = WORK / "runs" / run_name
-        rows = csv_rows(run / "grid.csv")
+        rows = rescore(run, grid_images=32, grid_threshold=None) if args.rescore else csv_rows(run / "grid.csv")
+        thresholds[run_name] = row_threshold(rows[0], None)
         curves[run_name] = [(int(r["step"]), float(r["score"])) for r in rows]
         steps = [s for s, _ in curves[run_name]]
-        selected[run_name] = select_step(run, GRID_THRESHOLD, steps)
-        out[run_name] = {"curve": curves[run_name], "selected_step": selected[run_name],
-                         "max_score": max((v for _, v in curves[run_name]), default=None),
-                         "crossed_after_clean": crossed(curves[run_name], GRID_THRESHOLD),
-                         "first_crossing_step": first_crossing(curves[run_name], GRID_THRESHOLD),
-                         "max_after_selected": max((v for s, v in curves[run_name] if selected[run_name] is not None
-                                                    and s > selected[run_name]), default=None),
-                         "settings": json.loads((run / "config.json").read_text()) if (run / "config.json").exists()
-                         else None}
-    curve_png = plot_curves(curves, GRID_THRESHOLD, WORK / f"{args.name}_curves.png", selected,
-                            title="grid score (held-out)")
+        selected[run_name] = select_step(run, None, steps)
+        chosen, t = selected[run_name], thresholds[run_name]
+        out["runs"][run_name] = {
+            "curve": curves[run_name], "images_per_domain": int(rows[0].get("images") or 0), "threshold": t,
+            "selected_step": chosen, "selected_score": dict(curves[run_name]).get(chosen),
+            "max_score": max((v for _, v in curves[run_name]), default=None),
+            "snapshots_above_threshold": sum(v >= t for _, v in curves[run_name]),
+            "first_crossing_step": first_crossing(curves[run_name], t),
+            "max_after_selected": max((v for s, v in curves[run_name] if chosen is not None and s > chosen), default=None),
+            "settings": json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else None}
+    if len(set(thresholds.values())) != 1:
+        raise SystemExit(f"the runs were scored on different numbers of images: thresholds {thresholds}")
+    threshold = next(iter(thresholds.values()))
+    first = out["runs"][args.runs[0]]
+    out["clean_changes"] = clean_change_null(first["settings"]["trainset"], first["images_per_domain"], threshold,
+                                             args.null_trials)
+    print(json.dumps(out["clean_changes"]), flush=True)
+    curve_png = plot_curves(curves, threshold, WORK / f"{args.name}_curves.png", selected,
+                            title=f"grid score (held-out, {first['images_per_domain']} images per direction)")
     snapshot_panel(curve_png, curves, selected, RESULTS / f"{args.name}.png")
     return out
+
+
+def clean_change_null(trainset: str, images: int, threshold: float, trials: int) -> dict:
+    """The grid score of real changes without any generator: each direction's `images` changes are differences
+    of two distinct images of that domain of the training set. How often they reach the threshold is its false-
+    alarm rate on real content (the threshold itself comes from the chance law, not from these)."""
+    from medfake.tamper.cyclegan.grid import peak_score, power_spectrum
+
+    rng = np.random.default_rng(0)
+    domains = [np.load(Path(trainset) / f"{k}.npy").astype(np.float64).mean(axis=1) for k in "ab"]
+    scores = []
+    for _ in range(trials):
+        per = []
+        for images_of in domains:
+            pick = rng.choice(len(images_of), 2 * images, replace=False)
+            changes = images_of[pick[:images]] - images_of[pick[images:]]
+            per.append(peak_score(np.mean([power_spectrum(c) for c in changes], axis=0)))
+        scores.append(max(per))
+    scores = np.array(scores)
+    return {"trials": trials, "images_per_direction": images, "threshold": threshold,
+            "rate_at_or_above_threshold": round(float((scores >= threshold).mean()), 4),
+            "quantiles": {q: round(float(np.quantile(scores, float(q))), 3) for q in ("0.5", "0.99", "0.999")}}
 
 
 def first_crossing(curve, threshold):
@@ -386,10 +421,6 @@ def snapshot_panel(curve_png: Path, curves: dict, selected: dict, out: Path) -> 
     figure.savefig(out, format="png")
 
 
-def crossed(curve, threshold) -> bool:
-    return first_crossing(curve, threshold) is not None
-
-
 def run_all() -> None:
     """Everything, in order, on this machine (`make bench`): about 1 h on 2 idle cores (CT runs ≈ 8 min each)."""
     import subprocess
@@ -400,8 +431,10 @@ def run_all() -> None:
                  ["train-ct", "--set", "ct32t", "--upsample", "resize", "--steps", "800", "--snapshot-every", "100"],
                  ["train-ct", "--upsample", "transposed", "--run-name", "ct_transposed_fast", *fast],
                  ["train-ct", "--upsample", "resize", "--run-name", "ct_resize_fast", *fast],
+                 ["train-ct", "--run-name", "ct_transposed_fast", "--resume", "--steps", "1013"],  # as measured:
+                 ["train-ct", "--run-name", "ct_resize_fast", "--resume", "--steps", "1013"],      # 713, then on
                  ["judge-ct", "--runs", "ct_resize"],
-                 ["grid-figure", "--runs", "ct_transposed_fast", "ct_resize_fast", "ct_resize"],
+                 ["grid-figure", "--runs", "ct_transposed_fast", "ct_resize_fast", "ct_resize", "--rescore"],
                  ["train-mammo", "--run", "mammo_cpu", "--steps", "20000", "--max-minutes", "10",
                   "--snapshot-every", "100"], ["mammo-figure", "--run", "mammo_cpu"]):
         subprocess.run(me + step, check=True)
@@ -431,6 +464,10 @@ def main() -> None:
     parser.add_argument("--previous-paste", action="store_true",
                         help="judge-ct: also remove through the paste used before the fix (one view, fixed hole)")
     parser.add_argument("--set", default="ct32", help="train-ct: training set under WORK/sets")
+    parser.add_argument("--resume", action="store_true", help="train-ct: continue the run to --steps")
+    parser.add_argument("--rescore", action="store_true",
+                        help="grid-figure: recompute the runs' grid.csv from their snapshots with the current score")
+    parser.add_argument("--null-trials", type=int, default=2000, help="grid-figure: draws of grid-free real changes")
     parser.add_argument("--run-name", default=None, help="train-ct: run folder under WORK/runs (default ct_UPSAMPLE)")
     parser.add_argument("--lr", type=float, default=None, help="train-ct: G and D learning rate (preset's if unset)")
     parser.add_argument("--decay-from", type=float, default=None, help="train-ct: 1.0 = constant learning rate")

@@ -19,7 +19,7 @@ wait
 for run in ct_transposed ct_resize mammo_becker256; do
   d=runs/bench_cyclegan/runs/$run
   cp -r $d/model $d/model_final
-  $PY -c "import sys; from medfake.tamper.cyclegan.train import select_before_artefacts as s; print(s(sys.argv[1], 1.0))" $d \
+  $PY -c "import sys; from medfake.tamper.cyclegan.train import select_before_artefacts as s; print(s(sys.argv[1]))" $d \
       >> "$OUT/select.log" 2>&1 || echo "$run: no selection" >> "$OUT/select.log"
   rm -f $d/snapshots/*.pt
   ls $d/snapshots | head -n -2 | grep png | sed "s|^|$d/snapshots/|" | xargs -r rm -f

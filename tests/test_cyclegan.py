@@ -20,7 +20,7 @@ from medfake.data.samples import fetch, sample_path
 from medfake.io.tables import read_manifest
 from medfake.nn.cyclegan import PatchDiscriminator, ResnetGenerator, parameter_count, receptive_field
 from medfake.tamper.cyclegan.config import CycleGANConfig
-from medfake.tamper.cyclegan.grid import grid_score, select_step
+from medfake.tamper.cyclegan.grid import chance_threshold, grid_score, run_score, select_step
 from medfake.tamper.cyclegan.images import prepare, read_image2d
 from medfake.tamper.cyclegan.model import CycleGANModel
 from medfake.tamper.cyclegan.trainset import CT_WINDOW, CycleGANSet, TrainsetOptions, build_trainset, hu_to_net
@@ -113,11 +113,26 @@ def test_grid_score_flags_a_checkerboard_not_a_clean_change(mammograms):
     clean = ndimage.gaussian_filter(net, 2.0) - net  # a smooth, structured change of a real mammogram
     yy, xx = np.mgrid[:256, :256]
     checker = clean + 0.02 * ((yy + xx) % 2 * 2 - 1)  # the period-2 pattern of a transposed convolution
-    period4 = clean + 0.02 * np.cos(np.pi * xx / 2)
-    threshold = CycleGANConfig().grid_threshold
-    assert grid_score(clean) < 0.7 < threshold
-    assert grid_score(checker) > 3.0
-    assert grid_score(period4) > threshold
+    period4 = clean + 0.02 * np.cos(np.pi * xx / 2) * np.cos(np.pi * yy / 2)  # p(y)·p(x), period 4
+    threshold = chance_threshold(1)  # one image
+    assert 1.2 < threshold < 1.3
+    assert grid_score(clean) < 0.5 < threshold
+    assert grid_score(checker) > 4.0
+    assert grid_score(period4) > 3.0
+
+
+def test_chance_threshold_is_what_grid_free_changes_pass_by_chance():
+    # white changes of 4 images per direction, both directions: the false-alarm rate is the one asked for
+    rng = np.random.default_rng(0)
+    zeros = np.zeros((4, 1, 32, 32))
+    runs = [max(run_score(rng.normal(size=zeros.shape), zeros) for _ in range(2)) for _ in range(300)]
+    assert 0.02 <= np.mean(np.array(runs) > chance_threshold(4, alpha=0.05)) <= 0.09
+    assert chance_threshold(32) < chance_threshold(4) < chance_threshold(1)  # more images, less chance
+    # a checkerboard of 1/4 of the noise's amplitude shows in 4 averaged changes; 1/40 does not
+    yy, xx = np.mgrid[:32, :32]
+    checker = (yy + xx) % 2 * 2 - 1
+    assert run_score(rng.normal(size=zeros.shape) + 0.25 * checker, zeros) > chance_threshold(4)
+    assert run_score(rng.normal(size=zeros.shape) + 0.025 * checker, zeros) < chance_threshold(4)
 
 
 def test_selection_keeps_the_last_snapshot_before_artefacts_return(tmp_path):
@@ -125,6 +140,10 @@ def test_selection_keeps_the_last_snapshot_before_artefacts_return(tmp_path):
     (tmp_path / "grid.csv").write_text("step,a2b,b2a,score\n" + "".join(f"{s},{v},{v},{v}\n" for s, v in rows))
     assert select_step(tmp_path, 1.0, [100, 200, 300, 400, 500]) == 300  # not the untrained 100, not 500
     assert select_step(tmp_path, 1.0, [100, 200, 400, 500]) == 200
+    # without a threshold: each row's own chance level (written by training with the number of images)
+    (tmp_path / "grid.csv").write_text("step,a2b,b2a,score,images,threshold\n" +
+                                       "".join(f"{s},{v},{v},{v},12,0.475\n" for s, v in rows))
+    assert select_step(tmp_path, None, [100, 200, 300, 400, 500]) == 200
 
 
 # --- mammograms --------------------------------------------------------------------------------------------
@@ -174,6 +193,17 @@ def mammo_run(tmp_path_factory, mammograms):
     from medfake.tamper.cyclegan.train import train
 
     return train(folder, tmp / "run", CycleGANConfig.resolve("cpu-small", **FAST), show_progress=False, cpu=True)
+
+
+def test_training_scores_the_grid_at_its_chance_level_and_rescoring_reproduces_it(ct_run):
+    from medfake.tamper.cyclegan.grid import read_rows
+    from medfake.tamper.cyclegan.train import rescore
+
+    written = read_rows(ct_run)
+    assert [int(r["step"]) for r in written] == [2]
+    assert float(written[0]["threshold"]) == chance_threshold(int(written[0]["images"]))
+    again = rescore(ct_run)  # the kept snapshot's generators, the same held-out images
+    assert [r["score"] for r in again] == [r["score"] for r in written]
 
 
 def test_tamper_ct_writes_derived_dicom_and_manifest(ct_run, lung1_dicom, tmp_path, capsys):
@@ -285,6 +315,9 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys, ct_run, mammo_run, ma
     one_line_error(code, err, "trained on 2-D mammogram")
     code, _, err = run_cli(["train", "cyclegan", "--data", tmp_path / "a", "-o", tmp_path / "r"], capsys)
     one_line_error(code, err, "not a CycleGAN training set")
+    code, _, err = run_cli(["train", "cyclegan", "--data", tmp_path / "a", "-o", tmp_path / "r",
+                            "--select-before-artefacts", "soon"], capsys)
+    one_line_error(code, err, "must be 'auto' or a number")
     assert not (tmp_path / "o").exists()
 
 

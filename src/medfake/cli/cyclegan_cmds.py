@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from medfake.tamper.cyclegan.config import CT_PATCH, GRID_THRESHOLD, PRESETS, CycleGANConfig
+from medfake.tamper.cyclegan.config import CT_PATCH, PRESETS, CycleGANConfig
 from medfake.tamper.cyclegan.trainset import CT_WINDOW, TrainsetOptions
 
 out = Console()
@@ -61,9 +61,10 @@ def train(data: Path = typer.Option(..., "--data", help="Training set (medfake t
           batch_size: int = typer.Option(None, "--batch-size"),
           snapshot_every: int = typer.Option(None, "--snapshot-every", help="Snapshot + grid score interval (steps)."),
           checkpoint_every: int = typer.Option(None, "--checkpoint-every"),
-          select: float = typer.Option(None, "--select-before-artefacts", show_default=False,
-                                       help=f"Keep as the model the last snapshot whose grid score stayed below this "
-                                            f"(e.g. {GRID_THRESHOLD:g})."),
+          select: str = typer.Option(None, "--select-before-artefacts", show_default=False,
+                                     help="Keep as the model the last snapshot whose grid score stayed below this: "
+                                          "'auto' (the level grid-free changes pass by chance 0.1% of the time) "
+                                          "or a score."),
           seed: int = typer.Option(None, "--seed"),
           mixed_precision: str = typer.Option(None, "--mixed-precision", help="auto | no | fp16 | bf16"),
           max_minutes: float = typer.Option(None, "--max-minutes", help="Stop (and save) after this wall time.")):
@@ -73,10 +74,22 @@ def train(data: Path = typer.Option(..., "--data", help="Training set (medfake t
     config = CycleGANConfig.resolve(_preset(preset), steps=steps, upsample=upsample, g_lr=g_lr, d_lr=d_lr,
                                     batch_size=batch_size, snapshot_every=snapshot_every,
                                     checkpoint_every=checkpoint_every, seed=seed, mixed_precision=mixed_precision)
-    folder = run_training(data, run, config, resume=resume, max_minutes=max_minutes, select_threshold=select)
+    folder = run_training(data, run, config, resume=resume, max_minutes=max_minutes,
+                          select_threshold=_threshold(select))
     meta = json.loads((folder / "model" / "model.json").read_text())
     chosen = f" (selected before artefacts, score {meta['selected']['score']})" if meta.get("selected") else ""
     out.print(f"{folder}: model at step {meta['step']}{chosen}; grid score curve {folder / 'grid.png'}")
+
+
+def _threshold(text: str | None) -> float | str | None:
+    from medfake.errors import MedfakeError
+
+    if text is None or text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise MedfakeError(f"--select-before-artefacts must be 'auto' or a number, not '{text}'") from None
 
 
 def _preset(name: str) -> str:

@@ -24,7 +24,6 @@ PRESETS: dict[str, dict] = {
                       snapshot_every=250, checkpoint_every=250),
 }
 CT_PATCH = 32  # default in-plane CT patch (points) of `trainset cyclegan` from 3-D scans, at 1 mm
-GRID_THRESHOLD = 1.0  # log10(peak / local spectrum) above which a grid pattern is called visible
 
 
 @dataclass
@@ -50,8 +49,8 @@ class CycleGANConfig:
     contrast_range: tuple = (0.8, 1.2)
     flips: bool = False  # mammograms keep their orientation; CT patches get y/x flips
     val_fraction: float = 0.15
-    grid_images: int = 8  # held-out images per domain scored at every snapshot
-    grid_threshold: float = GRID_THRESHOLD
+    grid_images: int = 32  # held-out images per domain scored at every snapshot (fewer when fewer are held out)
+    grid_threshold: float | None = None  # None: the chance level for the number of images (grid.chance_threshold)
     keep_snapshots: bool = True  # generators of every snapshot, for --select-before-artefacts
     snapshot_every: int = 250
     checkpoint_every: int = 250

@@ -156,7 +156,7 @@ class CycleGANModel:
         rows = grid.read_rows(folder)
         grid.plot_curves({"A→B": [(int(r["step"]), float(r["a2b"])) for r in rows],
                           "B→A": [(int(r["step"]), float(r["b2a"])) for r in rows]},
-                         self.config.grid_threshold, folder / grid.GRID_PNG, title=f"grid score ({self.config.upsample})")
+                         scores["threshold"], folder / grid.GRID_PNG, title=f"grid score ({self.config.upsample})")
         save_preview(previews, shots / f"step_{step:06d}.png", step)
 
     # --- helpers -------------------------------------------------------------------------------------
@@ -170,20 +170,33 @@ class CycleGANModel:
         return {"a2b": {k: v.detach().cpu().clone() for k, v in unwrap(self.G_ab).state_dict().items()},
                 "b2a": {k: v.detach().cpu().clone() for k, v in unwrap(self.G_ba).state_dict().items()}}
 
-    @torch.no_grad()
     def held_out_translations(self) -> tuple[dict, dict]:
-        scores, previews = {}, {}
-        for key, G in (("a", self.G_ab), ("b", self.G_ba)):
-            idx = self.val_idx[key][: self.config.grid_images]
-            x = self.images[key][torch.from_numpy(np.asarray(idx))].to(self.accelerator.device)
-            G.eval()
-            y = torch.cat([G(x[i: i + 4]) for i in range(0, len(x), 4)]).float().cpu().numpy()
-            G.train()
-            name = "a2b" if key == "a" else "b2a"
-            scores[name] = grid.run_score(y, x.cpu().numpy())
-            previews[name] = (x.cpu().numpy()[:4], y[:4])
-        scores["score"] = max(scores["a2b"], scores["b2a"])
-        return scores, previews
+        generators = {"a2b": self.G_ab, "b2a": self.G_ba}
+        return translate_and_score(generators, self.held_out(), self.accelerator.device, self.config.grid_threshold)
+
+    def held_out(self) -> dict[str, torch.Tensor]:
+        """The same number of held-out images of each domain (the grid score's chance level depends on it)."""
+        m = max(1, min(self.config.grid_images, *(len(v) for v in self.val_idx.values())))
+        return {key: self.images[key][torch.from_numpy(np.asarray(self.val_idx[key][:m]))] for key in ("a", "b")}
+
+
+@torch.no_grad()
+def translate_and_score(generators: dict, held_out: dict, device, threshold: float | None = None) -> tuple[dict, dict]:
+    """Grid scores of both directions on the held-out images, the number of images, the threshold (None: the
+    chance level for that number) and preview pairs."""
+    scores, previews = {}, {}
+    for key, name in (("a", "a2b"), ("b", "b2a")):
+        G, x = generators[name], held_out[key].to(device)
+        training = G.training
+        G.eval()
+        y = torch.cat([G(x[i: i + 4]) for i in range(0, len(x), 4)]).float().cpu().numpy()
+        G.train(training)
+        scores[name] = grid.run_score(y, x.float().cpu().numpy())
+        previews[name] = (x.float().cpu().numpy()[:4], y[:4])
+    scores["score"] = max(scores["a2b"], scores["b2a"])
+    scores["images"] = len(held_out["a"])
+    scores["threshold"] = float(threshold) if threshold is not None else grid.chance_threshold(len(held_out["a"]))
+    return scores, previews
 
 
 def lsgan(prediction: torch.Tensor, real: bool) -> torch.Tensor:
