@@ -8,7 +8,7 @@ the CAD on scans never trained on, and the grid-artefact curves of transposed vs
     python benchmarks/cyclegan.py train-mammo [--preset cpu-small] [--max-minutes 10]
     python benchmarks/cyclegan.py judge-ct --runs ct_resize # CAD + core/shell on held-out scans, with controls
     python benchmarks/cyclegan.py mammo-figure              # before/after figure of the demonstration
-    python benchmarks/cyclegan.py grid-figure --runs A B    # grid-score curves and held-out snapshots
+    python benchmarks/cyclegan.py grid-figure --runs A B [--rescore]  # grid-score curves, held-out snapshots
 
 Work folder: runs/bench_cyclegan (sets/, runs/). Results: benchmarks/results/cyclegan_*.json and .png.
 CT: trained on in-plane patches of the shared synthetic training cohort (/work/runs/bench_tamper/cohort_train,

@@ -12,9 +12,14 @@ FAR; and the screening top-3 rate of the best (first) method on the tampered sca
     python benchmarks/detect_quality.py --smoke               # minutes: checks the pipeline only
     python benchmarks/detect_quality.py --methods selfref,residual --cohort /work/runs/bench_tamper/cohort_test \
         --ctgan-inject /work/runs/bench_tamper/run_inject --ctgan-remove /work/runs/bench_tamper/run_remove --tag ctgan
+    python benchmarks/detect_quality.py --methods supervised-residual,supervised,residual --cohort …/cohort_test \
+        --ctgan-inject … --ctgan-remove … --cyclegan runs/bench_cyclegan/runs/ct_resize --train-gans \
+        --skip-screening --tag cyclegan_cross       # across GAN families: METHOD@ctgan vs METHOD@cyclegan
 
 No detector is trained on CT-GAN output (the supervised methods train on classical fakes of the training scans:
-their CT-GAN rows are cross-generator rows).
+their CT-GAN rows are cross-generator rows), unless `--train-gans`: then the training scans are tampered by the
+given GANs only (CT-GAN, the 3-D pix2pix, and the 2-D CycleGAN of `--cyclegan`) and each supervised method is
+trained once per GAN family, so METHOD@ctgan on the CycleGAN rows (and the reverse) are the cross-generator rows.
 Prints and saves benchmarks/results/detect_quality[_smoke].json (+ run record)."""
 
 from __future__ import annotations
