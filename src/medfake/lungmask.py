@@ -31,12 +31,18 @@ IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
 def lung_mask(scan: Scan, threshold: float = AIR_THRESHOLD_HU, closing_mm: float = 8.0) -> np.ndarray:
     """Boolean (z,y,x) mask of both lungs, including vessels and nodules inside them, without the trachea
     and main bronchi. Raises MedfakeError when no lung-sized air region is found."""
-    return lung_labels(scan, threshold, closing_mm) > 0
+    return _mask_and_coarse_labels(scan, threshold, closing_mm)[0]
 
 
 def lung_labels(scan: Scan, threshold: float = AIR_THRESHOLD_HU, closing_mm: float = 8.0) -> np.ndarray:
     """uint8 (z,y,x): 1 = right lung, 2 = left lung (patient sides; lungs that touch are split at their
-    junction). A single air region that cannot be split is labelled 1."""
+    junction). A single air region that cannot be split is labelled 1. Nonzero exactly where `lung_mask` is."""
+    mask, filled, factor = _mask_and_coarse_labels(scan, threshold, closing_mm)
+    return order_by_side(fine_labels(mask, filled, factor), scan)
+
+
+def _mask_and_coarse_labels(scan: Scan, threshold: float, closing_mm: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """(full-resolution mask, lung labels on the coarse grid, the grid's factor)."""
     if scan.modality not in ("CT", "", None):
         raise MedfakeError(f"lung mask needs a CT scan, got modality {scan.modality}", scan.path)
     voxels = np.asarray(scan.voxels)
@@ -51,8 +57,7 @@ def lung_labels(scan: Scan, threshold: float = AIR_THRESHOLD_HU, closing_mm: flo
     if lungs.max() == 0:
         raise MedfakeError("no lung found (no large air region inside the body)", scan.path)
     filled = fill_lungs(lungs, spacing, closing_mm)
-    mask = refine_border(filled > 0, voxels, threshold, factor)
-    return order_by_side(fine_labels(mask, filled, factor), scan)
+    return refine_border(filled > 0, voxels, threshold, factor), filled, factor
 
 
 def lung_parenchyma(scan: Scan, mask: np.ndarray | None = None, max_hu: float = PARENCHYMA_MAX_HU,
@@ -344,7 +349,8 @@ def bounds(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fine_labels(mask: np.ndarray, coarse_labels: np.ndarray, factor: int) -> np.ndarray:
-    """Labels for the full-resolution mask from the coarse labels (border voxels take a neighbour's)."""
+    """Labels for the full-resolution mask from the coarse labels (border voxels take a neighbour's: every mask
+    voxel lies within one coarse pixel of the coarse labels, so every one gets a label)."""
     if factor == 1:
         return np.where(mask, coarse_labels, 0).astype(np.uint8)
     spread = ndimage.grey_dilation(coarse_labels, footprint=IN_PLANE)
