@@ -8,7 +8,9 @@ Each case runs in a fresh subprocess (`--case NAME`), which reports
 Cases: reading the DICOM series alone; the CLI's `tamper_file` on the DICOM series (classical inpaint
 removal at lung1's nodule; copy-move injection at 3 automatic sites, which adds the lung mask and the CAD);
 `medfake detect --screen`'s `detect_screen` with the training-free selfref detector (read, lung mask,
-3-D map, findings and overlays written); and the lung mask and CAD alone on the volume in memory.
+3-D map, findings and overlays written) and, given `--residual RUN`, with the learned noise residual; and the
+lung mask and CAD alone on the volume in memory. `--screening` runs only the read and the screening cases
+(memory_screening.json).
 Prints and saves benchmarks/results/memory.json (+ run record), with the load average: the machine is
 shared, which moves the timings but not the memory figures."""
 
@@ -78,17 +80,17 @@ def run_case(case: str, series: Path, out: Path) -> dict:
     scan = load_scan(series) if case in ("lung_mask", "cad") else None
     lung = np.load(out.parent / "lung.npy") if case == "cad" else None  # saved by the lung_mask case
     detector = None
-    if case == "screen_selfref":
+    if case.startswith("screen_"):
         from medfake.detect.detectors import load_detector
         from medfake.detect.report import detect_screen
 
-        detector = load_detector("selfref")
+        detector = load_detector(os.environ.get("MEDFAKE_BENCH_RESIDUAL", "") if case == "screen_residual" else "selfref")
     baseline = rss_mb()
     reset_peak_rss()
     tracemalloc.start()
     if case == "load_dicom":
         load_scan(series)
-    elif case == "screen_selfref":
+    elif case.startswith("screen_"):
         detect_screen(load_scan(series), detector, out)
     elif case == "tamper_remove_inpaint":
         tamper_file(TamperRequest(target=series, outdir=out, action="remove", coords=[nodule_voxel(SLICES)],
@@ -113,7 +115,7 @@ def run_case(case: str, series: Path, out: Path) -> dict:
 CASES = ("load_dicom", "tamper_remove_inpaint", "tamper_inject_auto3_copy_move", "screen_selfref", "lung_mask", "cad")
 
 
-def main() -> dict:
+def main(cases=CASES) -> dict:
     from medfake.io import save_scan
 
     scan = resampled_lung1(SLICES)
@@ -124,7 +126,7 @@ def main() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         series = save_scan(scan, Path(tmp) / "series", format="dicom")
         del scan
-        for case in CASES:
+        for case in cases:
             done = subprocess.run([sys.executable, __file__, "--case", case, "--series", str(series), "--out",
                                    str(Path(tmp) / case)], capture_output=True, text=True)
             if done.returncode != 0:
@@ -145,6 +147,9 @@ if __name__ == "__main__":
     parser.add_argument("--case")
     parser.add_argument("--series", type=Path)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--screening", action="store_true",
+                        help="only the screening cases (and the DICOM read), saved as memory_screening.json")
+    parser.add_argument("--residual", default="", help="a `residual` detector run: adds the screen_residual case")
     args = parser.parse_args()
     if args.case:
         print(json.dumps(run_case(args.case, args.series, args.out)))
@@ -152,7 +157,13 @@ if __name__ == "__main__":
         from medfake.runinfo import write_run_record
 
         RESULTS.mkdir(parents=True, exist_ok=True)
-        result = main()
-        (RESULTS / "memory.json").write_text(json.dumps(result, indent=1))
-        write_run_record(RESULTS, {"benchmark": "memory", "slices": SLICES}, seed=None, name="memory.run.json")
+        cases = ("load_dicom", "screen_selfref") if args.screening else CASES
+        if args.residual:
+            os.environ["MEDFAKE_BENCH_RESIDUAL"] = str(Path(args.residual).resolve())  # the case subprocesses read it
+            cases = (*cases, "screen_residual")
+        result = main(cases)
+        name = "memory_screening" if args.screening else "memory"
+        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
+        write_run_record(RESULTS, {"benchmark": "memory", "slices": SLICES, "cases": list(cases),
+                                   "residual": args.residual}, seed=None, name=f"{name}.run.json")
         print(json.dumps(result, indent=1))

@@ -105,8 +105,9 @@ class Detector:
         """One score per z,y,x site of a scan (patch detectors: the BTD crop protocol)."""
         return self.scores(self.patches(self.unit(scan), sites_zyx))
 
-    def screen_map(self, scan, region: np.ndarray, options) -> np.ndarray:
-        """Scan-level detectors: a (z, y, x) anomaly map (higher = more suspicious, NaN = not measured)."""
+    def screen_map(self, scan, region: np.ndarray, options):
+        """Scan-level detectors: their anomaly map as a `gridmap.GridMap` on a coarse grid (higher = more
+        suspicious, NaN = not measured)."""
         raise NotImplementedError
 
 

@@ -70,7 +70,7 @@ def detect_screen(scan: Scan, detector: Detector, out: Path, overwrite: bool = F
              "options": {**detector.options.__dict__, **options},
              "score_meaning": "robust z-score of the smoothed anomaly map inside the lung (median 0, MAD-scaled)",
              "findings": [_row_dict(r) for r in result.findings]}, indent=2))
-        np.savez_compressed(tmp / "anomaly_map.npz", anomaly=result.anomaly.astype(np.float16))
+        np.savez_compressed(tmp / "anomaly_map.npz", anomaly=result.anomaly)  # float16, the scan's grid
         write_overlays(scan, result, tmp)
     return result
 
@@ -78,14 +78,15 @@ def detect_screen(scan: Scan, detector: Detector, out: Path, overwrite: bool = F
 def write_overlays(scan: Scan, result: Screening, folder: Path) -> None:
     """One axial overlay per finding (up to 3) and a maximum-intensity projection of the map."""
     grey = resolve_window(scan, None).apply
-    hi = max(float(result.anomaly.max()), 1.0)
+    values = result.grid.values
+    hi = max(float(np.nanmax(values)) if np.isfinite(values).any() else 0.0, 1.0)
 
     for rank, finding in enumerate(result.findings[:3], start=1):
         z, y, x = finding.voxel_zyx
-        rgb = overlay_heatmap(grey(scan.voxels[z]), np.clip(result.anomaly[z], 0, None), vmin=0, vmax=hi)
-        rgb = draw_cross(rgb, y, x)
+        heat = np.clip(result.grid.slice_at(z, result.region[z]), 0, None)
+        rgb = draw_cross(overlay_heatmap(grey(scan.voxels[z]), heat, vmin=0, vmax=hi), y, x)
         save_png(add_caption(rgb, f"#{rank} z,y,x={z},{y},{x} score {finding.score:.2f}"), folder / f"finding_{rank}.png")
-    mip = np.clip(result.anomaly.max(axis=0), 0, None)
+    mip = np.clip(result.grid.mip(), 0, None)
     mid = int(result.findings[0].voxel_zyx[0]) if result.findings else scan.shape[0] // 2
     rgb = overlay_heatmap(grey(scan.voxels[mid]), mip, vmin=0, vmax=hi)
     save_png(add_caption(rgb, f"anomaly MIP over z; scan score {result.scan_score:.2f}"), folder / "anomaly_mip.png")

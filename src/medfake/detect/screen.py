@@ -3,7 +3,9 @@
 Screening tiles every selected axial slice's lung bounding box with detector-sized patches (stride ≤ patch),
 averages the per-pixel anomaly maps where tiles overlap, smooths them over ~`smooth_mm`, standardises the
 map by its robust spread inside the lung (median / 1.4826·MAD), and reports peaks by non-maximum
-suppression. Skipped slices (`slice_step` > 1) take the map of the nearest scored slice.
+suppression. Skipped slices (`slice_step` > 1) take the map of the nearest scored slice. Scan-level detectors
+(selfref, residual) give their own map on a coarse grid (`GridMap`), which screening keeps: only the saved map
+and the overlays are expanded to the scan's grid.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from scipy import ndimage
 
 from medfake.detect.config import ScreenOptions
 from medfake.detect.detectors import Detector
+from medfake.detect.gridmap import GridMap, grid_peaks
 from medfake.detect.patches import lung_mask_or_none, patches_at, to_unit
 from medfake.errors import MedfakeError
 from medfake.scan import Scan
@@ -53,12 +56,17 @@ def score_locations(scan: Scan, detector: Detector, centres_zyx, protocol: str =
 
 @dataclass
 class Screening:
-    anomaly: np.ndarray  # (z, y, x) float32, robust z-score of the smoothed anomaly (0 outside the region)
+    grid: GridMap  # robust z-score of the anomaly (NaN where unmeasured), on the detector's grid
     region: np.ndarray  # bool (z, y, x): where the map is defined (lung mask, or the body for MRI)
     findings: list[LocationScore] = field(default_factory=list)
     scan_score: float = 0.0
     tiles: int = 0
     slices: list[int] = field(default_factory=list)
+
+    @property
+    def anomaly(self) -> np.ndarray:
+        """The map on the scan's grid, float16 (built on each call; 0 outside the region and where unmeasured)."""
+        return self.grid.full(self.region)
 
 
 def screening_region(scan: Scan) -> np.ndarray:
@@ -113,24 +121,30 @@ def screen_scan(scan: Scan, detector: Detector, progress=None, **options) -> Scr
             progress.advance(task, len(chunk))
     per_slice = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
     anomaly = standardise(smooth_slices(per_slice, scan.spacing, opts.smooth_mm), region[slices])
-    volume = np.zeros(unit.shape, np.float32)
+    volume = np.full(unit.shape, np.nan, np.float32)
     if slices:
         nearest = np.abs(np.arange(unit.shape[0])[:, None] - np.asarray(slices)[None]).argmin(axis=1)
-        volume = anomaly[nearest] * region
-    findings = peaks(volume, region, scan, opts.top, opts.separation_mm)
-    return Screening(volume, region, findings, findings[0].score if findings else 0.0, len(tiles), slices)
+        volume = np.where(region, anomaly[nearest], np.nan).astype(np.float32)
+    return finish(scan, GridMap(volume, 1, (0, 0, 0), scan.shape), region, opts, len(tiles), slices)
 
 
 def screen_scan_level(scan: Scan, detector: Detector, region: np.ndarray, opts: ScreenOptions) -> Screening:
-    """A scan-level detector's own 3-D map, standardised inside the lung like the tiled one."""
-    raw = detector.screen_map(scan, region, opts)
-    measured = region & np.isfinite(raw)
-    raw[~measured] = 0.0
-    volume = standardise(raw, measured, out=raw)  # in place: the map is the memory peak of screening
-    volume[~measured] = 0.0
-    findings = peaks(volume, measured, scan, opts.top, opts.separation_mm)
-    slices = [int(z) for z in np.flatnonzero(measured.any(axis=(1, 2)))]
-    return Screening(volume, region, findings, findings[0].score if findings else 0.0, 0, slices)
+    """A scan-level detector's own map on its coarse grid, standardised inside the lung like the tiled one."""
+    grid = detector.screen_map(scan, region, opts)
+    measured = np.isfinite(grid.values)
+    if measured.any():
+        standardise(grid.values, measured, out=grid.values)
+    slices = [grid.corner[0] + int(k) for k in np.flatnonzero(measured.any(axis=(1, 2)))]
+    return finish(scan, grid, region, opts, 0, slices)
+
+
+def finish(scan: Scan, grid: GridMap, region: np.ndarray, opts: ScreenOptions, tiles: int, slices) -> Screening:
+    """The findings of a standardised map: its highest cells, `separation_mm` apart."""
+    findings = []
+    for cell, value in grid_peaks(grid, scan.spacing, opts.top, opts.separation_mm):
+        zyx = grid.cell_voxel(cell, region)
+        findings.append(LocationScore(zyx, tuple(float(v) for v in scan.voxel_to_world(zyx)), value))
+    return Screening(grid, region, findings, findings[0].score if findings else 0.0, tiles, list(slices))
 
 
 def smooth_slices(maps: np.ndarray, spacing, smooth_mm: float) -> np.ndarray:
@@ -148,25 +162,3 @@ def standardise(maps: np.ndarray, region: np.ndarray, out: np.ndarray | None = N
     del values
     out = np.subtract(maps, median, out=out, dtype=np.float32)
     return np.divide(out, spread, out=out)
-
-
-def peaks(volume: np.ndarray, region: np.ndarray, scan: Scan, top: int, separation_mm: float) -> list[LocationScore]:
-    """The `top` highest points of the map inside the region, at least `separation_mm` apart."""
-    radius = np.array([separation_mm / s for s in scan.spacing])
-    index = np.flatnonzero(region)
-    values = volume.ravel()[index]
-    index = index[np.isfinite(values)]
-    order = np.argsort(-volume.ravel()[index], kind="stable")  # ties: the lowest voxel index first, as argmax
-    picked: list[np.ndarray] = []
-    out = []
-    for start in range(0, order.size, 4096):  # candidates in chunks: no full-volume copy of the map
-        zyx_all = np.stack(np.unravel_index(index[order[start:start + 4096]], volume.shape), axis=1)
-        for zyx in zyx_all:
-            if any(float((((zyx - p) / radius) ** 2).sum()) <= 1.0 for p in picked):
-                continue
-            picked.append(zyx)
-            out.append(LocationScore(tuple(int(v) for v in zyx), tuple(float(v) for v in scan.voxel_to_world(zyx)),
-                                     float(volume[tuple(zyx)])))
-            if len(out) == top:
-                return out
-    return out

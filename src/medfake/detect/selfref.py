@@ -15,7 +15,7 @@ It needs the scan (mm, 3-D context), not 2-D patches: `score_sites(scan, sites)`
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from scipy import ndimage
@@ -38,6 +38,19 @@ class SelfRefConfig:
     references: int = 48  # random lung positions of the same scan that calibrate the features
     reference_gap_mm: float = 30.0  # references keep this far from the scored sites
     seed: int = 0
+    # the screening map (selfref_map) measures at nodule scale: the regions a tamperer rewrites are 10-20 mm
+    # across, and a 10 mm disc dilutes them with untouched lung; it drops the coarsest band, whose response to
+    # vessel and pleural edges reaches ≈ 3σ = 8 mm, and keeps flat voxels ≥ 3σ of its coarsest band from denser
+    # tissue; a cell is scored only where this share of its disc is lung (a disc across the pleura measures anatomy)
+    screen_inside_mm: float = 5.0
+    screen_bands_mm: tuple[float, ...] = (0.0, 0.7, 1.4)
+    screen_flat_margin_mm: float = 4.0
+    screen_lung_share: float = 0.9
+
+    def screening(self) -> "SelfRefConfig":
+        """The settings the screening map measures with."""
+        return replace(self, inside_mm=self.screen_inside_mm, bands_mm=self.screen_bands_mm,
+                       flat_margin_mm=self.screen_flat_margin_mm)
 
     def as_dict(self) -> dict:
         return asdict(self)

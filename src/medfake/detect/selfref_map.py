@@ -1,8 +1,8 @@
 """The self-referenced statistics as a dense 3-D map, for screening a whole scan.
 
-The same features as `selfref.site_features` at every point of a coarse in-plane grid (≈ `step_mm`): for each
-band, σ inside a disc of `inside_mm` and in the ring `ring_mm`, over the slices within `slab_mm`, on flat
-parenchyma only. σ here is the RMS (sums of squares convolve; the site scorer's median-based σ does not), and
+The same features as `selfref.site_features`, at nodule scale (`SelfRefConfig.screening()`), at every point of a
+coarse in-plane grid (≈ `step_mm`): for each band, σ inside a disc of `screen_inside_mm` and in the ring `ring_mm`,
+over the slices within `slab_mm`, on flat parenchyma only. The map stays on that grid (`GridMap`). σ here is the RMS (sums of squares convolve; the site scorer's median-based σ does not), and
 the calibration is the scan's own distribution of the feature over its lung: the map is Σ_b z_b².
 Slices are processed in chunks (every filter is in-plane), so memory stays bounded on a 512×512×300 CT.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage, signal
 
+from medfake.detect.gridmap import GridMap
 from medfake.detect.selfref import SelfRefConfig, band_stack, flat_parenchyma
 from medfake.scan import Scan, mask_box
 from medfake.stats import robust_sigma
@@ -74,31 +75,39 @@ def dense_features(energy: np.ndarray, counts: np.ndarray, spacing_z: float, pix
 
 
 def selfref_map(scan: Scan, region: np.ndarray, config: SelfRefConfig | None = None, bands_fn=band_stack,
-                step_mm: float = 2.0, halo: int = 0) -> np.ndarray:
-    """(z, y, x) float32 map Σ_b z_b² on the scan's grid: NaN outside the region or where unmeasured."""
+                step_mm: float = 2.0, halo: int = 0) -> GridMap:
+    """Σ_b z_b² on a ≈ `step_mm` in-plane grid (NaN outside the region or where unmeasured). A cell is scored
+    only when its centre is lung, at least `screen_lung_share` of its inside disc is lung (a disc across the
+    pleura compares chest wall and partial-volume edges with lung: anatomy, not tampering) and its slab (and a
+    network's 2.5-D context) lies inside the scan. It measures with `config.screening()`."""
     config = config or SelfRefConfig()
-    out = np.full(scan.shape, np.nan, np.float32)
-    if not region.any():
-        return out
+    min_lung_share = config.screen_lung_share
+    config = config.screening()
     pixel = float(np.mean(scan.spacing[1:]))
     factor = max(1, int(round(step_mm / pixel)))
-    reach = int(np.ceil((config.ring_mm[1] + 3 * max(config.bands_mm) + config.flat_margin_mm) / pixel))
     tight = mask_box(region)
+    if tight is None:
+        return GridMap(np.full((0, 0, 0), np.nan, np.float32), factor, (0, 0, 0), scan.shape)
+    reach = int(np.ceil((config.ring_mm[1] + 3 * max(config.bands_mm) + config.flat_margin_mm) / pixel))
     box = (tight[0], slice(max(0, tight[1].start - reach), min(scan.shape[1], tight[1].stop + reach)),
            slice(max(0, tight[2].start - reach), min(scan.shape[2], tight[2].stop + reach)))
     energy, counts = pooled_energies(scan, box, config, factor, bands_fn, halo)
     features = dense_features(energy, counts, float(scan.spacing[0]), pixel * factor, config)
-    inside = _pool(region[box].astype(np.float32), factor) > 0.5 * factor ** 2
+    del energy
+    lung = _pool(region[box].astype(np.float32), factor) / factor ** 2
+    disc, _ = _kernels(pixel * factor, config)
+    share = signal.fftconvolve(lung, disc[None] / disc.sum(), mode="same", axes=(-2, -1))
+    inside = (lung > 0.5) & (share >= min_lung_share)
+    half = max(int(config.slab_mm // scan.spacing[0]), halo)  # the slab (and a network's context) must fit in the scan
+    z = np.arange(box[0].start, box[0].stop)
+    inside &= ((z >= half) & (z < scan.shape[0] - half))[:, None, None]
     usable = inside & np.all(np.isfinite(features), axis=0)
+    corner = (box[0].start, box[1].start, box[2].start)
     if usable.sum() < 8:
-        return out
+        return GridMap(np.full(lung.shape, np.nan, np.float32), factor, corner, scan.shape)
     centre = np.array([np.median(f[usable]) for f in features])
     spread = np.maximum([robust_sigma(f[usable]) for f in features], 1e-3)
     z = (features - centre[:, None, None, None]) / spread[:, None, None, None]
     finite = np.isfinite(z).any(axis=0)
     score = np.where(finite & inside, np.nansum(z ** 2, axis=0), np.nan).astype(np.float32)
-    full = np.repeat(np.repeat(score, factor, axis=1), factor, axis=2)
-    shape = (box[1].stop - box[1].start, box[2].stop - box[2].start)
-    out[box] = full[:, : shape[0], : shape[1]]
-    out[~region] = np.nan
-    return out
+    return GridMap(score, factor, corner, scan.shape)
