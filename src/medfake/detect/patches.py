@@ -74,22 +74,25 @@ def patches_at(unit: np.ndarray, centres_zyx, size: int, protocol: str = "btd", 
 _MASKS: dict = {}  # lung masks of scan files already seen in this process: (path, mtime, shape) → mask
 
 
-def lung_mask_or_none(scan: Scan) -> np.ndarray | None:
-    """The lung mask of a CT (None for MRI, or when no lung is found: e.g. a phantom or a partial scan)."""
+def lung_mask_or_none(scan: Scan, cache: bool = True) -> np.ndarray | None:
+    """The lung mask of a CT (None for MRI, or when no lung is found: e.g. a phantom or a partial scan).
+    `cache`: keep the last scan's mask for the next call (which then gets a copy); screening, which needs it
+    once, passes False and holds one mask, not two."""
     if modality_key(scan) != "ct":
         return None
     path = scan.path
-    key = (str(path), Path(path).stat().st_mtime_ns, scan.shape) if path and Path(path).exists() else None
+    key = (str(path), Path(path).stat().st_mtime_ns, scan.shape) if cache and path and Path(path).exists() else None
     if key in _MASKS:
         return _MASKS[key].copy()
     try:
         mask = lung_mask(scan)
     except MedfakeError:
         mask = None
-    if key is not None and mask is not None:
-        _MASKS.clear()
-        _MASKS[key] = mask
-    return None if mask is None else mask.copy()
+    if key is None or mask is None:
+        return mask
+    _MASKS.clear()
+    _MASKS[key] = mask
+    return mask.copy()
 
 
 def exclusion_mask(shape, centres_zyx, spacing, radius_mm: float) -> np.ndarray:

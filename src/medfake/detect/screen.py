@@ -72,7 +72,7 @@ class Screening:
 def screening_region(scan: Scan) -> np.ndarray:
     """The lungs; without them (no lung found, not a chest CT) the body: a windowed float copy of the whole volume
     is made only then, since it is the memory peak of screening."""
-    mask = lung_mask_or_none(scan)
+    mask = lung_mask_or_none(scan, cache=False)
     return mask if mask is not None else to_unit(scan) > 0.05
 
 

@@ -94,7 +94,8 @@ def selfref_map(scan: Scan, region: np.ndarray, config: SelfRefConfig | None = N
     energy, counts = pooled_energies(scan, box, config, factor, bands_fn, halo)
     features = dense_features(energy, counts, float(scan.spacing[0]), pixel * factor, config)
     del energy
-    lung = _pool(region[box].astype(np.float32), factor) / factor ** 2
+    lung = np.concatenate([_pool(region[z0:min(z0 + CHUNK, box[0].stop), box[1], box[2]].astype(np.float32), factor)  # no float copy
+                           for z0 in range(box[0].start, box[0].stop, CHUNK)]) / factor ** 2  # of the whole mask
     disc, _ = _kernels(pixel * factor, config)
     share = signal.fftconvolve(lung, disc[None] / disc.sum(), mode="same", axes=(-2, -1))
     inside = (lung > 0.5) & (share >= min_lung_share)
