@@ -26,6 +26,9 @@ class OptimizeConfig:
     focus_mm: float = 12.0
     jitter_mm: float | None = None  # random shift of a tile per visit; None: half the tile stride
     soft_views_hu: float | None = 20.0  # smooth max over the flip views (None: follow the attacker's argmax)
+    # expectation over transformations, for attackers the protection does not see exactly:
+    eot_blur_mm: float = 0.0  # the tamperer reads the scan blurred by σ ∈ {0, ½, 1}·this (a PACS's smoothing)
+    ghosts: int = 0  # generator passes with its dropout on per site ("ghost networks": a cheap ensemble)
 
 
 @dataclass
@@ -45,3 +48,5 @@ class ProtectConfig:
             raise MedfakeError(f"region must be {' or '.join(REGIONS)}, not '{self.region}'")
         if self.action not in (None, *ACTIONS):
             raise MedfakeError(f"action must be inject or remove, not '{self.action}'")
+        if self.optimize.eot_blur_mm < 0 or self.optimize.ghosts < 0:
+            raise MedfakeError("eot_blur_mm and ghosts must not be negative")

@@ -7,7 +7,9 @@ there; for a remover, maximise it — the nodule stays a visible mass. The attac
 sites are tiles covering the lung (removers: the nodules the CAD finds) with a random jitter each visit; it
 keeps the strongest flip view, and the gradient follows that view (the selection is the attacker's argmax);
 its fresh noise is added after every differentiable step, so it does not change the gradient of this
-linear objective (the expectation over noise is exact without sampling it). The perturbation is kept in
+linear objective (the expectation over noise is exact without sampling it). Optional expectations for
+attackers the optimiser does not see exactly: a blur of the scan before the tamperer reads it
+(`eot_blur_mm`) and the generator with its dropout on (`ghosts`). The perturbation is kept in
 [−budget, budget] (and inside the lung mask for `region=lungs`) after every step; `project_stored` then
 makes the bound hold on the stored integers.
 """
@@ -19,7 +21,7 @@ import torch
 
 from medfake.errors import MedfakeError
 from medfake.protect.config import OptimizeConfig
-from medfake.protect.surrogate import Surrogate
+from medfake.protect.surrogate import Surrogate, gaussian
 from medfake.scan import Scan, mask_box
 
 def core_ball(surrogate: Surrogate, geo) -> torch.Tensor:
@@ -43,6 +45,21 @@ def site_loss(surrogate: Surrogate, volume: torch.Tensor, scan: Scan, geo, sigma
         return t * torch.logsumexp(means / t, dim=0)
     block, _ = surrogate.tamper_block(volume, scan, geo, sigma=sigma)
     return sign * block[core].mean() / 100.0
+
+
+def expected_loss(surrogate: Surrogate, volume: torch.Tensor, scan: Scan, geo, sigma: float,
+                  config: OptimizeConfig, rng) -> torch.Tensor:
+    """`site_loss`, averaged over a blur the attacker's copy may have had (σ drawn from {0, ½, 1}·eot_blur_mm,
+    few values so the blur matrices stay cached) and over `ghosts` dropout samples of the generator."""
+    if config.eot_blur_mm > 0:
+        sigma_mm = config.eot_blur_mm * rng.integers(0, 3) / 2.0
+        if sigma_mm > 0:
+            volume = gaussian(volume, sigma_mm, scan.spacing)
+    if not config.ghosts:
+        return site_loss(surrogate, volume, scan, geo, sigma, config.soft_views_hu)
+    with surrogate.dropout():
+        return sum(site_loss(surrogate, volume, scan, geo, sigma, config.soft_views_hu)
+                   for _ in range(config.ghosts)) / config.ghosts
 
 
 def attack_sites(surrogate: Surrogate, scan: Scan, lung: np.ndarray, config: OptimizeConfig,
@@ -112,7 +129,7 @@ def optimize_perturbation(scan: Scan, surrogates: list[Surrogate], budget_hu: fl
             local.requires_grad_(True)
             x = torch.from_numpy(np.asarray(local_scan.voxels, dtype=np.float32))
             geo = surrogate.geometry(local_scan, local_zyx)
-            loss = site_loss(surrogate, x + local, local_scan, geo, noise_sigma, config.soft_views_hu)
+            loss = expected_loss(surrogate, x + local, local_scan, geo, noise_sigma, config, rng)
             (g,) = torch.autograd.grad(loss, local)
             grad[part] += g[inner]
             touched.append(part)

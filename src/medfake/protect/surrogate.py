@@ -17,6 +17,7 @@ This is the ONLY module of `medfake.protect` that imports `medfake.tamper`.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -148,6 +149,18 @@ class Surrogate:
         weight = torch.from_numpy(radial_weight(distance, *self.blend_mm))
         return SiteGeometry(grid.center, start, tuple(int(v) for v in shape), to_iso, b_start, b_shape, distance,
                             from_iso, weight)
+
+    @contextmanager
+    def dropout(self):
+        """The generator with its dropout layers sampling (batch norm keeps its running statistics)."""
+        layers = [m for m in self.generator.modules() if isinstance(m, torch.nn.Dropout)]
+        for layer in layers:
+            layer.train(True)
+        try:
+            yield self
+        finally:
+            for layer in layers:
+                layer.train(False)
 
     def source_shape(self, scan: Scan) -> np.ndarray:
         c = self.config
