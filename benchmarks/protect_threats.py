@@ -45,7 +45,7 @@ SHARED = Path("/work/runs/bench_tamper")
 
 def attackers(white: dict, grey: dict) -> list[Attacker]:
     out = [Attacker(f"white-box {a}", "white-box", a, threats.ctgan_attack(m)) for a, m in white.items()]
-    out += [Attacker(f"grey-box {a} (other seed, short training)", "grey-box", a, threats.ctgan_attack(m))
+    out += [Attacker(f"grey-box {a} (other seed)", "grey-box", a, threats.ctgan_attack(m))
             for a, m in grey.items()]
     out += [Attacker("black-box inject (copy-move)", "black-box", "inject", threats.classical_attack("copy-move")),
             Attacker("black-box remove (in-paint)", "black-box", "remove", threats.classical_attack("inpaint"))]
@@ -56,9 +56,10 @@ def attackers(white: dict, grey: dict) -> list[Attacker]:
     return out
 
 
-def focused(sites: dict, budget: float) -> OptimizeConfig:
-    return OptimizeConfig(passes=16, sites_per_step=1, step_hu=budget / 8, jitter_mm=0.0, focus_mm=0.5,
-                          focus_zyx=[list(s) for v in sites.values() for s in v])
+def focused(sites: dict, budget: float, eot_blur_mm: float = 0.0, ghosts: int = 0, passes: int = 16) -> OptimizeConfig:
+    return OptimizeConfig(passes=passes, sites_per_step=1, step_hu=budget / 8, jitter_mm=0.0, focus_mm=0.5,
+                          focus_zyx=[list(s) for v in sites.values() for s in v], eot_blur_mm=eot_blur_mm,
+                          ghosts=ghosts)
 
 
 def main() -> None:
@@ -74,6 +75,13 @@ def main() -> None:
     parser.add_argument("--regimes", nargs="+", default=["baseline", "focused"],
                         choices=["baseline", "focused", "lungs"], help="lungs: protect the whole lung (free placement)")
     parser.add_argument("--name", default=None)
+    parser.add_argument("--eot-blur", type=float, default=0.0, help="protection: expectation over a blur (mm)")
+    parser.add_argument("--ghosts", type=int, default=0, help="protection: dropout samples of each generator")
+    parser.add_argument("--passes", type=int, default=16, help="protection: sign steps per site")
+    parser.add_argument("--ensemble", type=Path, nargs="*", default=[],
+                        help="protection: further injectors protected against (not evaluated as white-box)")
+    parser.add_argument("--threats", nargs="+", default=["white-box", "grey-box", "black-box", "benign", "adaptive"],
+                        help="which rows to evaluate")
     args = parser.parse_args()
     torch.set_num_threads(1)
     missing = [str(p) for p in (args.inject, args.remove) if not (p / "model" / "model.json").exists()]
@@ -88,12 +96,13 @@ def main() -> None:
     lung = lung_mask(scan)
     sites = evaluation_sites(scan, lung, ("inject", "remove"), args.sites, 0)
     print("sites", sites, flush=True)
-    surrogates = [Surrogate(m) for m in white.values()]
+    surrogates = [Surrogate(m) for m in white.values()] + [Surrogate(load_tamper_model(p)) for p in args.ensemble]
     t1 = time.time()
-    protected = protect_scan(scan, surrogates, ProtectConfig(args.budget, optimize=focused(sites, args.budget)),
+    optimize = focused(sites, args.budget, args.eot_blur, args.ghosts, args.passes)
+    protected = protect_scan(scan, surrogates, ProtectConfig(args.budget, optimize=optimize),
                              lung) if "focused" in args.regimes else None
     protect_seconds = time.time() - t1
-    ids = [m.model_id for m in white.values()]
+    ids = [s.model_id for s in surrogates]
     rng = np.random.default_rng(0)
     noise = np.where(lung, rng.integers(-int(args.budget), int(args.budget) + 1, scan.shape), 0)
     noisy = scan.with_voxels((scan.voxels + noise).astype(scan.voxels.dtype))
@@ -104,13 +113,18 @@ def main() -> None:
            "grey_box": {a: str(p) for a, p in (("inject", args.grey_inject), ("remove", args.grey_remove)) if p},
            "grey_note": args.grey_note, "budget_hu": args.budget, "sites": {a: [list(s) for s in v]
                                                                             for a, v in sites.items()},
-           "protection": "optimize against both white-box models, focused on the sites (jitter 0), 16 sign steps "
-                         "of budget/8, soft max over the flip views", "protect_seconds": round(protect_seconds, 1),
+           "protection": f"optimize against both white-box models{' and ' + str(len(args.ensemble)) + ' more' if args.ensemble else ''}, "
+                         f"focused on the sites (jitter 0), {args.passes} sign steps of budget/8, soft max over the flip views"
+                         + (f", expectation over a blur of up to {args.eot_blur:g} mm" if args.eot_blur else "")
+                         + (f", {args.ghosts} dropout samples per generator" if args.ghosts else ""),
+           "ensemble": [str(p) for p in args.ensemble], "threats": args.threats,
+           "protect_seconds": round(protect_seconds, 1),
            "machine": "2 shared CPU cores, heavily oversubscribed (seconds are wall clock)", "regimes": {}}
     regimes = [("trivial baseline: random ±budget noise in the lungs", noisy, white_rows, None)] \
         if "baseline" in args.regimes else []
     if protected is not None:
-        regimes.append(("focused (attacker's place known)", protected, attackers(white, grey), detectors))
+        chosen = [a for a in attackers(white, grey) if a.threat in args.threats]
+        regimes.append(("focused (attacker's place known)", protected, chosen, detectors))
     if "lungs" in args.regimes:
         t2 = time.time()
         whole = protect_scan(scan, surrogates, ProtectConfig(args.budget, optimize=OptimizeConfig()), lung)

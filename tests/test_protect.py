@@ -14,6 +14,7 @@ import torch
 
 from medfake.cli import main
 from medfake.data.samples import sample_path
+from medfake.errors import MedfakeError
 from medfake.io import load_scan, save_scan
 from medfake.protect.config import OptimizeConfig, ProtectConfig
 from medfake.protect.run import protect_scan
@@ -102,6 +103,32 @@ def test_remover_leaves_more_nodule_tissue_in_a_protected_scan(remover, lung1, l
     assert min(baseline) < 4.0
 
 
+def test_expectation_over_blur_and_dropout_still_protects(injector, lung1, lungs):
+    """The EOT options: the generator samples its dropout inside `Surrogate.dropout` only (eval mode after), and
+    a protection averaged over a σ ≤ 0.8 mm blur and two dropout samples still takes tissue off the white-box
+    injection, within the budget."""
+    from medfake.protect.optimize import local_crop, site_loss
+
+    surrogate = Surrogate(load_tamper_model(injector))
+    box, crop, zyx = local_crop(lung1, surrogate, SITE)
+    geo = surrogate.geometry(crop, zyx)
+    volume = torch.from_numpy(np.asarray(crop.voxels, dtype=np.float32))
+    plain = [float(site_loss(surrogate, volume, crop, geo, 20.0, 20.0)) for _ in range(2)]
+    with surrogate.dropout():
+        sampled = [float(site_loss(surrogate, volume, crop, geo, 20.0, 20.0)) for _ in range(2)]
+    assert plain[0] == plain[1] and sampled[0] != sampled[1]
+    assert not any(m.training for m in surrogate.generator.modules())
+    config = ProtectConfig(8.0, optimize=OptimizeConfig(passes=16, sites_per_step=1, step_hu=1.0, focus_zyx=[SITE],
+                                                        focus_mm=0.5, jitter_mm=0.0, eot_blur_mm=0.8, ghosts=2))
+    protected = protect_scan(lung1, [surrogate], config, lungs)
+    assert np.abs(protected.voxels.astype(np.int32) - lung1.voxels).max() == 8
+    model = surrogate.model
+    plain_scan, _ = tamper_scan(lung1, [SITE], "inject", model, rng=np.random.default_rng(0), lung=lungs)
+    guarded, _ = tamper_scan(protected, [SITE], "inject", model, rng=np.random.default_rng(0), lung=lungs)
+    before = core_mean(lung1, SITE)
+    assert core_mean(guarded, SITE) - before < core_mean(plain_scan, SITE) - before - 30
+
+
 def test_cli_end_to_end_dicom_budget_tags_and_record(injector, lung1_dicom, tmp_path):
     out = tmp_path / "prot"
     main(["protect", str(lung1_dicom), "-o", str(out), "--against", str(injector), "--budget-hu", "5.5",
@@ -177,6 +204,8 @@ def test_one_line_errors(injector, lung1, tmp_path, capsys):
     scan = str(sample_path("lung1"))
     base = ["protect", scan, "-o", str(tmp_path / "o")]
     _fails(capsys, base + ["--against", str(injector), "--budget-hu", "0"], "budget must be a positive")
+    with pytest.raises(MedfakeError, match="must not be negative"):
+        ProtectConfig(optimize=OptimizeConfig(ghosts=-1)).validate()
     _fails(capsys, base + ["--against", str(injector), "--action", "remove"], "trained to inject, not to remove")
     not_model = tmp_path / "detector_run"
     not_model.mkdir()
