@@ -52,7 +52,7 @@ def attackers(white: dict, grey: dict) -> list[Attacker]:
     for name, transform in threats.TRANSFORMS.items():
         out.append(Attacker(f"{threats.transform_kind(name)} {name}, then white-box inject",
                             threats.transform_kind(name), "inject",
-                            threats.before(transform, threats.ctgan_attack(white["inject"])), scored=False))
+                            threats.before(transform, threats.ctgan_attack(white["inject"]))))
     return out
 
 
