@@ -132,7 +132,7 @@ def test_expectation_over_blur_and_dropout_still_protects(injector, lung1, lungs
 def test_cli_end_to_end_dicom_budget_tags_and_record(injector, lung1_dicom, tmp_path):
     out = tmp_path / "prot"
     main(["protect", str(lung1_dicom), "-o", str(out), "--against", str(injector), "--budget-hu", "5.5",
-          "--passes", "16", "--focus", "1,300,150", "--focus-mm", "6"])  # 4 sign steps of 2 HU
+          "--passes", "16", "--focus", "1,300,150", "--focus-mm", "6", "--ghosts", "1", "--eot-blur-mm", "0.5"])
     written = out / "series_protected"
     original, protected = load_scan(lung1_dicom), load_scan(written)
     change = protected.voxels.astype(np.int32) - original.voxels.astype(np.int32)
@@ -145,6 +145,7 @@ def test_cli_end_to_end_dicom_budget_tags_and_record(injector, lung1_dicom, tmp_
     record = json.loads((out / "series_protected.protection.json").read_text())["config"]
     assert record["method"] == "optimize" and record["budget_hu"] == 5.5 and record["max_abs_change_hu"] == 5
     assert record["models"][0].startswith("run@60") and record["seconds"] > 0
+    assert record["optimize"]["ghosts"] == 1 and record["optimize"]["eot_blur_mm"] == 0.5
     assert load_scan(lung1_dicom).voxels.tolist() == original.voxels.tolist()  # input untouched
 
 

@@ -34,6 +34,10 @@ def protect(paths: list[Path] = typer.Argument(..., help="SCAN (DICOM folder/fil
             focus: str = typer.Option(None, "--focus", help="optimize: only protect within --focus-mm of z,y,x."),
             focus_mm: float = typer.Option(_O.focus_mm, "--focus-mm"),
             seed: int = typer.Option(_O.seed, "--seed"),
+            eot_blur_mm: float = typer.Option(_O.eot_blur_mm, "--eot-blur-mm", help="optimize: expectation over a "
+                                              "blur of the scan up to this σ (mm) before the tamperer reads it."),
+            ghosts: int = typer.Option(_O.ghosts, "--ghosts", help="optimize: dropout samples of each generator "
+                                       "per step (a cheap ensemble)."),
             fmt: str = typer.Option("same", "-f", "--format", help="same | dicom | mhd | nrrd | nifti | npz"),
             series: str = typer.Option(None, "--series", help="SeriesInstanceUID when the folder holds several.")):
     """Protect a scan: a perturbation within --budget-hu that makes the given tamperers fail; writes a derived
@@ -43,7 +47,7 @@ def protect(paths: list[Path] = typer.Argument(..., help="SCAN (DICOM folder/fil
     from medfake.tamper.run import parse_coordinate
 
     scan, runs = paths[0], list(against or []) + list(paths[1:])
-    optimize = type(_O)(passes=passes, seed=seed, focus_mm=focus_mm,
+    optimize = type(_O)(passes=passes, seed=seed, focus_mm=focus_mm, eot_blur_mm=eot_blur_mm, ghosts=ghosts,
                         focus_zyx=[[int(round(v)) for v in parse_coordinate(focus, "vox")]] if focus else [])
     config = ProtectConfig(budget, method, region, action, optimize)
     result = protect_file(scan, output, runs, config, fmt, series, protector)
