@@ -52,21 +52,24 @@ class AttackConfig:
 class GeneratorConfig:
     steps: int = 600
     batch_size: int = 4
-    lr: float = 2e-4
+    lr: float = 1e-3
     n_critic: int = 5
     lambda_gp: float = 10.0
     w_adv: float = 0.05
     beta_kl: float = 1e-3
     width: int = 16
     latent: int = 4
-    coarse: int = 8
+    coarse: int = 4
     critic_width: int = 16
+    conditioned: bool = True  # the generator also sees the target's clean class probabilities S(x)
+    w_teacher: float = 5.0  # >0: also imitate optimize mode's fields on the training slices (fitted first)
     seed: int = 0
     snapshot_every: int = 500
 
-    def network(self, pixel_mm: float, std_hu: float, attack: AttackConfig) -> dict:
+    def network(self, pixel_mm: float, std_hu: float, attack: AttackConfig, classes: int) -> dict:
         return {"width": self.width, "latent": self.latent, "depth": 4, "coarse": self.coarse,
-                "max_disp": attack.max_disp_mm / pixel_mm, "max_bias": attack.max_bias_hu / std_hu}
+                "max_disp": attack.max_disp_mm / pixel_mm, "max_bias": attack.max_bias_hu / std_hu,
+                "in_channels": 1 + (classes if self.conditioned else 0)}
 
 
 @dataclass

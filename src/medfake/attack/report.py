@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medfake.attack.optimize import Outcome, Problem
+from medfake.attack.problem import Outcome, Problem
 
 WINDOW = (-160.0, 240.0)  # abdomen display window (HU)
 

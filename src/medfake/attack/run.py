@@ -16,8 +16,9 @@ import torch
 from medfake.attack.data import axial_slices, load_labelled
 from medfake.attack.fields import jacobian_determinant, perceptibility, ssim
 from medfake.attack.generator import GeneratorConfig, apply_generator, load_generator, train_generator
-from medfake.attack.optimize import (AttackConfig, Outcome, Problem, mean_drop, optimize_fields, pgd_at_drop,
-                                     relative_drops)
+from medfake.attack.config import AttackConfig
+from medfake.attack.optimize import optimize_fields, pgd_at_drop
+from medfake.attack.problem import Outcome, Problem, mean_drop, relative_drops
 from medfake.attack.target import load_target
 from medfake.errors import MedfakeError
 
@@ -53,6 +54,7 @@ def summarise(problem: Problem, outcome: Outcome) -> dict:
         "bias_min_hu": _num(outcome.b_hu.min()), "bias_max_hu": _num(outcome.b_hu.max()),
         "perceptibility_bias": _num(np.sqrt(np.mean(outcome.b_hu ** 2)) / (np.std(problem.slices.images) + 1e-8)),
         "seconds": round(outcome.seconds, 3), "iterations": outcome.iterations,
+        "calibration": outcome.calibration,
     }
 
 

@@ -86,7 +86,8 @@ def segmentation_audit(cells: Cells, config: dict) -> dict:
     target_path = options["target"] or cells.run("segaudit-target", train)
 
     def attack(folder: Path):
-        from medfake.attack.optimize import AttackConfig, Problem
+        from medfake.attack.config import AttackConfig
+        from medfake.attack.problem import Problem
         from medfake.attack.run import audit_problem
         from medfake.attack.target import load_target
 

@@ -29,48 +29,55 @@ def conv_block(c_in: int, c_out: int, stride: int = 1, norm: bool = True) -> nn.
 
 
 class FieldDecoder(nn.Module):
-    """Latent map (at 1/2^depth of the image) → a coarse field at 1/`coarse` of the image; the caller's
-    bilinear upsampling makes it smooth (its gradient is bounded by the coarse cell size)."""
+    """Latent map (at 1/2^depth of the image) → a coarse field at 1/`coarse` of the image, each 2× upsampling
+    joined by the shared encoder's features at that scale (U-Net skips: the field can follow the organ
+    boundaries); the caller's bilinear upsampling makes it smooth (its gradient is bounded by the cell size)."""
 
-    def __init__(self, latent: int, width: int, out_channels: int, ups: int):
+    def __init__(self, latent: int, width: int, out_channels: int, skip_widths: list[int]):
         super().__init__()
-        layers: list[nn.Module] = [conv_block(latent, width)]
-        for _ in range(ups):
-            layers += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), conv_block(width, width)]
-        layers.append(nn.Conv2d(width, out_channels, 3, padding=1))
-        self.net = nn.Sequential(*layers)
-        nn.init.zeros_(self.net[-1].weight)  # start at the identity transform
-        nn.init.zeros_(self.net[-1].bias)
+        self.inlet = conv_block(latent, width)
+        self.ups = nn.ModuleList(conv_block(width + w, width) for w in skip_widths)
+        self.out = nn.Conv2d(width, out_channels, 3, padding=1)
+        nn.init.zeros_(self.out.weight)  # start at the identity transform
+        nn.init.zeros_(self.out.bias)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
+    def forward(self, z: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        h = self.inlet(z)
+        for block, skip in zip(self.ups, skips):
+            h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            h = block(torch.cat([h, skip], dim=1))
+        return self.out(h)
 
 
 class FieldGenerator(nn.Module):
-    """x (B,1,H,W, intensity-normalised) → u (B,2,H,W, pixels, (dx, dy)), b (B,1,H,W, normalised units), KL.
+    """x (B,C,H,W: the intensity-normalised image, optionally with more channels, e.g. the target's clean
+    class probabilities) → u (B,2,H,W, pixels, (dx, dy)), b (B,1,H,W, normalised units), KL.
 
     A shared encoder downsamples by 2^depth; two Gaussian latents (μ, log σ²) per position, one for u and
     one for b; two decoders of the same architecture with separate weights bring them up to 1/`coarse` of
-    the image; tanh bounds them to ±max_disp pixels and ±max_bias, and bilinear upsampling gives full
-    resolution. Sampling the latents gives different adversarial examples for one image."""
+    the image, with the encoder's features at each scale; tanh bounds them to ±max_disp pixels and ±max_bias,
+    and bilinear upsampling gives full resolution. Sampling the latents gives different adversarial examples
+    for one image."""
 
     def __init__(self, width: int = 32, latent: int = 8, depth: int = 4, coarse: int = 8,
-                 max_disp: float = 4.0, max_bias: float = 1.0):
+                 max_disp: float = 4.0, max_bias: float = 1.0, in_channels: int = 1):
         super().__init__()
         if coarse > 2 ** depth or coarse & (coarse - 1):
             raise ValueError("coarse must be a power of two ≤ 2**depth")
         self.depth, self.coarse, self.max_disp, self.max_bias = depth, coarse, max_disp, max_bias
+        self.in_channels = in_channels
         widths = [min(width * 2 ** i, 4 * width) for i in range(depth)]
-        blocks, c_in = [], 1
+        stages, c_in = [], in_channels
         for w in widths:
-            blocks += [conv_block(c_in, w, stride=2), conv_block(w, w)]
+            stages.append(nn.Sequential(conv_block(c_in, w, stride=2), conv_block(w, w)))
             c_in = w
-        self.encoder = nn.Sequential(*blocks)
+        self.encoder = nn.ModuleList(stages)
         self.to_latent_u = nn.Conv2d(c_in, 2 * latent, 1)
         self.to_latent_b = nn.Conv2d(c_in, 2 * latent, 1)
-        ups = depth - coarse.bit_length() + 1
-        self.decode_u = FieldDecoder(latent, width, 2, ups)
-        self.decode_b = FieldDecoder(latent, width, 1, ups)
+        ups = depth - coarse.bit_length() + 1  # the encoder stages between the latent and the coarse grid
+        self.skip_stages = list(range(depth - 2, depth - 2 - ups, -1))
+        self.decode_u = FieldDecoder(latent, width, 2, [widths[i] for i in self.skip_stages])
+        self.decode_b = FieldDecoder(latent, width, 1, [widths[i] for i in self.skip_stages])
 
     @property
     def multiple(self) -> int:
@@ -86,13 +93,17 @@ class FieldGenerator(nn.Module):
         return z, kl
 
     def forward(self, x: torch.Tensor, stochastic: bool = True):
-        h = self.encoder(x)
+        features, h = [], x
+        for stage in self.encoder:
+            h = stage(h)
+            features.append(h)
+        skips = [features[i] for i in self.skip_stages]
         z_u, kl_u = self.sample(self.to_latent_u(h), stochastic)
         z_b, kl_b = self.sample(self.to_latent_b(h), stochastic)
         size = x.shape[-2:]
-        u = F.interpolate(self.max_disp * torch.tanh(self.decode_u(z_u)), size=size, mode="bilinear",
+        u = F.interpolate(self.max_disp * torch.tanh(self.decode_u(z_u, skips)), size=size, mode="bilinear",
                           align_corners=False)
-        b = F.interpolate(self.max_bias * torch.tanh(self.decode_b(z_b)), size=size, mode="bilinear",
+        b = F.interpolate(self.max_bias * torch.tanh(self.decode_b(z_b, skips)), size=size, mode="bilinear",
                           align_corners=False)
         return u, b, kl_u + kl_b
 
