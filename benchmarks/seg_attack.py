@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--channels", default="8,16,32,64", help="target U-Net channels (small: 2 shared cores)")
     parser.add_argument("--dicom-every", type=int, default=4, help="every N-th DICOM slice (load)")
     parser.add_argument("--target", help="reuse a `medfake train segmenter` run (trained with --holdout-every 4)")
+    parser.add_argument("--generator", help="reuse a generator trained by this script (its gen/ folder)")
     parser.add_argument("--pgd-iters", type=int, default=10, help="bisection iterations on PGD/FGSM's ε (at most)")
     parser.add_argument("--out", default=str(RESULTS / "seg_attack.json"))
     args = parser.parse_args()
@@ -163,12 +164,18 @@ def main() -> None:
     dscan, dlabels = load_labelled(d / "example_ct_dicom", d / "example_seg_dicom.nii.gz")
     dicom = axial_slices(dscan, dlabels, target.organs, 3.0, z=list(range(0, dscan.shape[0], args.dicom_every)))
     attack = AttackConfig(drop=0.3, steps=args.steps)
-    print("training the generator (drop 0.3) on the training slices", flush=True)
     start = time.perf_counter()
-    gen_config = GeneratorConfig(steps=args.gen_steps, n_critic=2, coarse=args.gen_coarse, snapshot_every=args.gen_steps)
-    gen_run = train_generator(Problem(target, train_set), work / "gen", gen_config, attack, show_progress=False)
-    result["generator_training_seconds"] = round(time.perf_counter() - start, 1)
-    result["generator_config"] = vars(gen_config)
+    if args.generator:  # a generator run of this script (its run.json holds its config and commit)
+        gen_run = Path(args.generator)
+        record = json.loads((gen_run / "run.json").read_text())
+        result["generator_training"] = {"reused_run": str(gen_run), "config": record["config"]["model"]["generator"],
+                                        "trained_at_commit": record.get("git_commit")}
+    else:
+        print("training the generator (drop 0.3) on the training slices", flush=True)
+        gen_config = GeneratorConfig(steps=args.gen_steps, n_critic=2, coarse=args.gen_coarse,
+                                     snapshot_every=args.gen_steps)
+        gen_run = train_generator(Problem(target, train_set), work / "gen", gen_config, attack, show_progress=False)
+        result["generator_training"] = {"seconds": round(time.perf_counter() - start, 1), "config": vars(gen_config)}
     held_problem = Problem(target, held)
     result["held_out_slices"] = audit_set(held_problem, attack, gen_run, "held-out slices")
     result["dicom_patient"] = audit_set(Problem(target, dicom), attack, gen_run, "DICOM patient")

@@ -83,11 +83,12 @@ def bisect(fn, goal: float, low: float, high: float, iters: int, tolerance: floa
 
 
 def calibrate_to_drop(problem: Problem, u: torch.Tensor, b: torch.Tensor, drop: float, weights: torch.Tensor,
-                      iters: int = 8, high: float = 2.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                      iters: int = 8, high: float = 4.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The organ scales bisected so that every organ's relative Dice drop (over the stack, against the labels
-    warped by u) is `drop`: s_k = d_k·t_k, t_k in [0, high]. d_k = −1 for an organ whose Dice rises under the
-    fields as proposed (its drop at s = 1 is negative: the opposite sign is searched), else 1. Returns the
-    calibrated fields and {scales, passes} (1 + `iters` target passes at most)."""
+    warped by u) is `drop`: s_k = d_k·t_k, t_k in [0, high] (4: a proposal may fall short of the drop);
+    d_k = −1 for an organ whose Dice rises under the fields as proposed (its drop at s = 1 is negative: the
+    opposite sign is searched), else 1. Returns the calibrated fields and {scales, passes} (1 + `iters` target
+    passes at most)."""
 
     def drops(scales):
         after = evaluate(problem, *scaled_fields(u, b, weights, scales), "").dice_after
