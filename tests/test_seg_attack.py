@@ -164,7 +164,7 @@ def test_generator_proposals_calibrated_per_organ_hit_the_requested_drop(segment
     outcome = apply_generator(problem, gen, attack, rescale_bias=info["std_hu"] / problem.std)
     drops = relative_drops(problem.dice_before, outcome.dice_after)
     assert np.all(np.abs(drops - 0.3) <= 0.05), drops
-    assert outcome.calibration["passes"] <= 9 and all(abs(s) <= 2 for s in outcome.calibration["scales"])
+    assert outcome.calibration["passes"] <= 9 and all(abs(s) <= 4 for s in outcome.calibration["scales"])
     far = organ_envelope(problem, 4)[:, 0].numpy() == 0
     assert np.abs(outcome.b_hu[far]).max() == 0 and np.abs(outcome.u).max(axis=1)[far].max() == 0
     assert float((jacobian_determinant(torch.from_numpy(outcome.u)) <= 0).sum()) == 0

@@ -87,15 +87,19 @@ def calibrate_to_drop(problem: Problem, u: torch.Tensor, b: torch.Tensor, drop: 
     """The organ scales bisected so that every organ's relative Dice drop (over the stack, against the labels
     warped by u) is `drop`: s_k = d_k·t_k, t_k in [0, high] (4: a proposal may fall short of the drop);
     d_k = −1 for an organ whose Dice rises under the fields as proposed (its drop at s = 1 is negative: the
-    opposite sign is searched), else 1. Returns the calibrated fields and {scales, passes} (1 + `iters` target
+    opposite sign is searched), none for an organ with no drop to reach (absent, or not segmented at all: its s
+    stays 1), else 1. Returns the calibrated fields and {scales, passes} (1 + `iters` target
     passes at most)."""
 
     def drops(scales):
         after = evaluate(problem, *scaled_fields(u, b, weights, scales), "").dice_after
         return relative_drops(problem.dice_before, after)
 
-    direction = np.where(drops(np.ones(problem.classes - 1)) < 0, -1.0, 1.0)
-    amounts, passes = bisect_many(lambda t: drops(direction * t), drop, 0.0, high, iters, problem.classes - 1)
-    scales = direction * amounts
+    at_one = drops(np.ones(problem.classes - 1))
+    direction = np.where(np.isnan(at_one), 0.0, np.where(at_one < 0, -1.0, 1.0))
+    unscaled = direction == 0  # kept as proposed
+    amounts, passes = bisect_many(lambda t: drops(np.where(unscaled, 1.0, direction * t)), drop, 0.0, high, iters,
+                                  problem.classes - 1)
+    scales = np.where(unscaled, 1.0, direction * amounts)
     u_s, b_s = scaled_fields(u, b, weights, scales)
     return u_s, b_s, {"scales": [round(float(s), 4) for s in scales], "passes": passes + 1}
