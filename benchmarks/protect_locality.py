@@ -20,19 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medfake.data.samples import sample_path
-from medfake.io import load_scan
-from medfake.lungmask import lung_mask
 from medfake.protect import threats
 from medfake.protect.config import OptimizeConfig, ProtectConfig
 from medfake.protect.evaluate import disruption
-from medfake.protect.report import evaluation_sites
 from medfake.protect.run import protect_scan
 from medfake.protect.surrogate import Surrogate, load_tamper_model
-from medfake.runinfo import write_run_record
+from protect_bench import SHARED, save, scan_and_sites, trained
 
-RESULTS = Path(__file__).parent / "results"
-SHARED = Path("/work/runs/bench_tamper")
 KEEP = ("success_unprotected", "success_protected", "core_shell_unprotected", "core_shell_protected",
         "core_change_unprotected_hu", "core_change_protected_hu")
 
@@ -55,15 +49,12 @@ def main() -> None:
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    if not (args.inject / "model" / "model.json").exists():
-        print(f"skipped: no trained injector at {args.inject} (run benchmarks/tamper_train.py first)")
+    if not trained(args.inject, "injector"):
         return
     name = args.name or f"protect_locality_{args.scan}"
     t0 = time.time()
     model = load_tamper_model(args.inject)
-    scan = load_scan(sample_path(args.scan))
-    lung = lung_mask(scan)
-    sites = evaluation_sites(scan, lung, ("inject",), args.sites, 0)["inject"]
+    scan, lung, sites = scan_and_sites(args.scan, "inject", args.sites)
     config = OptimizeConfig(passes=16, sites_per_step=1, step_hu=args.budget / 8, jitter_mm=0.0, focus_mm=0.5,
                             focus_zyx=[list(s) for s in sites])
     protected = protect_scan(scan, [Surrogate(model)], ProtectConfig(args.budget, optimize=config), lung)
@@ -78,11 +69,8 @@ def main() -> None:
            "model_id": model.model_id, "budget_hu": args.budget,
            "protection": "optimize focused on the sites, 16 sign steps of budget/8, jitter 0",
            "attack": "the white-box injector at each site shifted by d mm along +y, -y, +x, -x",
-           "shifts": rows, "total_seconds": round(time.time() - t0, 1),
-           "machine": "2 shared CPU cores, oversubscribed (seconds are wall clock)"}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2, default=float))
-    write_run_record(RESULTS, {k: str(v) for k, v in vars(args).items()}, 0, name=f"{name}.run.json")
+           "shifts": rows, "total_seconds": round(time.time() - t0, 1)}
+    save(name, out, args)
 
 
 if __name__ == "__main__":

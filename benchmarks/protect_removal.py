@@ -29,20 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medfake.data.samples import sample_path
-from medfake.io import load_scan
-from medfake.lungmask import lung_mask
 from medfake.protect import threats
 from medfake.protect.config import OptimizeConfig, ProtectConfig
 from medfake.protect.evaluate import disruption
-from medfake.protect.report import evaluation_sites
 from medfake.protect.run import protect_scan
 from medfake.protect.surrogate import Surrogate, load_tamper_model
-from medfake.runinfo import write_run_record
 from medfake.tamper.noise import residual
 
-RESULTS = Path(__file__).parent / "results"
-SHARED = Path("/work/runs/bench_tamper")
+from protect_bench import SHARED, save, scan_and_sites, trained
 
 
 def focused(sites, budget: float, passes: int) -> OptimizeConfig:
@@ -78,15 +72,12 @@ def main() -> None:
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    if not (args.remove / "model" / "model.json").exists():
-        print(f"skipped: no trained remover at {args.remove} (run benchmarks/tamper_train.py first)")
+    if not trained(args.remove, "remover"):
         return
     name = args.name or f"protect_removal_{args.scan}"
     t0 = time.time()
     model = load_tamper_model(args.remove)
-    scan = load_scan(sample_path(args.scan))
-    lung = lung_mask(scan)
-    sites = evaluation_sites(scan, lung, ("remove",), args.sites, 0)["remove"]
+    scan, lung, sites = scan_and_sites(args.scan, "remove", args.sites)
     print("sites", sites, flush=True)
     attack = threats.ctgan_attack(model)
     surrogate = Surrogate(model)
@@ -110,11 +101,8 @@ def main() -> None:
            "model_id": model.model_id, "sites": [list(s) for s in sites], "passes": args.passes,
            "judges": "CAD (nodule within 5 mm) and core/shell HU rule; success = the nodule is gone, no new "
                      "saturated voxel; core change = mean HU change in a 2.5 mm disc at the site vs the original",
-           "designs": designs, "total_seconds": round(time.time() - t0, 1),
-           "machine": "2 shared CPU cores, oversubscribed (seconds are wall clock)"}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2, default=float))
-    write_run_record(RESULTS, {k: str(v) for k, v in vars(args).items()}, 0, name=f"{name}.run.json")
+           "designs": designs, "total_seconds": round(time.time() - t0, 1)}
+    save(name, out, args)
 
 
 if __name__ == "__main__":

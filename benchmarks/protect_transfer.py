@@ -27,19 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medfake.data.samples import sample_path
-from medfake.io import load_scan
-from medfake.lungmask import lung_mask
 from medfake.protect import threats
 from medfake.protect.config import OptimizeConfig, ProtectConfig
 from medfake.protect.evaluate import disruption
-from medfake.protect.report import evaluation_sites
 from medfake.protect.run import protect_scan
 from medfake.protect.surrogate import Surrogate, load_tamper_model
-from medfake.runinfo import write_run_record
 
-RESULTS = Path(__file__).parent / "results"
-SHARED = Path("/work/runs/bench_tamper")
+from protect_bench import SHARED, save, scan_and_sites, trained
 KEEP = ("success_unprotected", "success_protected", "core_shell_unprotected", "core_shell_protected",
         "core_change_unprotected_hu", "core_change_protected_hu")
 
@@ -66,15 +60,12 @@ def main() -> None:
     if args.grey is None or args.ensemble is None:  # `make bench`: the extra models are trained by hand
         print("skipped: give --grey RUN and --ensemble RUN (e.g. `medfake train inject --seed 1 --max-minutes 22`)")
         return
-    if not (args.inject / "model" / "model.json").exists():
-        print(f"skipped: no trained injector at {args.inject} (run benchmarks/tamper_train.py first)")
+    if not trained(args.inject, "injector"):
         return
     name = args.name or f"protect_transfer_{args.scan}"
     t0 = time.time()
     white, grey, extra = (Surrogate(load_tamper_model(p)) for p in (args.inject, args.grey, args.ensemble))
-    scan = load_scan(sample_path(args.scan))
-    lung = lung_mask(scan)
-    sites = evaluation_sites(scan, lung, ("inject",), args.sites, 0)["inject"]
+    scan, lung, sites = scan_and_sites(args.scan, "inject", args.sites)
     print("sites", sites, flush=True)
     b = args.budget
     designs = {"white": ([white], b, 0.0, 0), "white + ghosts": ([white], b, 0.0, 2),
@@ -107,11 +98,8 @@ def main() -> None:
            "ensemble": extra.model_id, "ensemble_note": args.ensemble_note,
            "judges": "CAD (a nodule within 5 mm, no new saturated voxel) and core/shell HU rule; core change = "
                      "mean HU added in a 2.5 mm disc at the site",
-           "designs": out_designs, "total_seconds": round(time.time() - t0, 1),
-           "machine": "2 shared CPU cores, oversubscribed (seconds are wall clock)"}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2, default=float))
-    write_run_record(RESULTS, {k: str(v) for k, v in vars(args).items()}, 0, name=f"{name}.run.json")
+           "designs": out_designs, "total_seconds": round(time.time() - t0, 1)}
+    save(name, out, args)
 
 
 if __name__ == "__main__":
