@@ -25,7 +25,9 @@ def protect(paths: list[Path] = typer.Argument(..., help="SCAN (DICOM folder/fil
             output: Path = typer.Option(..., "-o", "--output", help="Output folder (protected scan + record)."),
             against: list[Path] = typer.Option(None, "--against", help="Tamper model run folder(s) to protect against."),
             budget: float = typer.Option(_P.budget_hu, "--budget-hu", help="L-inf budget on the stored voxels (HU)."),
-            method: str = typer.Option(_P.method, "--method", help="optimize | network"),
+            method: str = typer.Option(_P.method, "--method", help="optimize | network | watermark (keyed, "
+                                       "makes tampering detectable: `medfake verify-watermark`)"),
+            key: str = typer.Option(None, "--key", help="method watermark: the secret key (never stored)."),
             region: str = typer.Option(_P.region, "--region", help="lungs | all: where voxels may change."),
             action: str = typer.Option(None, "--action", help="inject | remove: refuse models for the other action."),
             protector: Path = typer.Option(None, "--protector", help="method network: run folder of "
@@ -49,7 +51,7 @@ def protect(paths: list[Path] = typer.Argument(..., help="SCAN (DICOM folder/fil
     scan, runs = paths[0], list(against or []) + list(paths[1:])
     optimize = type(_O)(passes=passes, seed=seed, focus_mm=focus_mm, eot_blur_mm=eot_blur_mm, ghosts=ghosts,
                         focus_zyx=[[int(round(v)) for v in parse_coordinate(focus, "vox")]] if focus else [])
-    config = ProtectConfig(budget, method, region, action, optimize)
+    config = ProtectConfig(budget, method, region, action, optimize, key=key)
     result = protect_file(scan, output, runs, config, fmt, series, protector)
     out.print(f"wrote {result.output} ({result.seconds:.0f} s); record {result.record}")
 
@@ -116,10 +118,30 @@ def evaluate_protection(paths: list[Path] = typer.Argument(..., help="Protected 
     out.print(f"{output}: protection.json, protection.md, panels/, report.html")
 
 
+def verify_watermark(scan: Path = typer.Argument(..., help="A scan watermarked by `medfake protect --method "
+                                                 "watermark` (possibly tampered or processed since)."),
+                     key: str = typer.Option(None, "--key", help="The key the watermark was made with."),
+                     output: Path = typer.Option(..., "-o", "--output", help="Output folder (watermark.json, "
+                                                 "watermark.png)."),
+                     series: str = typer.Option(None, "--series", help="SeriesInstanceUID when the folder holds "
+                                                "several.")):
+    """Check a scan's keyed watermark: the correlation map in ~12 mm lung windows and the regions where it
+    collapsed (possible tampering), with voxel and world coordinates."""
+    from medfake.protect.watermark import require_key, verify_file
+
+    record = verify_file(scan, output, require_key(key), series)
+    out.print(f"{scan}: {record['verdict']} (whole-lung correlation {record['global_correlation']:.3f})")
+    for f in record["findings"][:10]:
+        out.print(f"  collapsed at voxel z,y,x {f['voxel_zyx']} (world x,y,z {f['world_xyz']} mm): "
+                  f"{f['cells']} cell(s), strength {f['min_strength']:.2f}, {f['max_drop_z']:.1f} SE below the scan")
+    out.print(f"{output}: watermark.json, watermark.png")
+
+
 def register(app, data_app, train_app) -> None:
     if id(app) in _registered:
         return
     _registered.add(id(app))
     app.command("protect")(protect)
     app.command("evaluate-protection")(evaluate_protection)
+    app.command("verify-watermark")(verify_watermark)
     train_app.command("protector")(train_protector)

@@ -9,7 +9,7 @@ import numpy as np
 from medfake.errors import MedfakeError
 from medfake.tamper.config import ACTIONS
 
-METHODS = ("optimize", "network")
+METHODS = ("optimize", "network", "watermark")
 REGIONS = ("lungs", "all")
 
 
@@ -38,6 +38,7 @@ class ProtectConfig:
     region: str = "lungs"
     action: str | None = None  # only models trained for this action (None: any)
     optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
+    key: str | None = field(default=None, repr=False)  # method watermark; never written to a record
 
     def validate(self) -> None:
         if not np.isfinite(self.budget_hu) or self.budget_hu <= 0:
@@ -48,5 +49,7 @@ class ProtectConfig:
             raise MedfakeError(f"region must be {' or '.join(REGIONS)}, not '{self.region}'")
         if self.action not in (None, *ACTIONS):
             raise MedfakeError(f"action must be inject or remove, not '{self.action}'")
+        if self.method == "watermark" and not self.key:
+            raise MedfakeError("method watermark needs a key (--key)")
         if self.optimize.eot_blur_mm < 0 or self.optimize.ghosts < 0:
             raise MedfakeError("eot_blur_mm and ghosts must not be negative")

@@ -60,6 +60,10 @@ def protect_scan(scan: Scan, surrogates: list[Surrogate], config: ProtectConfig,
     lung = lung_mask(scan) if lung is None else lung
     require_lungs(scan, lung)
     allowed = lung if config.region == "lungs" else np.ones(scan.shape, dtype=bool)
+    if config.method == "watermark":
+        from medfake.protect.watermark import embed
+
+        return embed(scan, config.key, config.budget_hu, allowed)
     if config.method == "network":
         if protector is None:
             raise MedfakeError("method network needs a trained protector (--protector RUN)")
@@ -78,6 +82,11 @@ def protect_scan(scan: Scan, surrogates: list[Surrogate], config: ProtectConfig,
 
 
 def derivation_text(config: ProtectConfig, model_ids: list[str]) -> str:
+    if config.method == "watermark":
+        from medfake.protect.watermark import key_fingerprint
+
+        return (f"medfake protect: keyed fragile watermark, L-inf budget {config.budget_hu:g} HU, region "
+                f"{config.region}, key fingerprint {key_fingerprint(config.key)}")
     text = (f"medfake protect: {config.method} perturbation, L-inf budget {config.budget_hu:g} HU, region "
             f"{config.region}, against {', '.join(model_ids)}")
     return text[:1000]
@@ -101,7 +110,7 @@ def protect_file(target: str | Path, outdir: str | Path, against, config: Protec
     config = config or ProtectConfig()
     config.validate()
     start = time.monotonic()
-    surrogates = load_attackers(list(against), config.action)
+    surrogates = [] if config.method == "watermark" else load_attackers(list(against), config.action)
     protector = None
     if config.method == "network":
         from medfake.protect.network import load_protector
@@ -127,6 +136,10 @@ def protect_file(target: str | Path, outdir: str | Path, against, config: Protec
               "seconds": round(seconds, 2), "max_abs_change_hu": float(change.max()),
               "changed_voxels": int(np.count_nonzero(change)), "optimize": asdict(config.optimize),
               "protector": str(protector_dir) if protector_dir else None}
+    if config.method == "watermark":  # the key itself is never written
+        from medfake.protect.watermark import key_fingerprint
+
+        record.update(optimize=None, models=[], actions=[], key_fingerprint=key_fingerprint(config.key))
     name = written.name.split(".")[0] + RECORD_SUFFIX
     path = write_run_record(outdir, record, config.optimize.seed, name=name)
     return ProtectResult(written, path, protected, seconds)
