@@ -118,11 +118,11 @@ def site_box(shape, spacing, zyx, window_mm: float = WINDOW_MM) -> tuple[slice, 
 
 
 def site_score(ev: Evidence, zyx, window_mm: float = WINDOW_MM) -> float:
-    """The watermark's strength in a window centred at `zyx` (lung voxels) relative to the whole scan's: ~1
-    untouched, ~0 where a tamperer rewrote the voxels. A site with no lung voxel, or a scan with no watermark,
-    scores 0."""
+    """The watermark's local amplitude (HU per unit of the pattern's high-pass) in a window centred at `zyx`
+    over lung voxels: about the scan's `reference` (~0.95 × budget) where untouched, ~0 where a tamperer
+    rewrote the voxels or with a wrong key; 0 where the window holds no lung."""
     rh, _, hh, _ = ev.sums_in(site_box(ev.residual.shape, ev.spacing, zyx, window_mm))
-    return float(rh / hh / ev.reference) if hh > 0 and ev.reference > 0 else 0.0
+    return float(rh / hh) if hh > 0 else 0.0
 
 
 @dataclass
