@@ -100,12 +100,19 @@ class Evidence:
         return float((r * h).sum()), float((r * r).sum()), float((h * h).sum()), int(m.sum())
 
 
-def evidence(scan: Scan, key: str, lung: np.ndarray | None = None) -> Evidence:
+def expected_residual(shape, key: str) -> np.ndarray:
+    """What the watermark leaves in the high-pass residual (up to its amplitude)."""
+    return highpass(unit_watermark(shape, key))
+
+
+def evidence(scan: Scan, key: str, lung: np.ndarray | None = None, expected: np.ndarray | None = None) -> Evidence:
+    """`expected`: `expected_residual(scan.shape, key)` when the caller checks many scans of one shape."""
     from medfake.lungmask import lung_mask
 
     lung = lung_mask(scan) if lung is None else lung
     residual = np.clip(highpass(scan.voxels), -RESIDUAL_CLIP_HU, RESIDUAL_CLIP_HU)
-    ev = Evidence(residual, highpass(unit_watermark(scan.shape, key)), np.asarray(lung, bool), scan.spacing)
+    expected = expected_residual(scan.shape, key) if expected is None else expected
+    ev = Evidence(residual, expected, np.asarray(lung, bool), scan.spacing)
     rh, rr, hh, _ = ev.sums_in(tuple(slice(None) for _ in range(3)))
     ev.reference = rh / hh if hh > 0 else 0.0
     ev.correlation = rh / np.sqrt(rr * hh) if rr * hh > 0 else 0.0
@@ -160,10 +167,11 @@ def strength_grid(ev: Evidence, window_mm: float = WINDOW_MM):
     return strength.astype(np.float32), drop_z.astype(np.float32), centers, step, window
 
 
-def verify(scan: Scan, key: str, lung: np.ndarray | None = None, window_mm: float = WINDOW_MM) -> Verification:
+def verify(scan: Scan, key: str, lung: np.ndarray | None = None, window_mm: float = WINDOW_MM,
+           ev: Evidence | None = None) -> Verification:
     """Where the key's watermark is present and where it collapsed (findings: connected groups of cells whose
     strength fell below TAMPERED_STRENGTH and DROP_Z standard errors below the scan's)."""
-    ev = evidence(scan, key, lung)
+    ev = evidence(scan, key, lung) if ev is None else ev
     if not ev.lung.any():
         raise MedfakeError("no lungs found in this scan: the watermark is checked in lung voxels", scan.path)
     strength, drop_z, centers, step, window = strength_grid(ev, window_mm)
