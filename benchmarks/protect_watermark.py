@@ -43,6 +43,7 @@ RESULTS = Path(__file__).parent / "results"
 BENCH = Path("/work/runs/bench_tamper")
 KEY, WRONG = "benchmark key 2026", "not the key"
 LUNG1_NODULE = (33, 359, 218)
+SMALL_WINDOW_MM = 8.0  # a second, smaller site window (more of it is tampered, fewer voxels to average)
 PROCESSING = ["dicom-resave", "blur-0.5mm", "resample-1mm", "jpeg2000-10to1", "median-3x3x1"]
 
 
@@ -92,6 +93,7 @@ def check(scan, expected, key_expected, sites, keys=(KEY, WRONG)) -> dict:
     for key in keys:
         ev = wm.evidence(scan, key, lung, key_expected[key])
         out[key] = [wm.site_score(ev, s) for s in sites]
+        out[key + " 8mm"] = [wm.site_score(ev, s, SMALL_WINDOW_MM) for s in sites]
         if key == KEY:
             result = wm.verify(scan, key, lung, ev=ev)
             out["present"], out["findings"] = result.present, [f["voxel_zyx"] for f in result.findings]
@@ -144,6 +146,8 @@ def run_scan(name, models, budget, n_sites, conditions, rows, summary):
                                                         - marked.voxels[site].astype(float))),
                              "score_tampered": positive[KEY][i], "score_untouched": negative[KEY][j],
                              "wrong_key_tampered": positive[WRONG][i], "wrong_key_untouched": negative[WRONG][j],
+                             "score8_tampered": positive[KEY + " 8mm"][i],
+                             "score8_untouched": negative[KEY + " 8mm"][j],
                              "found": near(positive["findings"], site, scan.spacing, 12.0),
                              "false_findings": sum(not any(near([f], s, scan.spacing, 15.0) for s in sites)
                                                    for f in positive["findings"])})
@@ -167,6 +171,7 @@ def table(rows, conditions) -> dict:
         sel = [r for r in rows if r["condition"] == condition]
         entry = {"right_key": auc(sel, "score_tampered", "score_untouched"),
                  "wrong_key": auc(sel, "wrong_key_tampered", "wrong_key_untouched"),
+                 "right_key_8mm_window": auc(sel, "score8_tampered", "score8_untouched"),
                  "found": f"{sum(r['found'] for r in sel)}/{len(sel)}",
                  "median_score_tampered": float(np.median([r["score_tampered"] for r in sel])),
                  "median_score_untouched": float(np.median([r["score_untouched"] for r in sel])),
@@ -178,7 +183,7 @@ def table(rows, conditions) -> dict:
                                for a in sorted({r["attack"] for r in sel})}}
         out[condition] = entry
         print(f"{condition:28s} AUC {entry['right_key'].get('auc')} {entry['right_key'].get('ci95')} "
-              f"wrong key {entry['wrong_key'].get('auc')} found {entry['found']} "
+              f"8mm {entry['right_key_8mm_window'].get('auc')} wrong key {entry['wrong_key'].get('auc')} found {entry['found']} "
               f"score {entry['median_score_tampered']:.2f} vs {entry['median_score_untouched']:.2f} "
               + " ".join(f"{a}={v.get('auc')}" for a, v in entry["by_attack"].items()), flush=True)
     return out
