@@ -14,3 +14,10 @@ def run_cli(args, capsys=None) -> tuple[int, str, str]:
         return code, "", ""
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def assert_one_line_error(args, capsys, expected: str) -> None:
+    """The CLI fails as bad input must: exit code 2 and one line on stderr naming the problem, no traceback."""
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and expected in err and "Traceback" not in err, (code, err)
+    assert len(err.strip().splitlines()) == 1, err

@@ -12,6 +12,7 @@ import pydicom
 import pytest
 import torch
 
+from clihelp import assert_one_line_error
 from medfake.cli import main
 from medfake.data.samples import sample_path
 from medfake.errors import MedfakeError
@@ -193,44 +194,37 @@ def plt_imread(path):
     return image.imread(path)
 
 
-def _fails(capsys, argv, message):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and message in err and "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1
-
-
 def test_one_line_errors(injector, lung1, tmp_path, capsys):
     scan = str(sample_path("lung1"))
     base = ["protect", scan, "-o", str(tmp_path / "o")]
-    _fails(capsys, base + ["--against", str(injector), "--budget-hu", "0"], "budget must be a positive")
+    assert_one_line_error(base + ["--against", str(injector), "--budget-hu", "0"], capsys, "budget must be a positive")
     with pytest.raises(MedfakeError, match="must not be negative"):
         ProtectConfig(optimize=OptimizeConfig(ghosts=-1)).validate()
-    _fails(capsys, base + ["--against", str(injector), "--action", "remove"], "trained to inject, not to remove")
+    assert_one_line_error(base + ["--against", str(injector), "--action", "remove"], capsys,
+                          "trained to inject, not to remove")
     not_model = tmp_path / "detector_run"
     not_model.mkdir()
     (not_model / "weights.pt").write_bytes(b"not a model")
-    _fails(capsys, base + ["--against", str(not_model)], "not a medfake tamper model")
+    assert_one_line_error(base + ["--against", str(not_model)], capsys, "not a medfake tamper model")
     bad = tmp_path / "bad_model" / "model"
     bad.mkdir(parents=True)
     (bad / "model.json").write_text((injector / "model" / "model.json").read_text())
     (bad / "generator.pt").write_bytes(b"garbage")
-    _fails(capsys, base + ["--against", str(bad.parent)], "cannot load generator weights")
+    assert_one_line_error(base + ["--against", str(bad.parent)], capsys, "cannot load generator weights")
     body = np.full((6, 96, 96), -1000, dtype=np.int16)  # air around a soft-tissue body: a CT without lungs
     body[:, 8:88, 8:88] = 40
     soft = lung1.with_voxels(body, spacing=(2.0, 1.0, 1.0))
     phantom = save_scan(soft, tmp_path / "phantom.nrrd")
-    _fails(capsys, ["protect", str(phantom), "-o", str(tmp_path / "o2"), "--against", str(injector)],
-           "no lung")
+    assert_one_line_error(["protect", str(phantom), "-o", str(tmp_path / "o2"), "--against", str(injector)],
+                          capsys, "no lung")
     assert not (tmp_path / "o").exists() and not (tmp_path / "o2").exists()
     evaluate = ["evaluate", "protection", str(phantom), "-o", str(tmp_path / "e")]
-    _fails(capsys, evaluate + ["--attacker", str(injector)], "no protection record")
-    _fails(capsys, evaluate, "give at least one attacker")
-    _fails(capsys, evaluate + ["--classical", "splice"], "unknown classical attack")
-    _fails(capsys, evaluate + ["--attacker", str(not_model)], "not a medfake tamper model")
+    assert_one_line_error(evaluate + ["--attacker", str(injector)], capsys, "no protection record")
+    assert_one_line_error(evaluate, capsys, "give at least one attacker")
+    assert_one_line_error(evaluate + ["--classical", "splice"], capsys, "unknown classical attack")
+    assert_one_line_error(evaluate + ["--attacker", str(not_model)], capsys, "not a medfake tamper model")
     (tmp_path / "phantom.protection.json").write_text("{not json")
-    _fails(capsys, evaluate + ["--attacker", str(injector)], "not a protection record")
+    assert_one_line_error(evaluate + ["--attacker", str(injector)], capsys, "not a protection record")
     assert not (tmp_path / "e").exists()
 
 

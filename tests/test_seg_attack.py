@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from clihelp import run_cli
+from clihelp import assert_one_line_error, run_cli
 from medfake.attack.data import SliceSet, axial_slices, labels_on_scan_grid, load_labelled, parse_classes
 from medfake.attack.fields import (dice_per_class, jacobian_determinant, max_gradient, soft_dice, warp,
                                    without_folding)
@@ -200,26 +200,21 @@ def test_cli_train_segmenter_writes_a_loadable_target(tmp_path, capsys):
     assert (run / "losses.csv").exists() and (run / "checkpoints/segmenter.pt").exists()
 
 
-def one_line_error(args, capsys, expected):
-    code, _, err = run_cli(args, capsys)
-    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-
-
 def test_bad_input_gives_one_line_errors(segmenter, tmp_path, capsys):
-    one_line_error(["attack", "segmentation", "--target", segmenter, "--scan", CT, "--labels", DICOM_SEG,
+    assert_one_line_error(["attack", "segmentation", "--target", segmenter, "--scan", CT, "--labels", DICOM_SEG,
                     "-o", tmp_path / "a"], capsys, "labels do not match the scan")
-    one_line_error(["train", "segmenter", "--scans", CT, "--labels", SEG, "--classes", "liver,heartt",
+    assert_one_line_error(["train", "segmenter", "--scans", CT, "--labels", SEG, "--classes", "liver,heartt",
                     "-o", tmp_path / "b"], capsys, "unknown organ 'heartt'")
     net = build_unet(3, channels=(4, 8), in_channels=3).eval()
     torch.jit.trace(net, torch.zeros(1, 3, 32, 32)).save(str(tmp_path / "rgb.ts"))
     (tmp_path / "rgb.yaml").write_text(yaml.safe_dump({"classes": "liver,spleen", "torchscript": "rgb.ts"}))
-    one_line_error(["attack", "segmentation", "--target", tmp_path / "rgb.yaml", "--scan", CT, "--labels", SEG,
+    assert_one_line_error(["attack", "segmentation", "--target", tmp_path / "rgb.yaml", "--scan", CT, "--labels", SEG,
                     "-o", tmp_path / "c"], capsys, "model rejects a 1-channel")
     (tmp_path / "four.yaml").write_text(yaml.safe_dump({"classes": "liver,spleen,kidneys,stomach",
                                                         "monai": {"name": "UNet", "args": {
                                                             "spatial_dims": 2, "in_channels": 1, "out_channels": 3,
                                                             "channels": [4, 8], "strides": [2]}}}))
-    one_line_error(["attack", "segmentation", "--target", tmp_path / "four.yaml", "--scan", CT, "--labels", SEG,
+    assert_one_line_error(["attack", "segmentation", "--target", tmp_path / "four.yaml", "--scan", CT, "--labels", SEG,
                     "-o", tmp_path / "d"], capsys, "model outputs shape (1, 3, 64, 64)")
     assert not any((tmp_path / n).exists() for n in "abcd")
 

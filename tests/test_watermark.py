@@ -10,6 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from clihelp import assert_one_line_error
 from medfake.cli import main
 from medfake.errors import MedfakeError
 from medfake.io import load_scan
@@ -73,14 +74,6 @@ def test_an_inpainted_site_is_found_where_it_was_made(marked, slab_lungs):
     assert np.mean([abs(wm.site_score(wrong, s)) for s in HEALTHY]) < 0.3 * ev.reference
 
 
-def _fails(capsys, argv, message):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and message in err and "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1
-
-
 def test_cli_end_to_end_dicom_and_errors(lung1_dicom, tmp_path, capsys):
     out = tmp_path / "marked"
     main(["protect", str(lung1_dicom), "-o", str(out), "--method", "watermark", "--key", KEY])
@@ -104,6 +97,8 @@ def test_cli_end_to_end_dicom_and_errors(lung1_dicom, tmp_path, capsys):
     assert not report["watermark_found"] and report["verdict"].startswith("no watermark found")
     assert "no watermark found" in capsys.readouterr().out
 
-    _fails(capsys, ["protect", str(lung1_dicom), "-o", str(tmp_path / "x"), "--method", "watermark"], "needs a key")
-    _fails(capsys, ["verify-watermark", str(written), "-o", str(tmp_path / "y")], "needs a key")
-    _fails(capsys, ["verify-watermark", str(tmp_path / "missing"), "--key", KEY, "-o", str(tmp_path / "z")], "missing")
+    assert_one_line_error(["protect", str(lung1_dicom), "-o", str(tmp_path / "x"), "--method", "watermark"], capsys,
+                          "needs a key")
+    assert_one_line_error(["verify-watermark", str(written), "-o", str(tmp_path / "y")], capsys, "needs a key")
+    assert_one_line_error(["verify-watermark", str(tmp_path / "missing"), "--key", KEY, "-o", str(tmp_path / "z")],
+                          capsys, "missing")
