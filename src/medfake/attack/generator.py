@@ -6,7 +6,8 @@ The generator sees x and S(x)'s class probabilities; both fields are multiplied 
 (problem.organ_envelope, as in optimize mode) in training and in use. Generator loss: L_att (α or drop, as in
 optimize.py) + λ₁‖∇u‖² + λ₂‖∇b‖² + folding penalty + λ_P·P + β_KL·KL − w_adv·C(x̃) + w_T·imitation, the last
 the relative squared distance to optimize mode's fields on the training slices (fitted first: the generator
-learns the per-scan optimum's patterns, which the attack loss alone finds slowly); critic loss (n_critic steps per generator step): C(x̃) − C(x) + λ_GP·(‖∇C(x̂)‖ − 1)².
+learns the per-scan optimum's patterns, which the attack loss alone finds slowly); critic loss (n_critic steps
+per generator step): C(x̃) − C(x) + λ_GP·(‖∇C(x̂)‖ − 1)².
 RMSProp (decay 0.9), the same learning rate for both. RUN folder: generator.pt + generator.json (+ the loop's
 files).
 """

@@ -2,7 +2,8 @@
 
 The same features as `selfref.site_features`, at nodule scale (`SelfRefConfig.screening()`), at every point of a
 coarse in-plane grid (≈ `step_mm`): for each band, σ inside a disc of `screen_inside_mm` and in the ring `ring_mm`,
-over the slices within `slab_mm`, on flat parenchyma only. The map stays on that grid (`GridMap`). σ here is the RMS (sums of squares convolve; the site scorer's median-based σ does not), and
+over the slices within `slab_mm`, on flat parenchyma only. The map stays on that grid (`GridMap`). σ here is
+the RMS (sums of squares convolve; the site scorer's median-based σ does not), and
 the calibration is the scan's own distribution of the feature over its lung: the map is Σ_b z_b².
 Slices are processed in chunks (every filter is in-plane), so memory stays bounded on a 512×512×300 CT.
 """
@@ -94,8 +95,9 @@ def selfref_map(scan: Scan, region: np.ndarray, config: SelfRefConfig | None = N
     energy, counts = pooled_energies(scan, box, config, factor, bands_fn, halo)
     features = dense_features(energy, counts, float(scan.spacing[0]), pixel * factor, config)
     del energy
-    lung = np.concatenate([_pool(region[z0:min(z0 + CHUNK, box[0].stop), box[1], box[2]].astype(np.float32), factor)  # no float copy
-                           for z0 in range(box[0].start, box[0].stop, CHUNK)]) / factor ** 2  # of the whole mask
+    # the lung share of every cell, chunk by chunk: no float copy of the whole mask
+    lung = np.concatenate([_pool(region[z0:min(z0 + CHUNK, box[0].stop), box[1], box[2]].astype(np.float32), factor)
+                           for z0 in range(box[0].start, box[0].stop, CHUNK)]) / factor ** 2
     disc, _ = _kernels(pixel * factor, config)
     share = signal.fftconvolve(lung, disc[None] / disc.sum(), mode="same", axes=(-2, -1))
     inside = (lung > 0.5) & (share >= min_lung_share)

@@ -224,6 +224,8 @@ def overlay_png(scan: Scan, result: Verification, path) -> None:
     (red: collapsed)."""
     import matplotlib
 
+    from medfake.protect.evaluate import LUNG_WINDOW
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -231,7 +233,7 @@ def overlay_png(scan: Scan, result: Verification, path) -> None:
     fig, axes = plt.subplots(1, len(slices), figsize=(5 * len(slices), 5), squeeze=False)
     zc = np.asarray(result.centers_zyx[0])
     for ax, z in zip(axes[0], slices):
-        ax.imshow(np.asarray(scan.voxels[z], np.float32), cmap="gray", vmin=-1350, vmax=150)
+        ax.imshow(np.asarray(scan.voxels[z], np.float32), cmap="gray", vmin=LUNG_WINDOW[0], vmax=LUNG_WINDOW[1])
         row = result.strength[int(np.abs(zc - z).argmin())]
         extent = (-0.5, scan.shape[2] - 0.5, scan.shape[1] - 0.5, -0.5)
         shown = np.ma.masked_invalid(row)

@@ -22,7 +22,7 @@ spectrum), the averaged bin over its local level is a mean of M exponential vari
 distribution's median. `chance_threshold(M)` is the score that grid-free changes exceed with probability
 `CHANCE_ALPHA` (0.1%) at one snapshot, over both directions' five positions: 1.25 for M = 1, 0.48 for
 M = 12, 0.31 for M = 32. The law ignores the noise of the background estimate; simulated white changes
-(M = 12) pass it 0.1% of the time, differences of two real CT patches 0.3% (benchmarks/cyclegan.py). Above
+(M = 12) pass it 0.1% of the time, differences of two real CT patches 0.2% of 2,000 draws (benchmarks/cyclegan.py). Above
 it the pattern is more than chance; it adapts to the number of held-out images scored.
 """
 
