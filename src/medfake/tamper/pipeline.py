@@ -83,14 +83,14 @@ def tamper_scan(scan: Scan, locations, action: str, model: TamperModel | None = 
     zero from) in mm, default `blend_radii(model)`. `views`: the generator fills the hole through this many
     flips of the cube and the strongest result is kept (inject: most tissue in the hole's centre; remove:
     least); default DEFAULT_VIEWS[action]. `nodules`: `detect_nodules(scan, lung)` when the caller already
-    ran it (the classical methods reuse it instead of running the detector again)."""
+    ran it (copy-move's donor and the removals' nodule sizes reuse it instead of running the detector again)."""
     require_action(action)
     require_method(method)
     rng = np.random.default_rng(0) if rng is None else rng
     if method == "cyclegan":  # 2-D images, or CT slice-wise through the ctgan paste below
         from medfake.tamper.cyclegan.apply import cyclegan_scan
 
-        return cyclegan_scan(scan, locations, action, model, rng, lung, blend_mm, views)
+        return cyclegan_scan(scan, locations, action, model, rng, lung, blend_mm, views, nodules=nodules)
     sites = as_sites(scan, locations)
     if method == "ctgan":
         voxels = np.asarray(scan.voxels, dtype=np.float32).copy()
@@ -108,7 +108,7 @@ def tamper_scan(scan: Scan, locations, action: str, model: TamperModel | None = 
         params = {"cube": model.config.cube, "hole": model.config.hole, "iso_spacing_mm": model.config.iso_spacing,
                   "blend_mm": list(blend_mm), "noise_sigma_hu": round(context.noise.sigma, 2), "views": views}
         model_id = model.model_id
-        out = scan.with_voxels(_like_input(voxels, scan.voxels))
+        out = scan.with_voxels(like_input(voxels, scan.voxels))
     else:
         canvas, params = _classical(scan, sites, action, method, rng, lung, donor, donor_zyx, nodules)
         out = scan.with_voxels(canvas.result())
@@ -216,7 +216,7 @@ class Canvas:
         """The voxels in the input's dtype (integers rounded and clipped, untouched voxels bit for bit)."""
         out = self.voxels.copy()
         for box, values in self.boxes:
-            out[box] = _like_input(values, self.voxels)
+            out[box] = like_input(values, self.voxels)
         return out
 
 
@@ -238,17 +238,15 @@ def _classical(scan, sites, action, method, rng, lung, donor, donor_zyx, nodules
         if donor_zyx is None:
             donor_zyx = _strongest_nodule(donor, lung if donor is scan else None, nodules if donor is scan else None)
         params = {"donor": str((donor.path or "")), "donor_zyx": [int(v) for v in donor_zyx]}
-    found = nodules  # the detector's candidates on the original scan, run at most once for all sites
+    else:
+        for site, diameter in zip(sites, removal_diameters(scan, sites, lung, nodules)):
+            site.diameter_mm = diameter
     canvas = Canvas(np.asarray(scan.voxels))
     for site in sites:
         if method == "copy-move":
             region, values = classical.copy_move_patch(scan, site.zyx, donor, tuple(donor_zyx), rng, canvas.read)
         else:
-            if not site.diameter_mm and found is None:
-                found = detect_nodules(scan, lung)
-            diameter = site.diameter_mm or _diameter_near(scan, site.zyx, found) or DEFAULT_REMOVE_DIAMETER_MM
-            site.diameter_mm = diameter
-            region, values = classical.inpaint_patch(scan, site.zyx, float(diameter), canvas.read)
+            region, values = classical.inpaint_patch(scan, site.zyx, site.diameter_mm, canvas.read)
         canvas.write(region, values)
     return canvas, params
 
@@ -261,13 +259,21 @@ def _strongest_nodule(scan: Scan, lung, nodules=None) -> tuple[int, int, int]:
     return found[0].center_zyx
 
 
-def _diameter_near(scan: Scan, zyx, found) -> float | None:
-    hit = nodule_near(found, scan, zyx, radius_mm=10.0)
-    return hit.diameter_mm if hit else None
+def removal_diameters(scan: Scan, sites: list[Site], lung=None, nodules=None) -> list[float]:
+    """The size (mm) of the nodule to remove at each site: the site's own diameter, else the CAD's strongest
+    candidate within 10 mm, else DEFAULT_REMOVE_DIAMETER_MM. `nodules`: `detect_nodules(scan, lung)` when the
+    caller already ran it; otherwise the detector runs once, and only when some site has no diameter."""
+    if nodules is None and any(not s.diameter_mm for s in sites):
+        nodules = detect_nodules(scan, lung)
+    out = []
+    for site in sites:
+        hit = None if site.diameter_mm else nodule_near(nodules, scan, site.zyx, radius_mm=10.0)
+        out.append(float(site.diameter_mm or (hit.diameter_mm if hit else DEFAULT_REMOVE_DIAMETER_MM)))
+    return out
 
 
 # --- outputs ---------------------------------------------------------------------------------------
-def _like_input(voxels: np.ndarray, original: np.ndarray) -> np.ndarray:
+def like_input(voxels: np.ndarray, original: np.ndarray) -> np.ndarray:
     """Back to the input's dtype: integers are rounded and clipped, so untouched voxels stay bit-identical."""
     if np.issubdtype(original.dtype, np.integer):
         info = np.iinfo(original.dtype)

@@ -197,11 +197,13 @@ def tamper_image(scan: Scan, sites: list, action: str, model: CycleGANTamper,
 
 
 # --- what `pipeline.tamper_scan` calls for method cyclegan --------------------------------------------------
-def cyclegan_scan(scan: Scan, locations, action: str, model, rng=None, lung=None, blend_mm=None, views=None):
-    """(tampered scan, manifest rows) as `tamper_scan` returns them; 2-D: no location = the whole image."""
+def cyclegan_scan(scan: Scan, locations, action: str, model, rng=None, lung=None, blend_mm=None, views=None, *,
+                  nodules=None):
+    """(tampered scan, manifest rows) as `tamper_scan` returns them; 2-D: no location = the whole image.
+    `nodules`: `detect_nodules(scan, lung)` when the caller already ran it (removal sizes the paste with it)."""
     from dataclasses import replace
 
-    from medfake.tamper.pipeline import Site, as_sites, manifest_row, tamper_scan
+    from medfake.tamper.pipeline import Site, as_sites, like_input, manifest_row, tamper_scan
 
     if model is None:
         raise MedfakeError("method cyclegan needs a trained model (--model RUN of `medfake train cyclegan`)")
@@ -214,13 +216,13 @@ def cyclegan_scan(scan: Scan, locations, action: str, model, rng=None, lung=None
         sites = as_sites(scan, locations) if locations else []
         voxels, params = tamper_image(scan, sites, action, model, blend_mm)
         sites = sites or [Site((0, scan.shape[1] // 2, scan.shape[2] // 2), "user")]
-        out = scan.with_voxels(_like(voxels, scan.voxels))
+        out = scan.with_voxels(like_input(voxels, scan.voxels))
         return out, [manifest_row(scan, s, action, "cyclegan", model.model_id, params) for s in sites]
     if model.source != "ct":
         raise MedfakeError(f"this CycleGAN was trained on 2-D {model.source} images; give it a 2-D image, not a "
                            f"{scan.shape[0]}-slice volume", model.info.get("folder"))
     if action == "remove":
-        tampered, rows = remove_ct(scan, as_sites(scan, locations), model, rng, lung, blend_mm, views)
+        tampered, rows = remove_ct(scan, as_sites(scan, locations), model, rng, lung, blend_mm, views, nodules)
     else:
         tampered, rows = tamper_scan(scan, locations, action, CTAdapter(model), "ctgan", rng, lung, None, None,
                                      blend_mm, views)
@@ -229,12 +231,12 @@ def cyclegan_scan(scan: Scan, locations, action: str, model, rng=None, lung=None
     return tampered, rows
 
 
-def remove_ct(scan: Scan, sites: list, model: CycleGANTamper, rng, lung, blend_mm, views):
+def remove_ct(scan: Scan, sites: list, model: CycleGANTamper, rng, lung, blend_mm, views, nodules=None):
     """Each nodule removed with a paste sized to it (see the module docstring), one site after the other."""
-    from medfake.tamper.pipeline import tamper_scan
+    from medfake.tamper.pipeline import removal_diameters, tamper_scan
 
     views = REMOVE_VIEWS if views is None else views
-    diameters = nodule_diameters(scan, sites, lung)
+    diameters = removal_diameters(scan, sites, lung, nodules)
     rows = []
     for site, diameter in zip(sites, diameters):
         site.diameter_mm = diameter
@@ -242,23 +244,3 @@ def remove_ct(scan: Scan, sites: list, model: CycleGANTamper, rng, lung, blend_m
         scan, new = tamper_scan(scan, [site], "remove", adapter, "ctgan", rng, lung, None, None, blend_mm, views)
         rows += new
     return scan, rows
-
-
-def nodule_diameters(scan: Scan, sites: list, lung) -> list[float]:
-    """The site's own diameter, else the CAD's nodule within 10 mm, else the default (12 mm)."""
-    from medfake.cad import detect_nodules, nodule_near
-    from medfake.tamper.pipeline import DEFAULT_REMOVE_DIAMETER_MM
-
-    found = detect_nodules(scan, lung) if any(not s.diameter_mm for s in sites) else []
-    out = []
-    for site in sites:
-        hit = None if site.diameter_mm else nodule_near(found, scan, site.zyx, radius_mm=10.0)
-        out.append(float(site.diameter_mm or (hit.diameter_mm if hit else DEFAULT_REMOVE_DIAMETER_MM)))
-    return out
-
-
-def _like(voxels: np.ndarray, original: np.ndarray) -> np.ndarray:
-    if np.issubdtype(original.dtype, np.integer):
-        info = np.iinfo(original.dtype)
-        return np.clip(np.rint(voxels), info.min, info.max).astype(original.dtype)
-    return voxels.astype(original.dtype)
