@@ -30,8 +30,8 @@ from medfake.tamper.blend import noise_gain, radial_weight
 from medfake.tamper.config import ACTIONS, DEFAULT_VIEWS
 from medfake.tamper.cube import PLAIN_VIEW, IsoGrid, block_shape, offsets_mm, region_shape, scan_block
 from medfake.tamper.model import FLIP_VIEWS, TamperModel, hole_slices, load_tamper_model, model_folder
-from medfake.tamper.noise import (DETREND_MM, FLAT_MAX_HU, PARENCHYMA_SOFT_HU, ParenchymaNoise, estimate_noise,
-                                  flat_parenchyma, noise_level)
+from medfake.tamper.noise import (DETREND_MM, ParenchymaNoise, estimate_noise, inpainted_flat, lung_likeness,
+                                  match_ratio, noise_ratio, site_sigma)
 from medfake.tamper.pipeline import Context, blend_radii, ctgan_site, tamper_scan
 from medfake.tamper.pipeline import Site as TamperSite
 
@@ -231,7 +231,7 @@ class Surrogate:
             content = torch.maximum(content, original)
         if measured is None:
             measured = self.noise_ratio(content, scan.spacing, geo, sigma)
-        content, ratio = self.match_noise(content, scan.spacing, measured)
+        content, ratio = match_ratio(content, scan.spacing, measured, tone_down)
         w = geo.weight
         block = w * content + (1.0 - w) * original
         if noise is not None:
@@ -244,23 +244,13 @@ class Surrogate:
         if not sigma:
             return 0.0
         block = content.detach().numpy()
-        level = noise_level(block, spacing, flat_parenchyma(block, spacing) & (geo.weight.numpy() >= 0.99))
-        return 0.0 if level is None else level / sigma
-
-    @staticmethod
-    def match_noise(content: torch.Tensor, spacing, r: float):
-        """`tamper.noise.match_noise` for a measured noise ratio r: excess noise toned down."""
-        if r <= 1.0:
-            return content, r
-        return tone_down(content, spacing, 1.0 - 1.0 / r), 1.0
+        return noise_ratio(block, spacing, sigma, inpainted_flat(block, spacing, geo.weight.numpy()))
 
     def site_sigma(self, scan: Scan, geo: SiteGeometry, fallback: float) -> float:
         """The noise level the pipeline matches at this site (measured on the unperturbed scan)."""
         grid = IsoGrid(geo.zyx, self.config.cube, self.config.iso_spacing)
         original = scan_block(scan, grid).voxels.astype(np.float32)
-        flat = flat_parenchyma(original, scan.spacing)
-        return (noise_level(original, scan.spacing, flat & (geo.weight.numpy() >= 0.99))
-                or noise_level(original, scan.spacing, flat) or fallback)
+        return site_sigma(original, scan.spacing, geo.weight.numpy(), fallback)
 
     def paste(self, volume: torch.Tensor, block: torch.Tensor, geo: SiteGeometry) -> torch.Tensor:
         """The volume with the block written where the blend weight is > 0 (as `ctgan_site`)."""
@@ -272,8 +262,8 @@ class Surrogate:
 
 
 def tone_down(block: torch.Tensor, spacing, amount: float) -> torch.Tensor:
-    smooth = gaussian(block, 1.0, spacing)
-    lung_like = ((PARENCHYMA_SOFT_HU - smooth) / (PARENCHYMA_SOFT_HU - FLAT_MAX_HU)).clamp(0.0, 1.0)
+    """`tamper.noise.tone_down` in torch (the Gaussians as exact matrices, so gradients reach the block)."""
+    lung_like = lung_likeness(gaussian(block, 1.0, spacing))
     residual = block - gaussian(block, DETREND_MM, spacing)
     return block - amount * lung_like * residual
 

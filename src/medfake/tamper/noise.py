@@ -26,6 +26,7 @@ FLAT_MAX_HU = -750.0
 PARENCHYMA_SOFT_HU = -600.0  # tone_down fades out between FLAT_MAX_HU and this
 FLAT_MARGIN_MM = 2.0
 MIN_FLAT_VOXELS = 200
+FULL_WEIGHT = 0.99  # blend weight from which a voxel counts as in-painted (its noise is the generator's)
 
 
 def residual(block: np.ndarray, spacing) -> np.ndarray:
@@ -116,25 +117,54 @@ def noise_level(block: np.ndarray, spacing, where: np.ndarray) -> float | None:
     return robust_sigma(residual(block, spacing)[where])
 
 
-def match_noise(content: np.ndarray, spacing, sigma: float, where: np.ndarray) -> tuple[np.ndarray, float]:
-    """(content, r): the generator's own noise ratio r = σ_content / σ measured in `where` (flat parenchyma of
-    the in-painted part). A generator noisier than the scan (r > 1, its high-frequency artefacts) has its
-    high-pass part scaled down by 1/r, so r becomes 1; a smoother one is topped up later with fresh noise."""
+def inpainted_flat(block: np.ndarray, spacing, weight: np.ndarray) -> np.ndarray:
+    """Flat parenchyma of the part a paste of blend `weight` fully replaces: where a site's noise is measured."""
+    return flat_parenchyma(block, spacing) & (weight >= FULL_WEIGHT)
+
+
+def site_sigma(original: np.ndarray, spacing, weight: np.ndarray, fallback: float) -> float:
+    """The noise a site's block had before tampering: in the flat parenchyma of its in-painted part, else of
+    the whole block (a removed nodule leaves no flat parenchyma inside), else `fallback`."""
+    flat = flat_parenchyma(original, spacing)
+    return (noise_level(original, spacing, flat & (weight >= FULL_WEIGHT))
+            or noise_level(original, spacing, flat) or fallback)
+
+
+def noise_ratio(content: np.ndarray, spacing, sigma: float | None, where: np.ndarray) -> float:
+    """The generator's own noise ratio r = σ_content / σ measured in `where`; 0 when either is unknown."""
+    if sigma is None or sigma <= 0:
+        return 0.0
     level = noise_level(content, spacing, where)
-    if level is None or sigma <= 0:
-        return content, 0.0
-    r = level / sigma
+    return 0.0 if level is None else level / sigma
+
+
+def match_noise(content: np.ndarray, spacing, sigma: float, where: np.ndarray) -> tuple[np.ndarray, float]:
+    """(content, r) for the noise ratio measured in `where` (flat parenchyma of the in-painted part): see
+    `match_ratio`."""
+    return match_ratio(content, spacing, noise_ratio(content, spacing, sigma, where))
+
+
+def match_ratio(content, spacing, r: float, tone=None):
+    """(content, r after) for a measured noise ratio r: a generator noisier than the scan (r > 1, its
+    high-frequency artefacts) has its high-pass part scaled down by 1/r, so r becomes 1; a smoother one is
+    topped up later with fresh noise. `tone`: the tone-down (default `tone_down`; the protection surrogate
+    passes its differentiable torch twin)."""
     if r <= 1.0:
         return content, r
-    return tone_down(content, spacing, 1.0 - 1.0 / r), 1.0
+    return (tone or tone_down)(content, spacing, 1.0 - 1.0 / r), 1.0
+
+
+def lung_likeness(smooth):
+    """1 in air-filled lung (smoothed HU below FLAT_MAX_HU), 0 from PARENCHYMA_SOFT_HU up, linear between;
+    for numpy arrays and torch tensors alike."""
+    return ((PARENCHYMA_SOFT_HU - smooth) / (PARENCHYMA_SOFT_HU - FLAT_MAX_HU)).clip(0.0, 1.0)
 
 
 def tone_down(block: np.ndarray, spacing, amount) -> np.ndarray:
     """Remove `amount` (scalar or per voxel) of the high-pass part, in air-filled lung only: a nodule or
     vessel keeps its edges (a small nodule is almost all high-pass at this scale)."""
     smooth = ndimage.gaussian_filter(np.asarray(block, dtype=np.float32), [1.0 / s for s in spacing])
-    lung_like = np.clip((PARENCHYMA_SOFT_HU - smooth) / (PARENCHYMA_SOFT_HU - FLAT_MAX_HU), 0.0, 1.0)
-    return (block - amount * lung_like * residual(block, spacing)).astype(np.float32)
+    return (block - amount * lung_likeness(smooth) * residual(block, spacing)).astype(np.float32)
 
 
 def settle_noise(block: np.ndarray, spacing, sigma: float, where: np.ndarray, weight: np.ndarray,

@@ -29,8 +29,8 @@ from medfake.tamper.blend import blend, noise_gain, radial_weight
 from medfake.tamper.cube import IsoGrid, block_shape, distance_mm, from_iso, scan_block, to_iso
 from medfake.tamper import classical
 from medfake.tamper.config import DEFAULT_VIEWS, require_action, require_method
-from medfake.tamper.noise import (ParenchymaNoise, estimate_noise, flat_parenchyma, match_noise, noise_level,
-                                  settle_noise)
+from medfake.tamper.noise import (ParenchymaNoise, estimate_noise, inpainted_flat, match_noise, settle_noise,
+                                  site_sigma)
 
 if TYPE_CHECKING:  # the classical methods never import torch
     from medfake.tamper.model import TamperModel
@@ -140,17 +140,13 @@ def ctgan_site(scan: Scan, site: Site, action: str, model: TamperModel, context:
         content = np.maximum(content, original)  # a vessel brighter than the nodule stays
     weight = radial_weight(distance_mm(block), *context.blend_mm)
     noise = context.noise
-    flat = flat_parenchyma(original, scan.spacing)  # noise that was there, else around (a removed nodule)
-    sigma = (noise_level(original, scan.spacing, flat & (weight >= 0.99))
-             or noise_level(original, scan.spacing, flat) or noise.sigma)
-    content, ratio = match_noise(content, scan.spacing, sigma,
-                                 flat_parenchyma(content, scan.spacing) & (weight >= 0.99))
+    sigma = site_sigma(original, scan.spacing, weight, noise.sigma)
+    content, ratio = match_noise(content, scan.spacing, sigma, inpainted_flat(content, scan.spacing, weight))
     fresh = (noise.sample(context.rng, sigma) * noise_gain(weight, ratio)
              if noise.shape == block.shape else None)
     blended = blend(original, content, weight, fresh)
     if fresh is not None:
-        blended = settle_noise(blended, scan.spacing, sigma,
-                               flat_parenchyma(blended, scan.spacing) & (weight >= 0.99),
+        blended = settle_noise(blended, scan.spacing, sigma, inpainted_flat(blended, scan.spacing, weight),
                                weight, lambda: noise.sample(context.rng, sigma))
     canvas = scan.with_voxels(np.asarray(scan.voxels, dtype=np.float32))
     changed = np.where(weight > 0, blended, original)  # voxels the blend does not reach stay bit for bit
