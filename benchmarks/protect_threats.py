@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medfake.cad import detect_nodules
 from medfake.data.samples import sample_path
 from medfake.io import load_scan
 from medfake.lungmask import lung_mask
@@ -94,13 +95,14 @@ def main() -> None:
     grey = {a: load_tamper_model(p) for a, p in (("inject", args.grey_inject), ("remove", args.grey_remove)) if p}
     scan = load_scan(sample_path(args.scan))
     lung = lung_mask(scan)
-    sites = evaluation_sites(scan, lung, ("inject", "remove"), args.sites, 0)
+    nodules = detect_nodules(scan, lung)  # one CAD pass for the sites, the protections and every evaluation
+    sites = evaluation_sites(scan, lung, ("inject", "remove"), args.sites, 0, nodules=nodules)
     print("sites", sites, flush=True)
     surrogates = [Surrogate(m) for m in white.values()] + [Surrogate(load_tamper_model(p)) for p in args.ensemble]
     t1 = time.time()
     optimize = focused(sites, args.budget, args.eot_blur, args.ghosts, args.passes)
     protected = protect_scan(scan, surrogates, ProtectConfig(args.budget, optimize=optimize),
-                             lung) if "focused" in args.regimes else None
+                             lung, nodules=nodules) if "focused" in args.regimes else None
     protect_seconds = time.time() - t1
     ids = [s.model_id for s in surrogates]
     rng = np.random.default_rng(0)
@@ -127,12 +129,14 @@ def main() -> None:
         regimes.append(("focused (attacker's place known)", protected, chosen, detectors))
     if "lungs" in args.regimes:
         t2 = time.time()
-        whole = protect_scan(scan, surrogates, ProtectConfig(args.budget, optimize=OptimizeConfig()), lung)
+        whole = protect_scan(scan, surrogates, ProtectConfig(args.budget, optimize=OptimizeConfig()), lung,
+                             nodules=nodules)
         out["protect_seconds_lungs"] = round(time.time() - t2, 1)
         regimes.append(("whole lung (attacker picks the place; default optimize)", whole, white_rows, None))
     for regime, guarded, rows, dets in regimes:
         case = Case(args.scan, scan, guarded, ids)
-        result, panels = evaluate_case(case, rows, args.sites, 0, dets, inject_sites=sites["inject"])
+        result, panels = evaluate_case(case, rows, args.sites, 0, dets, inject_sites=sites["inject"], lung=lung,
+                                       nodules=nodules)
         out["regimes"][regime] = result
         for k, (caption, image) in enumerate(panels[:2]):
             if regime.startswith("focused"):

@@ -67,6 +67,7 @@ def run_protection(cells: Cells, config: dict, models: dict, detectors: dict, te
 
 def _cell(scan: dict, spec: dict, models: dict, detectors: dict, seed: int):
     def run(folder: Path) -> dict:
+        from medfake.cad import detect_nodules
         from medfake.io import load_scan
         from medfake.lungmask import lung_mask
         from medfake.protect.config import OptimizeConfig, ProtectConfig
@@ -75,7 +76,8 @@ def _cell(scan: dict, spec: dict, models: dict, detectors: dict, seed: int):
 
         original = load_scan(scan["path"])
         lung = lung_mask(original)
-        sites = evaluation_sites(original, lung, ("inject", "remove"), int(spec["sites"]), seed)
+        nodules = detect_nodules(original, lung)  # one CAD pass: the sites, the remover's protection, the evaluation
+        sites = evaluation_sites(original, lung, ("inject", "remove"), int(spec["sites"]), seed, nodules=nodules)
         optimize = OptimizeConfig(passes=int(spec["passes"]), seed=seed)
         if spec["focus"] == "sites":  # the evaluation's places, known to the defender: jitter 0
             focus = [list(s) for a in spec["against"] for s in sites[a]]
@@ -87,13 +89,13 @@ def _cell(scan: dict, spec: dict, models: dict, detectors: dict, seed: int):
         against = [models[a] for a in spec["against"]]
         result = protect_file(scan["path"], folder / "protected", against,
                               ProtectConfig(float(spec["budget_hu"]), optimize=optimize), fmt="nrrd",
-                              show_progress=False)
+                              show_progress=False, lung=lung, nodules=nodules)
         from medfake.protect.report import evaluate_protection
 
         ctgan_runs = [models[a] for a in ("inject", "remove") if a in models]  # the CycleGAN is no protect target
         evaluate_protection([result.output], ctgan_runs, folder / "evaluation", spec["classical"],
                             spec["before"], [detectors.get(d, d) for d in spec["detectors"]], int(spec["sites"]),
-                            seed, original=scan["path"], inject_sites=sites["inject"])
+                            seed, original=scan["path"], inject_sites=sites["inject"], lung=lung, nodules=nodules)
         return {"scan": scan["name"], "protected": str(result.output), "record": str(result.record),
                 "seconds_protect": round(result.seconds, 1), "evaluation": str(folder / "evaluation")}
 

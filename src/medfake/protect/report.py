@@ -108,9 +108,10 @@ def attacker_name(run: Path, taken) -> str:
     return name if name not in taken else f"{name} #{len(taken) + 1}"
 
 
-def evaluation_sites(original, lung, actions, n: int, seed: int, inject_sites=()) -> dict:
+def evaluation_sites(original, lung, actions, n: int, seed: int, inject_sites=(), nodules=None) -> dict:
     """{action: [z,y,x]}: removals at the nodules the CAD finds (at most n); injections at `inject_sites`, else
-    at n healthy places away from those nodules. One CAD pass serves both actions."""
+    at n healthy places away from those nodules. One CAD pass serves both actions (none when the caller gives
+    `nodules`, `detect_nodules(original, lung)`)."""
     from medfake.cad import detect_nodules
     from medfake.tamper.sites import pick_sites
 
@@ -118,7 +119,8 @@ def evaluation_sites(original, lung, actions, n: int, seed: int, inject_sites=()
     if "inject" in actions and inject_sites:
         out["inject"] = [tuple(int(v) for v in s) for s in inject_sites]
     if set(actions) - set(out):
-        nodules = [tuple(int(v) for v in n_.center_zyx) for n_ in detect_nodules(original, lung)]
+        found = detect_nodules(original, lung) if nodules is None else nodules
+        nodules = [tuple(int(v) for v in n_.center_zyx) for n_ in found]
         if "remove" in actions:
             out["remove"] = nodules[:n]
         if "inject" in actions and "inject" not in out:
@@ -128,12 +130,15 @@ def evaluation_sites(original, lung, actions, n: int, seed: int, inject_sites=()
 
 
 def evaluate_case(case: Case, attackers: list[Attacker], n_sites: int, seed: int, detectors: dict | None = None,
-                  progress=None, inject_sites=()) -> tuple[dict, list[tuple[str, np.ndarray]]]:
-    """(JSON-able result, [(caption, panel)]) for one protected scan: imperceptibility, then one row per attacker."""
+                  progress=None, inject_sites=(), *, lung=None,
+                  nodules=None) -> tuple[dict, list[tuple[str, np.ndarray]]]:
+    """(JSON-able result, [(caption, panel)]) for one protected scan: imperceptibility, then one row per attacker.
+    `lung`, `nodules`: the original's lung mask and CAD nodules when the caller already has them."""
     from medfake.lungmask import lung_mask
 
-    lung = lung_mask(case.original)
-    sites = evaluation_sites(case.original, lung, {x.action for x in attackers}, n_sites, seed, inject_sites)
+    lung = lung_mask(case.original) if lung is None else lung
+    sites = evaluation_sites(case.original, lung, {x.action for x in attackers}, n_sites, seed, inject_sites,
+                             nodules)
     result = {"scan": case.name, "shape": list(case.original.shape), "spacing_mm": list(case.original.spacing),
               "protected_against": case.models, "sites": {a: [list(s) for s in v] for a, v in sites.items()},
               "imperceptibility": imperceptibility(case.original, case.protected, lung), "attackers": {}}
@@ -249,8 +254,10 @@ def write_outputs(out: Path, results: dict, panels: list[tuple[str, np.ndarray]]
 
 def evaluate_protection(paths: list[Path], runs: list[Path], out: Path, classical=(), transforms=(),
                         detectors=(), n_sites: int = 3, seed: int = 0, original: Path | None = None,
-                        overwrite: bool = False, progress=None, inject_sites=()) -> dict:
-    """Everything `medfake evaluate protection` does; returns the results (also written under `out`)."""
+                        overwrite: bool = False, progress=None, inject_sites=(), *, lung=None, nodules=None) -> dict:
+    """Everything `medfake evaluate protection` does; returns the results (also written under `out`). `lung`
+    (`lung_mask`) and `nodules` (`detect_nodules(original, lung)`) of the original of the one protected scan,
+    when the caller already computed them."""
     from medfake.detect.detectors import load_detector
     from medfake.io.atomic import check_destination
     from medfake.protect.surrogate import load_tamper_model, model_folder
@@ -264,6 +271,8 @@ def evaluate_protection(paths: list[Path], runs: list[Path], out: Path, classica
     check_threat_names(classical, transforms)
     if original is not None and len(paths) != 1:
         raise MedfakeError("--original names the source of one protected scan; give one")
+    if (lung is not None or nodules is not None) and len(paths) != 1:
+        raise MedfakeError("a lung mask and CAD nodules describe the original of one protected scan; give one")
     models = {}
     for run in runs:
         model_folder(run)  # 'not a medfake tamper model' for anything else
@@ -276,7 +285,8 @@ def evaluate_protection(paths: list[Path], runs: list[Path], out: Path, classica
     for path in paths:
         case = load_case(Path(path), original)
         attackers = attackers_for(models, case.models, list(classical), list(transforms))
-        result, case_panels = evaluate_case(case, attackers, n_sites, seed, loaded, progress, inject_sites)
+        result, case_panels = evaluate_case(case, attackers, n_sites, seed, loaded, progress, inject_sites,
+                                            lung=lung, nodules=nodules)
         results["cases"].append(result)
         panels += case_panels
     write_outputs(out, results, panels, overwrite)

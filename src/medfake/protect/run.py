@@ -52,8 +52,9 @@ def require_lungs(scan: Scan, lung: np.ndarray) -> None:
 
 
 def protect_scan(scan: Scan, surrogates: list[Surrogate], config: ProtectConfig, lung: np.ndarray | None = None,
-                 progress=None, protector=None) -> Scan:
-    """The protected copy of `scan` (same dtype; |stored − original| ≤ budget at every voxel)."""
+                 progress=None, protector=None, *, nodules=None) -> Scan:
+    """The protected copy of `scan` (same dtype; |stored − original| ≤ budget at every voxel). `nodules`:
+    `detect_nodules(scan, lung)` when the caller already ran it (a remover's sites are the CAD's nodules)."""
     from medfake.lungmask import lung_mask, lung_parenchyma
 
     config.validate()
@@ -69,13 +70,13 @@ def protect_scan(scan: Scan, surrogates: list[Surrogate], config: ProtectConfig,
             raise MedfakeError("method network needs a trained protector (--protector RUN)")
         delta = protector.perturbation(scan, allowed, config.budget_hu)
     else:
-        nodules = []
+        centres = []
         if any(s.action == "remove" for s in surrogates):
             from medfake.cad import detect_nodules
 
-            nodules = [n.center_zyx for n in detect_nodules(scan, lung)]
+            centres = [n.center_zyx for n in (detect_nodules(scan, lung) if nodules is None else nodules)]
         sigma = estimate_noise(scan, lung_parenchyma(scan, lung), (8, 8, 8), np.random.default_rng(0)).sigma
-        delta = optimize_perturbation(scan, surrogates, config.budget_hu, allowed, lung, nodules, config.optimize,
+        delta = optimize_perturbation(scan, surrogates, config.budget_hu, allowed, lung, centres, config.optimize,
                                       sigma, progress)
     voxels = project_stored(scan.voxels, delta, config.budget_hu)
     return scan.with_voxels(voxels)
@@ -100,8 +101,9 @@ def output_name(outdir: Path, target: Path) -> Path:
 
 def protect_file(target: str | Path, outdir: str | Path, against, config: ProtectConfig | None = None,
                  fmt: str = "same", series: str | None = None, protector_dir: str | Path | None = None,
-                 show_progress: bool = True) -> ProtectResult:
-    """Everything `medfake protect` does."""
+                 show_progress: bool = True, *, lung: np.ndarray | None = None, nodules=None) -> ProtectResult:
+    """Everything `medfake protect` does. `lung` (`lung_mask`) and `nodules` (`detect_nodules(scan, lung)`) of
+    the target when the caller already computed them."""
     from medfake.io import load_scan, save_scan
     from medfake.lungmask import lung_mask
     from medfake.runinfo import write_run_record
@@ -120,10 +122,10 @@ def protect_file(target: str | Path, outdir: str | Path, against, config: Protec
         protector = load_protector(protector_dir)
     target, outdir = Path(target), Path(outdir)
     scan = load_scan(target, series=series)
-    lung = lung_mask(scan)
+    lung = lung_mask(scan) if lung is None else lung
     require_lungs(scan, lung)
     with progress_bar(disable=not show_progress) as bar:
-        protected = protect_scan(scan, surrogates, config, lung, bar, protector)
+        protected = protect_scan(scan, surrogates, config, lung, bar, protector, nodules=nodules)
     change = np.abs(protected.voxels.astype(np.float64) - scan.voxels.astype(np.float64))
     if change.max() > config.budget_hu:  # the promise of the command: never store a voxel past the budget
         raise MedfakeError(f"internal error: a voxel moved {change.max():g} HU past the budget", target)
