@@ -10,7 +10,8 @@ removal at lung1's nodule; copy-move injection at 3 automatic sites, which adds 
 `medfake detect --screen`'s `detect_screen` with the training-free selfref detector (read, lung mask,
 3-D map, findings and overlays written) and, given `--residual RUN`, with the learned noise residual; and the
 lung mask and CAD alone on the volume in memory. `--screening` runs only the read and the screening cases
-(memory_screening.json).
+(memory_screening.json); `--watermark` only the read, `protect --method watermark` (DICOM out) and
+`verify-watermark` on that output (memory_watermark.json).
 Prints and saves benchmarks/results/memory.json (+ run record), with the load average: the machine is
 shared, which moves the timings but not the memory figures."""
 
@@ -29,6 +30,7 @@ import numpy as np
 
 RESULTS = Path(os.environ.get("MEDFAKE_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
 SLICES = 300
+WATERMARK_KEY = "memory benchmark key"
 NODULE_48 = (33, 359, 218)  # lung1's nodule, voxel z,y,x in the original 48 slices
 
 
@@ -74,6 +76,9 @@ def run_case(case: str, series: Path, out: Path) -> dict:
     from medfake.cad import detect_nodules
     from medfake.io import load_scan
     from medfake.lungmask import lung_mask
+    from medfake.protect.config import ProtectConfig
+    from medfake.protect.run import protect_file
+    from medfake.protect.watermark import verify_file
     from medfake.tamper.config import TamperRequest
     from medfake.tamper.run import tamper_file
 
@@ -98,6 +103,11 @@ def run_case(case: str, series: Path, out: Path) -> dict:
     elif case == "tamper_inject_auto3_copy_move":
         tamper_file(TamperRequest(target=series, outdir=out, action="inject", auto=3, method="copy-move",
                                   fmt="dicom"))
+    elif case == "protect_watermark":
+        protect_file(series, out.parent / "marked", [], ProtectConfig(8.0, method="watermark", key=WATERMARK_KEY),
+                     fmt="dicom", show_progress=False)
+    elif case == "verify_watermark":  # the series the protect_watermark case wrote
+        verify_file(next((out.parent / "marked").glob("*/")), out, WATERMARK_KEY)
     elif case == "lung_mask":
         lung = lung_mask(scan)
     elif case == "cad":
@@ -149,6 +159,8 @@ if __name__ == "__main__":
     parser.add_argument("--out", type=Path)
     parser.add_argument("--screening", action="store_true",
                         help="only the screening cases (and the DICOM read), saved as memory_screening.json")
+    parser.add_argument("--watermark", action="store_true",
+                        help="only the keyed watermark: protect --method watermark and verify-watermark (memory_watermark.json)")
     parser.add_argument("--residual", default="", help="a `residual` detector run: adds the screen_residual case")
     args = parser.parse_args()
     if args.case:
@@ -158,11 +170,13 @@ if __name__ == "__main__":
 
         RESULTS.mkdir(parents=True, exist_ok=True)
         cases = ("load_dicom", "screen_selfref") if args.screening else CASES
+        if args.watermark:
+            cases = ("load_dicom", "protect_watermark", "verify_watermark")
         if args.residual:
             os.environ["MEDFAKE_BENCH_RESIDUAL"] = str(Path(args.residual).resolve())  # the case subprocesses read it
             cases = (*cases, "screen_residual")
         result = main(cases)
-        name = "memory_screening" if args.screening else "memory"
+        name = "memory_watermark" if args.watermark else "memory_screening" if args.screening else "memory"
         (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
         write_run_record(RESULTS, {"benchmark": "memory", "slices": SLICES, "cases": list(cases),
                                    "residual": args.residual}, seed=None, name=f"{name}.run.json")

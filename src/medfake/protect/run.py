@@ -99,6 +99,15 @@ def output_name(outdir: Path, target: Path) -> Path:
     return unused_name(outdir, f"{scan_key(target)}_protected")
 
 
+def change_summary(before: np.ndarray, after: np.ndarray, slices: int = 16) -> tuple[float, int]:
+    """max |after − before| and the number of changed voxels, a few slices at a time (no float copy of a CT)."""
+    largest, changed = 0.0, 0
+    for z in range(0, len(before), slices):
+        change = np.abs(after[z: z + slices].astype(np.float64) - before[z: z + slices])
+        largest, changed = max(largest, float(change.max())), changed + int(np.count_nonzero(change))
+    return largest, changed
+
+
 def protect_file(target: str | Path, outdir: str | Path, against, config: ProtectConfig | None = None,
                  fmt: str = "same", series: str | None = None, protector_dir: str | Path | None = None,
                  show_progress: bool = True, *, lung: np.ndarray | None = None, nodules=None) -> ProtectResult:
@@ -126,17 +135,17 @@ def protect_file(target: str | Path, outdir: str | Path, against, config: Protec
     require_lungs(scan, lung)
     with progress_bar(disable=not show_progress) as bar:
         protected = protect_scan(scan, surrogates, config, lung, bar, protector, nodules=nodules)
-    change = np.abs(protected.voxels.astype(np.float64) - scan.voxels.astype(np.float64))
-    if change.max() > config.budget_hu:  # the promise of the command: never store a voxel past the budget
-        raise MedfakeError(f"internal error: a voxel moved {change.max():g} HU past the budget", target)
+    change, changed = change_summary(scan.voxels, protected.voxels)
+    if change > config.budget_hu:  # the promise of the command: never store a voxel past the budget
+        raise MedfakeError(f"internal error: a voxel moved {change:g} HU past the budget", target)
     outdir.mkdir(parents=True, exist_ok=True)
     ids = [s.model_id for s in surrogates] + ([f"protector {protector.model_id}"] if protector else [])
     written = save_scan(protected, output_name(outdir, target), format=fmt, derivation=derivation_text(config, ids))
     seconds = time.monotonic() - start
     record = {"scan": str(target), "output": str(written), "method": config.method, "budget_hu": config.budget_hu,
               "region": config.region, "models": ids, "actions": [s.action for s in surrogates],
-              "seconds": round(seconds, 2), "max_abs_change_hu": float(change.max()),
-              "changed_voxels": int(np.count_nonzero(change)), "optimize": asdict(config.optimize),
+              "seconds": round(seconds, 2), "max_abs_change_hu": change,
+              "changed_voxels": changed, "optimize": asdict(config.optimize),
               "protector": str(protector_dir) if protector_dir else None}
     if config.method == "watermark":  # the key itself is never written
         from medfake.protect.watermark import key_fingerprint

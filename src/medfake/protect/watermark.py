@@ -1,7 +1,7 @@
 """A keyed fragile watermark within the protection's L∞ budget: tampering is not stopped, it becomes detectable.
 
-Embedding: a ±1 field drawn from a generator seeded by SHA-256 of the key, smoothed in-plane (σ 0.7 voxel, so a
-mild blur leaves some of it), scaled to ±budget and rounded onto the stored voxels (the same `project_stored`
+Embedding: a ±1 field drawn slice by slice from a generator seeded by SHA-256 of the key, the grid's shape and the
+slice, smoothed in-plane (σ 0.7 voxel, so a mild blur leaves some of it), scaled to ±budget and rounded onto the stored voxels (the same `project_stored`
 as the perturbation methods: |stored − original| ≤ budget at every voxel). The pattern lives on the voxel grid.
 
 Verification: the scan's in-plane high-pass residual (x − Gaussian(x), clipped to ±60 HU so vessel edges do not
@@ -30,6 +30,7 @@ HIGHPASS_SIGMA_VOXELS = 1.0  # in-plane σ of the Gaussian whose residual is the
 RESIDUAL_CLIP_HU = 60.0
 SCALE_SIGMAS = 1.5  # the field (unit std) is scaled so ±1.5 σ reaches the budget, then clipped
 WINDOW_MM = 12.0
+CHUNK_SLICES = 16  # slices held in float at a time
 MIN_LUNG_FRACTION = 0.5  # a grid cell is scored when at least this much of its window is lung
 PRESENT_CORRELATION = 0.02  # whole-lung correlation above which the scan carries the key's watermark (a wrong
 # key: |corr| < 0.002 on lung1's 1.7 M lung voxels)
@@ -50,18 +51,35 @@ def key_fingerprint(key: str) -> str:
     return hashlib.sha256(b"medfake-watermark-fingerprint\0" + require_key(key).encode()).hexdigest()[:16]
 
 
-def key_pattern(shape, key: str) -> np.ndarray:
-    """The key's field on a voxel grid: unit standard deviation, smoothed in-plane (float32)."""
-    digest = hashlib.sha256(b"medfake-watermark-v1\0" + require_key(key).encode()).digest()
-    rng = np.random.default_rng(np.frombuffer(digest, dtype=np.uint32))
-    signs = rng.integers(0, 2, size=tuple(shape), dtype=np.int8).astype(np.float32) * 2 - 1
-    smooth = ndimage.gaussian_filter(signs, (0, PATTERN_SIGMA_VOXELS, PATTERN_SIGMA_VOXELS))
+def slice_pattern(shape, key: str, z: int) -> np.ndarray:
+    """Slice z of the key's field on a voxel grid of `shape`: unit standard deviation, smoothed in-plane
+    (float32). Each slice has its own seed (the key, the grid's shape and z), so any run of slices is made
+    without the rest of the volume."""
+    seed = b"medfake-watermark-v2\0" + require_key(key).encode() + "\0{}x{}x{}\0{}".format(*shape, z).encode()
+    rng = np.random.default_rng(np.frombuffer(hashlib.sha256(seed).digest(), dtype=np.uint32))
+    signs = rng.integers(0, 2, size=tuple(shape[1:]), dtype=np.int8).astype(np.float32) * 2 - 1
+    smooth = ndimage.gaussian_filter(signs, PATTERN_SIGMA_VOXELS)
     return smooth / np.float32(smooth.std() or 1.0)
 
 
-def unit_watermark(shape, key: str) -> np.ndarray:
+def key_pattern(shape, key: str, zs: range | None = None) -> np.ndarray:
+    """The key's field on slices `zs` (default: all) of a voxel grid of `shape`."""
+    zs = range(shape[0]) if zs is None else zs
+    out = np.empty((len(zs), *shape[1:]), np.float32)
+    for k, z in enumerate(zs):
+        out[k] = slice_pattern(shape, key, z)
+    return out
+
+
+def unit_watermark(shape, key: str, zs: range | None = None) -> np.ndarray:
     """The pattern in [−1, 1] (×budget = the change written into the scan)."""
-    return np.clip(key_pattern(shape, key) / SCALE_SIGMAS, -1, 1)
+    return np.clip(key_pattern(shape, key, zs) / SCALE_SIGMAS, -1, 1)
+
+
+def slice_chunks(depth: int, size: int = CHUNK_SLICES):
+    """Runs of `size` slices covering 0..depth: everything here works a chunk at a time, so memory stays
+    bounded on a 512×512×300 CT."""
+    return [range(z0, min(z0 + size, depth)) for z0 in range(0, depth, size)]
 
 
 def embed(scan: Scan, key: str, budget_hu: float, allowed: np.ndarray) -> Scan:
@@ -69,8 +87,12 @@ def embed(scan: Scan, key: str, budget_hu: float, allowed: np.ndarray) -> Scan:
     `allowed`)."""
     from medfake.protect.optimize import project_stored
 
-    delta = np.where(allowed, np.float32(budget_hu) * unit_watermark(scan.shape, key), np.float32(0))
-    return scan.with_voxels(project_stored(scan.voxels, delta, budget_hu))
+    out = np.empty_like(scan.voxels)
+    for zs in slice_chunks(scan.shape[0]):
+        part = slice(zs.start, zs.stop)
+        delta = np.where(allowed[part], np.float32(budget_hu) * unit_watermark(scan.shape, key, zs), np.float32(0))
+        out[part] = project_stored(scan.voxels[part], delta, budget_hu)
+    return scan.with_voxels(out)
 
 
 def highpass(volume: np.ndarray) -> np.ndarray:
@@ -85,24 +107,41 @@ def window_voxels(spacing, window_mm: float = WINDOW_MM) -> tuple[int, int, int]
 
 @dataclass
 class Evidence:
-    """The residual of a scan and the high-pass of a key's pattern, over the scan's lung voxels; `reference` is
-    the watermark's amplitude over all of them (HU of the unit pattern's high-pass found in the residual)."""
-    residual: np.ndarray
-    expected: np.ndarray
+    """A scan's high-pass residual against the high-pass of a key's pattern, over its lung voxels, made a run
+    of slices at a time (never the whole volume in float); `reference` is the watermark's amplitude over all
+    of them (HU of the unit pattern's high-pass found in the residual)."""
+    voxels: np.ndarray
+    key: str
     lung: np.ndarray
     spacing: tuple
+    expected_volume: np.ndarray | None = None  # the whole `expected_residual`, when a caller reuses it
     reference: float = 0.0
     correlation: float = 0.0
 
+    @property
+    def shape(self) -> tuple:
+        return self.voxels.shape
+
+    def residual(self, zs: range) -> np.ndarray:
+        part = np.asarray(self.voxels[zs.start: zs.stop])
+        return np.clip(highpass(part), -RESIDUAL_CLIP_HU, RESIDUAL_CLIP_HU)
+
+    def expected(self, zs: range) -> np.ndarray:
+        if self.expected_volume is not None:
+            return self.expected_volume[zs.start: zs.stop]
+        return expected_residual(self.shape, self.key, zs)
+
     def sums_in(self, box: tuple[slice, ...]) -> tuple[float, float, float, int]:
+        zs = range(*box[0].indices(self.shape[0])[:2])
         m = self.lung[box]
-        r, h = self.residual[box][m].astype(np.float64), self.expected[box][m].astype(np.float64)
+        r = self.residual(zs)[:, box[1], box[2]][m].astype(np.float64)
+        h = self.expected(zs)[:, box[1], box[2]][m].astype(np.float64)
         return float((r * h).sum()), float((r * r).sum()), float((h * h).sum()), int(m.sum())
 
 
-def expected_residual(shape, key: str) -> np.ndarray:
-    """What the watermark leaves in the high-pass residual (up to its amplitude)."""
-    return highpass(unit_watermark(shape, key))
+def expected_residual(shape, key: str, zs: range | None = None) -> np.ndarray:
+    """What the watermark leaves in the high-pass residual (up to its amplitude), on slices `zs`."""
+    return highpass(unit_watermark(shape, key, zs))
 
 
 def evidence(scan: Scan, key: str, lung: np.ndarray | None = None, expected: np.ndarray | None = None) -> Evidence:
@@ -110,10 +149,11 @@ def evidence(scan: Scan, key: str, lung: np.ndarray | None = None, expected: np.
     from medfake.lungmask import lung_mask
 
     lung = lung_mask(scan) if lung is None else lung
-    residual = np.clip(highpass(scan.voxels), -RESIDUAL_CLIP_HU, RESIDUAL_CLIP_HU)
-    expected = expected_residual(scan.shape, key) if expected is None else expected
-    ev = Evidence(residual, expected, np.asarray(lung, bool), scan.spacing)
-    rh, rr, hh, _ = ev.sums_in(tuple(slice(None) for _ in range(3)))
+    ev = Evidence(scan.voxels, require_key(key), np.asarray(lung, bool), scan.spacing, expected)
+    rh = rr = hh = 0.0
+    for zs in slice_chunks(scan.shape[0]):
+        a, b, c, _ = ev.sums_in((slice(zs.start, zs.stop), slice(None), slice(None)))
+        rh, rr, hh = rh + a, rr + b, hh + c
     ev.reference = rh / hh if hh > 0 else 0.0
     ev.correlation = rh / np.sqrt(rr * hh) if rr * hh > 0 else 0.0
     return ev
@@ -128,7 +168,7 @@ def site_score(ev: Evidence, zyx, window_mm: float = WINDOW_MM) -> float:
     """The watermark's local amplitude (HU per unit of the pattern's high-pass) in a window centred at `zyx`
     over lung voxels: about the scan's `reference` (~0.95 × budget) where untouched, ~0 where a tamperer
     rewrote the voxels or with a wrong key; 0 where the window holds no lung."""
-    rh, _, hh, _ = ev.sums_in(site_box(ev.residual.shape, ev.spacing, zyx, window_mm))
+    rh, _, hh, _ = ev.sums_in(site_box(ev.shape, ev.spacing, zyx, window_mm))
     return float(rh / hh) if hh > 0 else 0.0
 
 
@@ -148,15 +188,24 @@ class Verification:
 
 def strength_grid(ev: Evidence, window_mm: float = WINDOW_MM):
     """Local amplitude of the watermark on a grid of half-window steps, relative to the scan's, and how many
-    standard errors it lies below it (NaN where the window is mostly not lung)."""
+    standard errors it lies below it (NaN where the window is mostly not lung). Grid rows are computed a few
+    at a time on the slices their windows reach."""
     window = window_voxels(ev.spacing, window_mm)
-    m = ev.lung.astype(np.float32)
     step = tuple(max(1, w // 2) for w in window)
-    centers = [np.arange(min(s // 2, n - 1), n, s) for s, n in zip(step, ev.lung.shape)]
-    pick = np.ix_(*centers)
-    local = lambda a: ndimage.uniform_filter(a * m, window, mode="constant")[pick].astype(np.float64)
-    rh, rr, hh = local(ev.residual * ev.expected), local(ev.residual ** 2), local(ev.expected ** 2)
-    count = ndimage.uniform_filter(m, window, mode="constant")[pick] * np.prod(window)
+    centers = [np.arange(min(s // 2, n - 1), n, s) for s, n in zip(step, ev.shape)]
+    sums = [np.empty((len(centers[0]), len(centers[1]), len(centers[2])), np.float64) for _ in range(4)]
+    half, rows = window[0] // 2, max(1, CHUNK_SLICES // step[0])
+    for k0 in range(0, len(centers[0]), rows):
+        zc = centers[0][k0: k0 + rows]
+        zs = range(max(0, int(zc[0]) - half), min(ev.shape[0], int(zc[-1]) + half + 1))
+        m = ev.lung[zs.start: zs.stop].astype(np.float32)
+        r, h = ev.residual(zs), ev.expected(zs)
+        pick = np.ix_(zc - zs.start, centers[1], centers[2])
+        local = lambda a: ndimage.uniform_filter(a, window, mode="constant")[pick]  # noqa: E731
+        for total, a in zip(sums, (r * h * m, r * r * m, h * h * m, m)):
+            total[k0: k0 + len(zc)] = local(a)
+    rh, rr, hh, share = sums
+    count = share * np.prod(window)
     with np.errstate(invalid="ignore", divide="ignore"):
         amplitude = rh / hh
         stderr = np.sqrt(rr / (hh * count) * NOISE_CORRELATION)
