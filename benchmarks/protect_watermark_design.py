@@ -1,0 +1,96 @@
+"""Two design alternatives for the keyed watermark's whole-scan search (`verify`), on lung1 and chest2 (real, held
+out of the tamperers' training) watermarked at 8 HU and tampered by the shared cpu-small CT-GAN (injection at 2
+automatic healthy sites, removal at the labelled / CAD-found nodules):
+
+1. larger windows for the local amplitude (12, 16, 20, 24 mm; the CT-GAN cube is ~22 mm across);
+2. a coarser pattern (in-plane σ of the ±1 field 0.7 → 1.2 → 2.0 voxels, with the verification's high-pass
+   σ 1.0 → 2.5 → 4.0), which the CT-GAN's coarser isotropic cube might replace rather than keep.
+
+Per setting: the strength (local amplitude / the scan's, 1 intact) and the drop z-score at each tampered site's
+grid cell, and on the untouched watermarked scan the largest drop z-score and the cells `verify` would flag
+(strength < 0.5 and z > 4.5: false alarms). Prints and saves benchmarks/results/protect_watermark_design.json.
+
+Usage: PYTHONPATH=src python benchmarks/protect_watermark_design.py
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medfake.cad import detect_nodules
+from medfake.data.samples import sample_path
+from medfake.io import load_scan
+from medfake.lungmask import lung_mask
+from medfake.protect import watermark as wm
+from medfake.protect.surrogate import load_tamper_model
+from medfake.runinfo import write_run_record
+from medfake.tamper.pipeline import tamper_scan
+from medfake.tamper.sites import pick_sites
+
+RESULTS = Path(__file__).parent / "results"
+BENCH = Path("/work/runs/bench_tamper")
+KEY = "benchmark key 2026"
+LUNG1_NODULE = (33, 359, 218)
+WINDOWS_MM = (12.0, 16.0, 20.0, 24.0)
+PATTERNS = ((0.7, 1.0), (1.2, 2.5), (2.0, 4.0))  # (pattern σ, high-pass σ) in voxels; the first is the shipped one
+
+
+def grid_figures(scan, lung, sites, window_mm: float) -> dict:
+    ev = wm.evidence(scan, KEY, lung)
+    strength, drop_z, centers, _, _ = wm.strength_grid(ev, window_mm)
+    at_sites = []
+    for site in sites:
+        cell = tuple(int(np.abs(np.asarray(c) - v).argmin()) for c, v in zip(centers, site))
+        at_sites.append({"site": list(map(int, site)), "strength": float(strength[cell]), "drop_z": float(drop_z[cell])})
+    finite = np.isfinite(strength)
+    return {"sites": at_sites, "max_drop_z": float(np.nanmax(drop_z)),
+            "flagged_cells": int(((strength < wm.TAMPERED_STRENGTH) & (drop_z > wm.DROP_Z))[finite].sum()),
+            "correlation": float(ev.correlation)}
+
+
+def run_scan(name: str, models: dict) -> dict:
+    scan = load_scan(sample_path(name))
+    lung = lung_mask(scan)
+    removals = [LUNG1_NODULE] if name == "lung1" else [tuple(n.center_zyx) for n in detect_nodules(scan, lung)[:2]]
+    out = {}
+    shipped = (wm.PATTERN_SIGMA_VOXELS, wm.HIGHPASS_SIGMA_VOXELS)
+    try:
+        for pattern_sigma, highpass_sigma in PATTERNS:
+            wm.PATTERN_SIGMA_VOXELS, wm.HIGHPASS_SIGMA_VOXELS = pattern_sigma, highpass_sigma
+            marked = wm.embed(scan, KEY, 8.0, lung)
+            rng = np.random.default_rng(0)
+            injections = pick_sites(marked, 2, rng, lung=lung)
+            cases = {"untouched": (marked, []),
+                     "ctgan-inject": (tamper_scan(marked, injections, "inject", models["inject"], "ctgan", rng, lung)[0], injections),
+                     "ctgan-remove": (tamper_scan(marked, removals, "remove", models["remove"], "ctgan", rng, lung)[0], removals)}
+            windows = WINDOWS_MM if (pattern_sigma, highpass_sigma) == PATTERNS[0] else WINDOWS_MM[:1]
+            for window in windows:
+                key = f"pattern {pattern_sigma} / highpass {highpass_sigma}, window {window:g} mm"
+                out[key] = {case: grid_figures(tampered, lung, sites, window) for case, (tampered, sites) in cases.items()}
+                print(name, key, {c: ([(round(s["strength"], 2), round(s["drop_z"], 1)) for s in f["sites"]],
+                                      f["flagged_cells"]) for c, f in out[key].items()}, flush=True)
+    finally:
+        wm.PATTERN_SIGMA_VOXELS, wm.HIGHPASS_SIGMA_VOXELS = shipped
+    return out
+
+
+def main() -> dict:
+    start = time.time()
+    models = {a: load_tamper_model(BENCH / f"run_{a}", a) for a in ("inject", "remove")}
+    result = {"budget_hu": 8.0, "flag_rule": {"strength_below": wm.TAMPERED_STRENGTH, "drop_z_above": wm.DROP_Z},
+              "models": {a: m.model_id for a, m in models.items()},
+              "scans": {name: run_scan(name, models) for name in ("lung1", "chest2")}}
+    result["total_seconds"] = round(time.time() - start, 1)
+    return result
+
+
+if __name__ == "__main__":
+    out = main()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "protect_watermark_design.json").write_text(json.dumps(out, indent=1))
+    write_run_record(RESULTS, {"benchmark": "protect_watermark_design", "windows_mm": WINDOWS_MM,
+                               "patterns": PATTERNS}, seed=0, name="protect_watermark_design.run.json")
