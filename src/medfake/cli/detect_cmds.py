@@ -15,6 +15,7 @@ from medfake.errors import MedfakeError
 
 out = Console()
 TRAIN, SCORE, SCREEN = DetectorTrainConfig(), ScoreOptions(), ScreenOptions()  # the defaults shown and used
+FAST_HELP = "CPU fp32: Winograd/matmul convolutions (scores within ~1e-5 of --no-fast)."
 EVALUATION_BATCH = 32  # patches per forward pass when evaluating (many patches per scan)
 
 SCANS_HELP = "A folder of genuine scans, a .txt list of paths, or a scan; repeatable."
@@ -96,6 +97,7 @@ def detect_cmd(
         topk: float = typer.Option(SCORE.topk, "--topk", help="Fraction of pixels for --reduce topk."),
         precision: str = typer.Option(SCORE.precision, "--precision", help=" | ".join(PRECISIONS)),
         batch_size: int = typer.Option(SCORE.batch_size, "--batch-size", help="Patches per forward pass (CPU: 4-8; GPU: more)."),
+        fast: bool = typer.Option(SCORE.fast, "--fast/--no-fast", help=FAST_HELP),
         stride: int = typer.Option(SCREEN.stride, "--stride", help="Screening tile stride (default: half a patch)."),
         slice_step: int = typer.Option(SCREEN.slice_step, "--slice-step", help="Screen every n-th slice."),
         top: int = typer.Option(SCREEN.top, "--top", help="Findings reported by screening."),
@@ -109,7 +111,7 @@ def detect_cmd(
     from medfake.training import progress_bar
 
     options = _score_options(t=t, clamp=clamp, region=region, centre=centre, reduce=reduce, topk=topk,
-                             precision=precision, batch_size=batch_size)
+                             precision=precision, batch_size=batch_size, fast=fast)
     scan = load_scan(scan_path)
     detector = _load(model, method, model_modality, options, weights)
     if screen:
@@ -140,6 +142,7 @@ def evaluate_cmd(
         per_scan: int = typer.Option(20, "--per-scan", help="Genuine lung sites per genuine scan."),
         paired: bool = typer.Option(True, "--paired/--no-paired", help="Also score the untouched source at each tampered location."),
         precision: str = typer.Option(SCORE.precision, "--precision", help=" | ".join(PRECISIONS)),
+        fast: bool = typer.Option(SCORE.fast, "--fast/--no-fast", help=FAST_HELP),
         seed: int = typer.Option(0, "--seed"),
         overwrite: bool = typer.Option(False, "--overwrite")):
     """ROC AUC with DeLong 95% CIs per row (action × tamper method × modality): headline rows compare like with
@@ -150,7 +153,7 @@ def evaluate_cmd(
 
     if method and len(method) != len(models):
         raise MedfakeError("give one --method per --model (or none)")
-    options = _score_options(precision=precision, batch_size=EVALUATION_BATCH)
+    options = _score_options(precision=precision, batch_size=EVALUATION_BATCH, fast=fast)
     detectors = {}
     for i, model in enumerate(models):
         det = _load(model, method[i] if method else None, None, options, "model")

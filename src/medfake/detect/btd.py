@@ -9,6 +9,7 @@ The score is mean((x − x₋₁)²) over the patch (or its centre, or the top-k
 from __future__ import annotations
 
 import copy
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -16,17 +17,26 @@ import torch
 
 from medfake.detect.config import PRECISIONS, ScoreOptions
 from medfake.nn.ddpm import GaussianDiffusion
+from medfake.nn.winograd import fast_unet
 
 DTYPES = dict(zip(PRECISIONS, (torch.float32, torch.bfloat16, torch.float16)))
 __all__ = ["BTDScorer", "ScoreOptions", "batched", "reduce_maps", "reference_scores"]
 
 
 def batched(patches01: np.ndarray, batch_size: int, fn: Callable[[torch.Tensor], torch.Tensor],
-            empty_shape: tuple) -> np.ndarray:
+            empty_shape: tuple, workers: int = 1) -> np.ndarray:
     """`fn` applied to `patches01` in torch batches of `batch_size`, results concatenated as numpy
-    (`empty_shape` float32 zeros when there are no patches)."""
-    out = [fn(torch.from_numpy(np.ascontiguousarray(patches01[start: start + batch_size]))).cpu().numpy()
-           for start in range(0, len(patches01), batch_size)]
+    (`empty_shape` float32 zeros when there are no patches). With `workers` > 1 the batches run on that many
+    threads at once, each with one torch thread (data parallelism instead of splitting every operation)."""
+    def run(start):
+        return fn(torch.from_numpy(np.ascontiguousarray(patches01[start: start + batch_size]))).cpu().numpy()
+
+    starts = range(0, len(patches01), batch_size)
+    if workers > 1 and len(starts) > 1:
+        with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            out = list(pool.map(run, starts))
+    else:
+        out = [run(start) for start in starts]
     return np.concatenate(out) if out else np.zeros(empty_shape, np.float32)
 
 
@@ -45,7 +55,9 @@ def reduce_maps(maps: np.ndarray, options: ScoreOptions) -> np.ndarray:
 
 class BTDScorer:
     """Batched, inference-mode BTD residuals for a `GaussianDiffusion`; bf16/fp16 run a converted copy of the
-    U-Net in channels_last layout (the step arithmetic stays fp32)."""
+    U-Net in channels_last layout (the step arithmetic stays fp32). On CPU in fp32 with `options.fast`, a copy
+    with Winograd/matmul convolutions (nn/winograd.py; a snapshot of the weights when the scorer is built); on
+    CPU, batches run on `cpu_workers` threads at once."""
 
     def __init__(self, diffusion: GaussianDiffusion, options: ScoreOptions | None = None, device=None):
         self.options = options or ScoreOptions()
@@ -54,8 +66,15 @@ class BTDScorer:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.diffusion = diffusion.eval().to(self.device)
         self.dtype = DTYPES[self.options.precision]
-        net = diffusion.model if self.dtype == torch.float32 else copy.deepcopy(diffusion.model).to(self.dtype)
+        on_cpu = self.device.type == "cpu"
+        if self.dtype != torch.float32:
+            net = copy.deepcopy(diffusion.model).to(self.dtype)
+        elif self.options.fast and on_cpu:
+            net = fast_unet(diffusion.model)
+        else:
+            net = diffusion.model
         self.net = net.eval().to(self.device, memory_format=torch.channels_last)
+        self.workers = (self.options.cpu_workers or torch.get_num_threads()) if on_cpu else 1
 
     def _step_coefficients(self):
         d, t = self.diffusion, self.options.t
@@ -77,7 +96,7 @@ class BTDScorer:
     def anomaly_maps(self, patches01: np.ndarray) -> np.ndarray:
         """(N, P, P) squared residuals (mean over channels)."""
         return batched(patches01, self.options.batch_size, lambda x: (self.residual(x) ** 2).mean(dim=1),
-                       (0,) + patches01.shape[2:])
+                       (0,) + patches01.shape[2:], self.workers)
 
     def scores(self, patches01: np.ndarray) -> np.ndarray:
         return reduce_maps(self.anomaly_maps(patches01), self.options)

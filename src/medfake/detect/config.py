@@ -57,6 +57,11 @@ class ScoreOptions:
     topk: float = 0.05  # fraction of pixels averaged by `topk`
     precision: str = "fp32"  # fp32 | bf16 | fp16
     batch_size: int = 8  # on 2 CPU cores 4-8 patches per batch keep activations in cache (benchmarks/detect_throughput.py)
+    # CPU, fp32: Winograd F(4×4, 3×3) and matmul 1×1 convolutions (nn/winograd.py); scores within ~1e-5 relative
+    fast: bool = True
+    # CPU: batches scored by this many single-threaded workers at once (None: one per torch thread); on a few
+    # shared cores this beats splitting every operation over the threads (benchmarks/detect_throughput.py)
+    cpu_workers: int | None = None
 
     def __post_init__(self):
         if self.region not in ("whole", "centre"):
@@ -65,6 +70,8 @@ class ScoreOptions:
             raise ValueError(f"reduce must be mean or topk, not {self.reduce}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision}")
+        if self.cpu_workers is not None and self.cpu_workers < 1:
+            raise ValueError(f"cpu_workers must be at least 1, not {self.cpu_workers}")
 
 
 @dataclass

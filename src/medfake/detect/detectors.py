@@ -95,7 +95,7 @@ class ForensicBTDDetector(BTDDetector):
                 total += ((eps.float() - noise) ** 2).mean(dim=1)
             return total / len(self.steps)
 
-        return batched(patches01, self.options.batch_size, error, (0,) + patches01.shape[2:])
+        return batched(patches01, self.options.batch_size, error, (0,) + patches01.shape[2:], scorer.workers)
 
     def scores_from_maps(self, maps):
         p = maps.shape[-1]
