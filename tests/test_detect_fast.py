@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from medfake.detect.btd import BTDScorer, ScoreOptions
 from medfake.detect.patches import lung_mask_or_none, patches_at, to_unit
 from medfake.nn.ddpm import build_diffusion
-from medfake.nn.winograd import PointwiseConv2d, WinogradConv2d, fast_unet
+from medfake.nn.fast import FoldedLinearAttention, PointwiseConv2d, WinogradConv2d, fast_unet
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +57,10 @@ def test_fast_unet_predicts_eagers_noise(lung_patches, diffusion):
     x = torch.from_numpy(lung_patches[:4]) * 2 - 1
     fast = fast_unet(diffusion.model)
     assert sum(isinstance(m, WinogradConv2d) for m in fast.modules()) == 43  # every 3×3 convolution
+    assert sum(isinstance(m, FoldedLinearAttention) for m in fast.modules()) == 6  # 96², 48², 24², down and up
+    for m in fast.modules():  # several chunks per image at 96², so the running maximum is exercised
+        if isinstance(m, FoldedLinearAttention):
+            m.chunk_values = 1 << 15
     for t in (0, 500):
         steps = torch.full((len(x),), t)
         assert relative_error(fast(x, steps), diffusion.model(x, steps)) < 1e-4

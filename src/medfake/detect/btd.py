@@ -17,7 +17,7 @@ import torch
 
 from medfake.detect.config import PRECISIONS, ScoreOptions
 from medfake.nn.ddpm import GaussianDiffusion
-from medfake.nn.winograd import fast_unet
+from medfake.nn.fast import fast_unet
 
 DTYPES = dict(zip(PRECISIONS, (torch.float32, torch.bfloat16, torch.float16)))
 __all__ = ["BTDScorer", "ScoreOptions", "batched", "reduce_maps", "reference_scores"]
@@ -56,7 +56,7 @@ def reduce_maps(maps: np.ndarray, options: ScoreOptions) -> np.ndarray:
 class BTDScorer:
     """Batched, inference-mode BTD residuals for a `GaussianDiffusion`; bf16/fp16 run a converted copy of the
     U-Net in channels_last layout (the step arithmetic stays fp32). On CPU in fp32 with `options.fast`, a copy
-    with Winograd/matmul convolutions (nn/winograd.py; a snapshot of the weights when the scorer is built); on
+    with Winograd/matmul convolutions (nn/fast.py; a snapshot of the weights when the scorer is built); on
     CPU, batches run on `cpu_workers` threads at once."""
 
     def __init__(self, diffusion: GaussianDiffusion, options: ScoreOptions | None = None, device=None):
