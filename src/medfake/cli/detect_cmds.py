@@ -96,7 +96,7 @@ def detect_cmd(
         reduce: str = typer.Option(SCORE.reduce, "--reduce", help="mean | topk"),
         topk: float = typer.Option(SCORE.topk, "--topk", help="Fraction of pixels for --reduce topk."),
         precision: str = typer.Option(SCORE.precision, "--precision", help=" | ".join(PRECISIONS)),
-        batch_size: int = typer.Option(SCORE.batch_size, "--batch-size", help="Patches per forward pass (CPU: 4-8; GPU: more)."),
+        batch_size: int = typer.Option(SCORE.batch_size, "--batch-size", help="Patches per forward pass (CPU: per worker, 2-4; GPU: more)."),
         fast: bool = typer.Option(SCORE.fast, "--fast/--no-fast", help=FAST_HELP),
         stride: int = typer.Option(SCREEN.stride, "--stride", help="Screening tile stride (default: half a patch)."),
         slice_step: int = typer.Option(SCREEN.slice_step, "--slice-step", help="Screen every n-th slice."),

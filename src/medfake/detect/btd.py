@@ -33,8 +33,10 @@ def batched(patches01: np.ndarray, batch_size: int, fn: Callable[[torch.Tensor],
 
     starts = range(0, len(patches01), batch_size)
     if workers > 1 and len(starts) > 1:
+        threads = torch.get_num_threads()
         with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
             out = list(pool.map(run, starts))
+        torch.set_num_threads(threads)  # torch also keeps the last setting as the default of new threads
     else:
         out = [run(start) for start in starts]
     return np.concatenate(out) if out else np.zeros(empty_shape, np.float32)

@@ -56,7 +56,7 @@ class ScoreOptions:
     reduce: str = "mean"  # mean | topk
     topk: float = 0.05  # fraction of pixels averaged by `topk`
     precision: str = "fp32"  # fp32 | bf16 | fp16
-    batch_size: int = 8  # on 2 CPU cores 4-8 patches per batch keep activations in cache (benchmarks/detect_throughput.py)
+    batch_size: int = 4  # per forward pass (CPU: per worker); small batches keep activations in the caches
     # CPU, fp32: Winograd F(4×4, 3×3) and matmul 1×1 convolutions (nn/fast.py); scores within ~1e-5 relative
     fast: bool = True
     # CPU: batches scored by this many single-threaded workers at once (None: one per torch thread); on a few
