@@ -11,12 +11,12 @@ all at the `btd` preset (dim 32, 9.19 M parameters) on real 96² lung1 patches, 
 difference to the reference. Beside them: the U-Net's FLOPs per patch (the standard count: Winograd's saved
 multiplies are not subtracted) and this machine's fp32/bf16 matmul peak (the larger of one 2-thread product
 and two concurrent 1-thread products, over 1024-3072 sides), which bound what a direct implementation can
-reach. The machine is shared: after the sweep, `--rounds` interleaved rounds of [peak, plain, fast, workers]
-are timed and each ratio to the peak is reported for the best round of each (both measured under the same
-load) and for the medians. Then whole-scan screening of a 512×512×300 CT (lung1's 48 slices interpolated to
-300) with the `cpu-small` preset. The weights are random (seeded): speed does not depend on them, and score
-agreement is checked on the same weights. Prints and saves benchmarks/results/detect_throughput.json. Timings
-include the machine's current load (recorded)."""
+reach. The machine is shared: after the sweep, `--rounds` interleaved rounds of [peak, plain, workers, fast]
+are timed and each ratio to the peak is reported per round (peak and model under the same load) with its
+median, for the best round of each and for the medians. Then whole-scan screening of a 512×512×300 CT
+(lung1's 48 slices interpolated to 300) with the `cpu-small` preset. The weights are random (seeded): speed
+does not depend on them, and score agreement is checked on the same weights. Prints and saves
+benchmarks/results/detect_throughput.json. Timings include the machine's current load (recorded)."""
 
 from __future__ import annotations
 
@@ -152,7 +152,9 @@ def interleaved_rounds(diffusion, patches, best, rounds: int, flops: float, out)
     out["rounds"] = timings
     out["fraction_of_fp32_matmul_peak"] = {
         name: {"best_round": max(t) * flops / 1e9 / peak_best,
-               "median": float(np.median(t)) * flops / 1e9 / peak_median}
+               "median": float(np.median(t)) * flops / 1e9 / peak_median,
+               "per_round": [r * flops / 1e9 / p for r, p in zip(t, timings["peak_gflops"])],
+               "median_of_rounds": float(np.median([r * flops / 1e9 / p for r, p in zip(t, timings["peak_gflops"])]))}
         for name, t in timings.items() if name != "peak_gflops"}
 
 
@@ -178,9 +180,11 @@ def main(n_reference: int, n_batched: int, slice_step: int, screen_slices: int, 
         for name, (speed, batch, scores) in best.items():
             out["patches_per_second"][f"{name}_{precision}"] = speed
             out["patches_per_second"][f"{name}_{precision}_batch"] = batch
-            out["relative_score_difference_vs_reference"][f"{name}_{precision}"] = relative_difference(scores, ref_scores)
+            out["relative_score_difference_vs_reference"][f"{name}_{precision}"] = relative_difference(
+                scores, ref_scores)
         if precision == "fp32":
-            out["relative_score_difference_fast_vs_plain_fp32"] = relative_difference(best["fast"][2], best["plain"][2])
+            out["relative_score_difference_fast_vs_plain_fp32"] = relative_difference(
+                best["fast"][2], best["plain"][2])
             fp32_best = best
     for name in ("plain_fp32", "fast_fp32", "plain_bf16"):
         out[f"speedup_{name}_vs_reference"] = out["patches_per_second"][name] / ref_rate
