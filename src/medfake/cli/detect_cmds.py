@@ -16,7 +16,7 @@ from medfake.errors import MedfakeError
 out = Console()
 TRAIN, SCORE, SCREEN = DetectorTrainConfig(), ScoreOptions(), ScreenOptions()  # the defaults shown and used
 FAST_HELP = "CPU fp32: Winograd/matmul convolutions (scores within ~1e-5 of --no-fast)."
-EVALUATION_BATCH = 32  # patches per forward pass when evaluating (many patches per scan)
+GPU_EVALUATION_BATCH = 32  # patches per forward pass when evaluating on a GPU (on CPU: ScoreOptions', per worker)
 
 SCANS_HELP = "A folder of genuine scans, a .txt list of paths, or a scan; repeatable."
 MODEL_HELP = ("Detector: a `medfake train detector` run folder, a checkpoint (ours, or BTD's CT_model.pt/MRI_model.pt), "
@@ -153,7 +153,10 @@ def evaluate_cmd(
 
     if method and len(method) != len(models):
         raise MedfakeError("give one --method per --model (or none)")
-    options = _score_options(precision=precision, batch_size=EVALUATION_BATCH, fast=fast)
+    import torch
+
+    batch = GPU_EVALUATION_BATCH if torch.cuda.is_available() else SCORE.batch_size
+    options = _score_options(precision=precision, batch_size=batch, fast=fast)
     detectors = {}
     for i, model in enumerate(models):
         det = _load(model, method[i] if method else None, None, options, "model")
