@@ -6,6 +6,9 @@ automatic healthy sites, removal at the labelled / CAD-found nodules):
 2. a coarser pattern (in-plane σ of the ±1 field 0.7 → 1.2 → 2.0 voxels, with the verification's high-pass
    σ 1.0 → 2.5 → 4.0), which the CT-GAN's coarser isotropic cube might replace rather than keep.
 
+3. resampling onto a new in-plane grid (1.0 and 0.8 × the voxel size, the new spacing kept, linear) of the
+   untouched watermarked scan: does `verify` still find the watermark at all?
+
 Per setting: the strength (local amplitude / the scan's, 1 intact) and the drop z-score at each tampered site's
 grid cell, and on the untouched watermarked scan the largest drop z-score and the cells `verify` would flag
 (strength < 0.5 and z > 4.5: false alarms). Prints and saves benchmarks/results/protect_watermark_design.json.
@@ -20,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from medfake.cad import detect_nodules
 from medfake.data.samples import sample_path
@@ -52,6 +56,24 @@ def grid_figures(scan, lung, sites, window_mm: float) -> dict:
             "correlation": float(ev.correlation)}
 
 
+def regrid(scan, mm: float):
+    """In-plane linear resampling onto a grid of `mm` pixels, kept (what a PACS re-slicing to a new spacing does)."""
+    factors = [1.0, scan.spacing[1] / mm, scan.spacing[2] / mm]
+    voxels = ndimage.zoom(np.asarray(scan.voxels, np.float32), factors, order=1)
+    spacing = (scan.spacing[0], *(s * n / m for s, n, m in zip(scan.spacing[1:], scan.shape[1:], voxels.shape[1:])))
+    return scan.with_voxels(np.rint(voxels).astype(scan.voxels.dtype), spacing=spacing)
+
+
+def regrid_figures(marked) -> dict:
+    out = {}
+    for label, mm in (("1.0 mm", 1.0), ("0.8 x voxel", 0.8 * marked.spacing[1])):
+        moved = regrid(marked, mm)
+        result = wm.verify(moved, KEY)
+        out[label] = {"shape": list(moved.shape), "present": result.present,
+                      "correlation": round(result.global_correlation, 4), "findings": len(result.findings)}
+    return out
+
+
 def run_scan(name: str, models: dict) -> dict:
     scan = load_scan(sample_path(name))
     lung = lung_mask(scan)
@@ -67,6 +89,9 @@ def run_scan(name: str, models: dict) -> dict:
             cases = {"untouched": (marked, []),
                      "ctgan-inject": (tamper_scan(marked, injections, "inject", models["inject"], "ctgan", rng, lung)[0], injections),
                      "ctgan-remove": (tamper_scan(marked, removals, "remove", models["remove"], "ctgan", rng, lung)[0], removals)}
+            if (pattern_sigma, highpass_sigma) == PATTERNS[0]:
+                out["new grid"] = regrid_figures(marked)
+                print(name, "new grid", out["new grid"], flush=True)
             windows = WINDOWS_MM if (pattern_sigma, highpass_sigma) == PATTERNS[0] else WINDOWS_MM[:1]
             for window in windows:
                 key = f"pattern {pattern_sigma} / highpass {highpass_sigma}, window {window:g} mm"
