@@ -78,7 +78,7 @@ def run_case(case: str, series: Path, out: Path) -> dict:
     from medfake.lungmask import lung_mask
     from medfake.protect.config import ProtectConfig
     from medfake.protect.run import protect_file
-    from medfake.protect.watermark import verify_file
+    from medfake.protect.watermark_files import verify_file
     from medfake.tamper.config import TamperRequest
     from medfake.tamper.run import tamper_file
 

@@ -6,8 +6,9 @@ automatic healthy sites, removal at the labelled / CAD-found nodules):
 2. a coarser pattern (in-plane σ of the ±1 field 0.7 → 1.2 → 2.0 voxels, with the verification's high-pass
    σ 1.0 → 2.5 → 4.0), which the CT-GAN's coarser isotropic cube might replace rather than keep.
 
-3. resampling onto a new in-plane grid (1.0 and 0.8 × the voxel size, the new spacing kept, linear) of the
-   untouched watermarked scan: does `verify` still find the watermark at all?
+3. resampling onto a new in-plane grid (1.0 and 0.8 × the voxel size, the new spacing kept, linear) after the
+   attack: does `verify` find the watermark at all, without and with the watermarked grid (`--record`), and how
+   do the tampered sites read there?
 
 Per setting: the strength (local amplitude / the scan's, 1 intact) and the drop z-score at each tampered site's
 grid cell, and on the untouched watermarked scan the largest drop z-score and the cells `verify` would flag
@@ -64,13 +65,28 @@ def regrid(scan, mm: float):
     return scan.with_voxels(np.rint(voxels).astype(scan.voxels.dtype), spacing=spacing)
 
 
-def regrid_figures(marked) -> dict:
+def regrid_figures(cases: dict, original) -> dict:
+    """Each case resampled onto a new in-plane grid after the attack, checked without and with the watermarked
+    grid (`verify-watermark --record`): found at all, correlation, findings, and strength / drop z at the sites."""
+    grid = wm.Grid.of(original)
     out = {}
-    for label, mm in (("1.0 mm", 1.0), ("0.8 x voxel", 0.8 * marked.spacing[1])):
-        moved = regrid(marked, mm)
-        result = wm.verify(moved, KEY)
-        out[label] = {"shape": list(moved.shape), "present": result.present,
-                      "correlation": round(result.global_correlation, 4), "findings": len(result.findings)}
+    for label, mm in (("1.0 mm", 1.0), ("0.8 x voxel", 0.8 * original.spacing[1])):
+        for case, (scan, sites) in cases.items():
+            moved = regrid(scan, mm)
+            lung = lung_mask(moved)
+            row = {"shape": list(moved.shape)}
+            for how, given in (("without grid", None), ("with grid", grid)):
+                result = wm.verify(moved, KEY, lung, grid=given)
+                row[how] = {"present": result.present, "correlation": round(result.global_correlation, 4),
+                            "findings": len(result.findings)}
+            ev = wm.evidence(moved, KEY, lung, grid=grid)
+            strength, drop_z, centers, _, _ = wm.strength_grid(ev)
+            row["sites"] = []
+            for site in sites:
+                at = moved.world_to_continuous(scan.voxel_to_world(site))
+                cell = tuple(int(np.abs(np.asarray(c) - v).argmin()) for c, v in zip(centers, at))
+                row["sites"].append({"strength": float(strength[cell]), "drop_z": float(drop_z[cell])})
+            out[f"{label}, {case}"] = row
     return out
 
 
@@ -90,8 +106,8 @@ def run_scan(name: str, models: dict) -> dict:
                      "ctgan-inject": (tamper_scan(marked, injections, "inject", models["inject"], "ctgan", rng, lung)[0], injections),
                      "ctgan-remove": (tamper_scan(marked, removals, "remove", models["remove"], "ctgan", rng, lung)[0], removals)}
             if (pattern_sigma, highpass_sigma) == PATTERNS[0]:
-                out["new grid"] = regrid_figures(marked)
-                print(name, "new grid", out["new grid"], flush=True)
+                out["new grid"] = regrid_figures(cases, marked)
+                print(name, "new grid", json.dumps(out["new grid"]), flush=True)
             windows = WINDOWS_MM if (pattern_sigma, highpass_sigma) == PATTERNS[0] else WINDOWS_MM[:1]
             for window in windows:
                 key = f"pattern {pattern_sigma} / highpass {highpass_sigma}, window {window:g} mm"

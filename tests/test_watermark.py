@@ -102,3 +102,34 @@ def test_cli_end_to_end_dicom_and_errors(lung1_dicom, tmp_path, capsys):
     assert_one_line_error(["verify-watermark", str(written), "-o", str(tmp_path / "y")], capsys, "needs a key")
     assert_one_line_error(["verify-watermark", str(tmp_path / "missing"), "--key", KEY, "-o", str(tmp_path / "z")],
                           capsys, "missing")
+
+
+def test_a_copy_resampled_onto_another_grid_is_checked_with_the_protection_record(lung1_slab, marked, tmp_path,
+                                                                                  capsys):
+    from scipy import ndimage
+
+    from medfake.io import save_scan
+
+    zoom = [1.0, lung1_slab.spacing[1] / 0.8, lung1_slab.spacing[2] / 0.8]  # 0.57 mm pixels onto 0.8 mm
+    voxels = ndimage.zoom(marked.voxels.astype(np.float32), zoom, order=1)
+    spacing = (marked.spacing[0], *(s * n / m for s, n, m in zip(marked.spacing[1:], marked.shape[1:], voxels.shape[1:])))
+    moved = marked.with_voxels(np.rint(voxels).astype(np.int16), spacing=spacing)
+    grid = wm.Grid.of(marked)
+    assert not grid.matches(moved) and grid.matches(marked)
+    assert not wm.verify(moved, KEY).present  # the pattern lives on the voxel grid
+    found = wm.verify(moved, KEY, grid=grid)
+    assert found.present and found.global_correlation > 0.05 and found.findings == []
+    assert abs(wm.verify(moved, "wrong", grid=grid).global_correlation) < 0.01
+    # the CLI: the record protect writes carries the grid; --record maps the pattern onto the resampled copy
+    main(["protect", str(save_scan(lung1_slab, tmp_path / "slab.nrrd")), "-o", str(tmp_path / "p"),
+          "--method", "watermark", "--key", KEY])
+    record = next((tmp_path / "p").glob("*.protection.json"))
+    assert json.loads(record.read_text())["config"]["grid"]["shape"] == list(lung1_slab.shape)
+    main(["verify-watermark", str(save_scan(moved, tmp_path / "moved.nrrd")), "--key", KEY, "--record", str(record),
+          "-o", str(tmp_path / "v")])
+    report = json.loads((tmp_path / "v" / "watermark.json").read_text())["config"]
+    assert report["watermark_found"] and report["grid_from"] == str(record)
+    (tmp_path / "bad.json").write_text("{}")
+    assert_one_line_error(["verify-watermark", str(tmp_path / "moved.nrrd"), "--key", KEY, "--record",
+                           str(tmp_path / "bad.json"), "-o", str(tmp_path / "w")], capsys,
+                          "bad.json: not a watermark protection record (no grid)")

@@ -124,12 +124,15 @@ def verify_watermark(scan: Path = typer.Argument(..., help="A scan watermarked b
                      output: Path = typer.Option(..., "-o", "--output", help="Output folder (watermark.json, "
                                                  "watermark.png)."),
                      series: str = typer.Option(None, "--series", help="SeriesInstanceUID when the folder holds "
-                                                "several.")):
+                                                "several."),
+                     record: Path = typer.Option(None, "--record", help="The protection record (*.protection.json) "
+                                                 "of the watermarked scan: its grid lets a copy resampled onto "
+                                                 "another grid since be checked.")):
     """Check a scan's keyed watermark: the correlation map in ~12 mm lung windows and the regions where it
     collapsed (possible tampering), with voxel and world coordinates."""
-    from medfake.protect.watermark import verify_file
+    from medfake.protect.watermark_files import verify_file
 
-    record = verify_file(scan, output, key, series)
+    record = verify_file(scan, output, key, series, record=record)
     out.print(f"{scan}: {record['verdict']} (whole-lung correlation {record['global_correlation']:.3f})")
     for f in record["findings"][:10]:
         out.print(f"  collapsed at voxel z,y,x {f['voxel_zyx']} (world x,y,z {f['world_xyz']} mm): "

@@ -148,9 +148,10 @@ def protect_file(target: str | Path, outdir: str | Path, against, config: Protec
               "changed_voxels": changed, "optimize": asdict(config.optimize),
               "protector": str(protector_dir) if protector_dir else None}
     if config.method == "watermark":  # the key itself is never written
-        from medfake.protect.watermark import key_fingerprint
+        from medfake.protect.watermark import Grid, key_fingerprint
 
-        record.update(optimize=None, models=[], actions=[], key_fingerprint=key_fingerprint(config.key))
+        record.update(optimize=None, models=[], actions=[], key_fingerprint=key_fingerprint(config.key),
+                      grid=Grid.of(protected).as_dict())  # verify-watermark --record: checks resampled copies
     name = written.name.split(".")[0] + RECORD_SUFFIX
     path = write_run_record(outdir, record, config.optimize.seed, name=name)
     return ProtectResult(written, path, protected, seconds)

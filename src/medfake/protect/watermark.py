@@ -76,6 +76,61 @@ def unit_watermark(shape, key: str, zs: range | None = None) -> np.ndarray:
     return np.clip(key_pattern(shape, key, zs) / SCALE_SIGMAS, -1, 1)
 
 
+@dataclass(frozen=True)
+class Grid:
+    """The voxel grid a watermark was embedded on (the protection record keeps it): with it, `verify` finds the
+    pattern in a copy resampled onto another grid since."""
+    shape: tuple
+    spacing: tuple
+    origin: tuple
+    direction: tuple  # 9 values, row-major
+
+    @classmethod
+    def of(cls, scan: Scan) -> "Grid":
+        return cls(tuple(int(n) for n in scan.shape), tuple(float(v) for v in scan.spacing),
+                   tuple(float(v) for v in scan.origin), tuple(float(v) for v in np.ravel(scan.direction)))
+
+    def as_dict(self) -> dict:
+        return {"shape": list(self.shape), "spacing": list(self.spacing), "origin": list(self.origin),
+                "direction": list(self.direction)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Grid":
+        try:
+            grid = cls(*(tuple(data[k]) for k in ("shape", "spacing", "origin", "direction")))
+        except (KeyError, TypeError) as exc:
+            raise MedfakeError(f"not a watermark grid ({exc})") from None
+        if len(grid.shape) != 3 or len(grid.spacing) != 3 or len(grid.origin) != 3 or len(grid.direction) != 9:
+            raise MedfakeError("not a watermark grid (shape, spacing, origin: 3 values; direction: 9)")
+        return grid
+
+    def matches(self, scan: Scan) -> bool:
+        """The scan lies on this grid (to 1e-4 mm: a DICOM round trip keeps it)."""
+        other = Grid.of(scan)
+        return self.shape == other.shape and all(np.allclose(getattr(self, f), getattr(other, f), atol=1e-4)
+                                                 for f in ("spacing", "origin", "direction"))
+
+
+def mapped_watermark(grid: Grid, scan: Scan, key: str, zs: range) -> np.ndarray:
+    """The unit watermark embedded on `grid`, seen on slices `zs` of `scan`'s grid: each voxel's world position
+    read back on the watermarked grid by linear interpolation (0 outside it)."""
+    source = Scan(np.zeros((1, 1, 1), np.int16), grid.spacing, grid.origin, np.reshape(grid.direction, (3, 3)))
+    unit_steps = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], float)
+    mapped = source.world_to_continuous(scan.voxel_to_world(unit_steps))
+    offset, steps = mapped[0], mapped[1:] - mapped[0]  # where voxel 0 lands, and one step along z, y, x
+    yy, xx = np.mgrid[0:scan.shape[1], 0:scan.shape[2]].astype(np.float64)
+    out = np.zeros((len(zs), *scan.shape[1:]), np.float32)
+    for k, z in enumerate(zs):
+        coords = [offset[a] + steps[0, a] * z + steps[1, a] * yy + steps[2, a] * xx for a in range(3)]
+        lo = max(int(np.floor(coords[0].min())), 0)
+        hi = min(int(np.ceil(coords[0].max())), grid.shape[0] - 1)
+        if lo > hi:
+            continue
+        block = unit_watermark(grid.shape, key, range(lo, hi + 1))
+        out[k] = ndimage.map_coordinates(block, [coords[0] - lo, coords[1], coords[2]], order=1, cval=0.0)
+    return out
+
+
 def slice_chunks(depth: int, size: int = CHUNK_SLICES):
     """Runs of `size` slices covering 0..depth: everything here works a chunk at a time, so memory stays
     bounded on a 512×512×300 CT."""
@@ -109,26 +164,33 @@ def window_voxels(spacing, window_mm: float = WINDOW_MM) -> tuple[int, int, int]
 class Evidence:
     """A scan's high-pass residual against the high-pass of a key's pattern, over its lung voxels, made a run
     of slices at a time (never the whole volume in float); `reference` is the watermark's amplitude over all
-    of them (HU of the unit pattern's high-pass found in the residual)."""
-    voxels: np.ndarray
+    of them (HU of the unit pattern's high-pass found in the residual). With `grid` (the watermarked grid, when
+    the scan has been resampled since) the pattern is the one embedded there, mapped onto the scan's grid."""
+    scan: Scan
     key: str
     lung: np.ndarray
-    spacing: tuple
     expected_volume: np.ndarray | None = None  # the whole `expected_residual`, when a caller reuses it
+    grid: Grid | None = None
     reference: float = 0.0
     correlation: float = 0.0
 
     @property
     def shape(self) -> tuple:
-        return self.voxels.shape
+        return self.scan.shape
+
+    @property
+    def spacing(self) -> tuple:
+        return self.scan.spacing
 
     def residual(self, zs: range) -> np.ndarray:
-        part = np.asarray(self.voxels[zs.start: zs.stop])
+        part = np.asarray(self.scan.voxels[zs.start: zs.stop])
         return np.clip(highpass(part), -RESIDUAL_CLIP_HU, RESIDUAL_CLIP_HU)
 
     def expected(self, zs: range) -> np.ndarray:
         if self.expected_volume is not None:
             return self.expected_volume[zs.start: zs.stop]
+        if self.grid is not None and not self.grid.matches(self.scan):
+            return highpass(mapped_watermark(self.grid, self.scan, self.key, zs))
         return expected_residual(self.shape, self.key, zs)
 
     def sums_in(self, box: tuple[slice, ...]) -> tuple[float, float, float, int]:
@@ -144,12 +206,14 @@ def expected_residual(shape, key: str, zs: range | None = None) -> np.ndarray:
     return highpass(unit_watermark(shape, key, zs))
 
 
-def evidence(scan: Scan, key: str, lung: np.ndarray | None = None, expected: np.ndarray | None = None) -> Evidence:
-    """`expected`: `expected_residual(scan.shape, key)` when the caller checks many scans of one shape."""
+def evidence(scan: Scan, key: str, lung: np.ndarray | None = None, expected: np.ndarray | None = None,
+             grid: Grid | None = None) -> Evidence:
+    """`expected`: `expected_residual(scan.shape, key)` when the caller checks many scans of one shape; `grid`:
+    the watermarked grid, when the scan may have been resampled since."""
     from medfake.lungmask import lung_mask
 
     lung = lung_mask(scan) if lung is None else lung
-    ev = Evidence(scan.voxels, require_key(key), np.asarray(lung, bool), scan.spacing, expected)
+    ev = Evidence(scan, require_key(key), np.asarray(lung, bool), expected, grid)
     rh = rr = hh = 0.0
     for zs in slice_chunks(scan.shape[0]):
         a, b, c, _ = ev.sums_in((slice(zs.start, zs.stop), slice(None), slice(None)))
@@ -217,10 +281,11 @@ def strength_grid(ev: Evidence, window_mm: float = WINDOW_MM):
 
 
 def verify(scan: Scan, key: str, lung: np.ndarray | None = None, window_mm: float = WINDOW_MM,
-           ev: Evidence | None = None) -> Verification:
+           ev: Evidence | None = None, grid: Grid | None = None) -> Verification:
     """Where the key's watermark is present and where it collapsed (findings: connected groups of cells whose
-    strength fell below TAMPERED_STRENGTH and DROP_Z standard errors below the scan's)."""
-    ev = evidence(scan, key, lung) if ev is None else ev
+    strength fell below TAMPERED_STRENGTH and DROP_Z standard errors below the scan's). `grid`: the watermarked
+    grid (the protection record's), for a scan resampled since."""
+    ev = evidence(scan, key, lung, grid=grid) if ev is None else ev
     if not ev.lung.any():
         raise MedfakeError("no lungs found in this scan: the watermark is checked in lung voxels", scan.path)
     strength, drop_z, centers, step, window = strength_grid(ev, window_mm)
@@ -262,58 +327,8 @@ def verification_record(result: Verification) -> dict:
 
 def verdict(result: Verification) -> str:
     if not result.present:
-        return "no watermark found (wrong key, never watermarked, or processed beyond what the watermark survives)"
+        return ("no watermark found (wrong key, never watermarked, resampled onto another grid: give the protection "
+                "record, or processed beyond what the watermark survives)")
     if result.findings:
         return f"watermark found; {len(result.findings)} region(s) where it collapsed (possible tampering)"
     return "watermark found intact"
-
-
-def overlay_png(scan: Scan, result: Verification, path) -> None:
-    """Axial slices through the strongest findings (or the middle slice), lung window, the strength map on top
-    (red: collapsed)."""
-    import matplotlib
-
-    from medfake.protect.evaluate import LUNG_WINDOW
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    slices = [int(round(f["voxel_zyx"][0])) for f in result.findings[:3]] or [scan.shape[0] // 2]
-    fig, axes = plt.subplots(1, len(slices), figsize=(5 * len(slices), 5), squeeze=False)
-    zc = np.asarray(result.centers_zyx[0])
-    for ax, z in zip(axes[0], slices):
-        ax.imshow(np.asarray(scan.voxels[z], np.float32), cmap="gray", vmin=LUNG_WINDOW[0], vmax=LUNG_WINDOW[1])
-        row = result.strength[int(np.abs(zc - z).argmin())]
-        extent = (-0.5, scan.shape[2] - 0.5, scan.shape[1] - 0.5, -0.5)
-        shown = np.ma.masked_invalid(row)
-        image = ax.imshow(shown, cmap="RdYlGn", vmin=0, vmax=1.5,
-                          alpha=0.45, extent=extent, interpolation="nearest")
-        for f in result.findings:
-            if abs(f["voxel_zyx"][0] - z) <= result.grid_step_zyx[0]:
-                ax.plot(f["voxel_zyx"][2], f["voxel_zyx"][1], "o", ms=18, mfc="none", mec="red", mew=2)
-        ax.set_title(f"slice {z}: watermark strength (1 intact, 0 gone)")
-        ax.axis("off")
-    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.7)
-    fig.suptitle(verdict(result), fontsize=9)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def verify_file(target, outdir, key: str, series: str | None = None, window_mm: float = WINDOW_MM) -> dict:
-    """Everything `medfake verify-watermark` does: OUT/watermark.json (+ run record) and OUT/watermark.png."""
-    from pathlib import Path
-
-    from medfake.io import load_scan
-    from medfake.io.atomic import atomic_file
-    from medfake.runinfo import write_run_record
-
-    require_key(key)
-    target, outdir = Path(target), Path(outdir)
-    scan = load_scan(target, series=series)
-    result = verify(scan, key, window_mm=window_mm)
-    outdir.mkdir(parents=True, exist_ok=True)
-    with atomic_file(outdir / "watermark.png", overwrite=True) as tmp:
-        overlay_png(scan, result, tmp)  # the temporary name ends in .png
-    record = {"scan": str(target), "window_mm": window_mm, **verification_record(result)}
-    write_run_record(outdir, record, None, name="watermark.json")
-    return record
