@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -62,10 +63,8 @@ def depth_calibrated(grid: GridMap, region: np.ndarray, spacing, bins: int = 6) 
 
 
 def findings_of(grid: GridMap, region, spacing) -> list:
-    class Finding:  # what rank_of reads
-        def __init__(self, zyx):
-            self.voxel_zyx = zyx
-    return [Finding(grid.cell_voxel(c, region)) for c, _ in grid_peaks(grid, spacing, 10, 20.0)]
+    """The map's top 10 peaks, 20 mm apart, as `rank_of` reads findings."""
+    return [SimpleNamespace(voxel_zyx=grid.cell_voxel(c, region)) for c, _ in grid_peaks(grid, spacing, 10, 20.0)]
 
 
 def with_inter_slice_bands(detector):
@@ -80,23 +79,23 @@ def with_inter_slice_bands(detector):
     return clone
 
 
-def candidate_rank(fake, site) -> tuple[int | None, int]:
+def candidate_rank(detector, fake, site) -> tuple[int | None, int]:
     lung = lung_mask(fake)
     centres = [tuple(int(v) for v in n.center_zyx) for n in detect_nodules(fake, lung)]
     near = [i for i, c in enumerate(centres) if np.linalg.norm(np.subtract(c, site) * fake.spacing) <= 15.0]
     if not near:
         return None, len(centres)
-    order = list(np.argsort(-DETECTOR.score_sites(fake, centres)))
+    order = list(np.argsort(-detector.score_sites(fake, centres)))
     return min(order.index(i) for i in near) + 1, len(centres)
 
 
 def main(args) -> dict:
-    global DETECTOR
-    DETECTOR = load_detector(args.model)
-    variants = {"shipped": DETECTOR, "inter-slice bands": with_inter_slice_bands(DETECTOR)}
+    detector = load_detector(args.model)
+    variants = {"shipped": detector, "inter-slice bands": with_inter_slice_bands(detector)}
     if args.model_long:
         variants["longer training"] = load_detector(args.model_long)
-    models = {"inject": load_tamper_model(args.ctgan_inject, "inject"), "remove": load_tamper_model(args.ctgan_remove, "remove")}
+    models = {action: load_tamper_model(run, action)
+              for action, run in (("inject", args.ctgan_inject), ("remove", args.ctgan_remove))}
     rng = np.random.default_rng(args.seed)
     donor = load_scan(sample_path("lung1"))
     cases = []
@@ -105,14 +104,15 @@ def main(args) -> dict:
         for method, action, site, voxels in tampered_copies(scan, nodules, donor, models, rng):
             fake = scan.with_voxels(np.rint(voxels).astype(np.int16))
             ranks = {}
-            for label, detector in variants.items():
-                result = screen_scan(fake, detector, top=10)
+            for label, variant in variants.items():
+                result = screen_scan(fake, variant, top=10)
                 ranks[label] = rank_of(result.findings, site, scan.spacing)
                 if label == "shipped":
-                    calibrated = depth_calibrated(result.grid, result.region, scan.spacing)
-                    ranks["depth-calibrated"] = rank_of(findings_of(calibrated, result.region, scan.spacing), site, scan.spacing)
+                    calibrated = findings_of(depth_calibrated(result.grid, result.region, scan.spacing),
+                                             result.region, scan.spacing)
+                    ranks["depth-calibrated"] = rank_of(calibrated, site, scan.spacing)
             if action == "inject":
-                ranks["nodule candidates"], ranks["candidates"] = candidate_rank(fake, site)
+                ranks["nodule candidates"], ranks["candidates"] = candidate_rank(detector, fake, site)
             cases.append({"scan": name, "method": method, "action": action, "site_zyx": list(site), "ranks": ranks})
             print(name, method, action, ranks, flush=True)
     labels = [*variants, "depth-calibrated", "nodule candidates"]

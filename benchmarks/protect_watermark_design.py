@@ -33,6 +33,7 @@ from medfake.lungmask import lung_mask
 from medfake.protect import watermark as wm
 from medfake.protect.surrogate import load_tamper_model
 from medfake.runinfo import write_run_record
+from medfake.stats import robust_sigma
 from medfake.tamper.pipeline import tamper_scan
 from medfake.tamper.sites import pick_sites
 
@@ -44,21 +45,39 @@ WINDOWS_MM = (12.0, 16.0, 20.0, 24.0)
 PATTERNS = ((0.7, 1.0), (1.2, 2.5), (2.0, 4.0))  # (pattern σ, high-pass σ) in voxels; the first is the shipped one
 
 
+def flags(strength, drop_z) -> int:
+    """Grid cells `verify` would flag."""
+    finite = np.isfinite(strength)
+    return int(((strength < wm.TAMPERED_STRENGTH) & (drop_z > wm.DROP_Z))[finite].sum())
+
+
+def error_model_figures(ev, window_mm: float) -> dict:
+    """The z-scores of `verify`'s error model alone (no self-calibration): their robust spread over the scan's
+    cells (~1 where the model holds) and the cells they would flag."""
+    strength, raw_z, *_ = wm.strength_grid(ev, window_mm, calibrate=False)
+    return {"drop_z_spread_uncalibrated": float(robust_sigma(raw_z[np.isfinite(raw_z)])),
+            "flagged_cells_uncalibrated": flags(strength, raw_z)}
+
+
+def site_cells(strength, drop_z, centers, sites_zyx) -> list[dict]:
+    out = []
+    for site in sites_zyx:
+        cell = tuple(int(np.abs(np.asarray(c) - v).argmin()) for c, v in zip(centers, site))
+        out.append({"site": [round(float(v), 1) for v in site], "strength": float(strength[cell]),
+                    "drop_z": float(drop_z[cell])})
+    return out
+
+
 def grid_figures(scan, lung, sites, window_mm: float) -> dict:
     ev = wm.evidence(scan, KEY, lung)
     strength, drop_z, centers, _, _ = wm.strength_grid(ev, window_mm)
-    at_sites = []
-    for site in sites:
-        cell = tuple(int(np.abs(np.asarray(c) - v).argmin()) for c, v in zip(centers, site))
-        at_sites.append({"site": list(map(int, site)), "strength": float(strength[cell]), "drop_z": float(drop_z[cell])})
-    finite = np.isfinite(strength)
-    return {"sites": at_sites, "max_drop_z": float(np.nanmax(drop_z)),
-            "flagged_cells": int(((strength < wm.TAMPERED_STRENGTH) & (drop_z > wm.DROP_Z))[finite].sum()),
-            "correlation": float(ev.correlation)}
+    return {"sites": site_cells(strength, drop_z, centers, sites), "max_drop_z": float(np.nanmax(drop_z)),
+            "flagged_cells": flags(strength, drop_z), "correlation": float(ev.correlation),
+            **error_model_figures(ev, window_mm)}
 
 
 def regrid(scan, mm: float):
-    """In-plane linear resampling onto a grid of `mm` pixels, kept (what a PACS re-slicing to a new spacing does)."""
+    """In-plane linear resampling onto a grid of `mm` pixels, kept (a PACS re-slicing to a new spacing)."""
     factors = [1.0, scan.spacing[1] / mm, scan.spacing[2] / mm]
     voxels = ndimage.zoom(np.asarray(scan.voxels, np.float32), factors, order=1)
     spacing = (scan.spacing[0], *(s * n / m for s, n, m in zip(scan.spacing[1:], scan.shape[1:], voxels.shape[1:])))
@@ -67,7 +86,8 @@ def regrid(scan, mm: float):
 
 def regrid_figures(cases: dict, original) -> dict:
     """Each case resampled onto a new in-plane grid after the attack, checked without and with the watermarked
-    grid (`verify-watermark --record`): found at all, correlation, findings, and strength / drop z at the sites."""
+    grid (`verify-watermark --record`): found at all, correlation, findings, strength / drop z at the sites, and
+    the error model's own z-scores (their spread, the cells they would flag)."""
     grid = wm.Grid.of(original)
     out = {}
     for label, mm in (("1.0 mm", 1.0), ("0.8 x voxel", 0.8 * original.spacing[1])):
@@ -81,11 +101,9 @@ def regrid_figures(cases: dict, original) -> dict:
                             "findings": len(result.findings)}
             ev = wm.evidence(moved, KEY, lung, grid=grid)
             strength, drop_z, centers, _, _ = wm.strength_grid(ev)
-            row["sites"] = []
-            for site in sites:
-                at = moved.world_to_continuous(scan.voxel_to_world(site))
-                cell = tuple(int(np.abs(np.asarray(c) - v).argmin()) for c, v in zip(centers, at))
-                row["sites"].append({"strength": float(strength[cell]), "drop_z": float(drop_z[cell])})
+            moved_sites = [moved.world_to_continuous(scan.voxel_to_world(site)) for site in sites]
+            row["sites"] = site_cells(strength, drop_z, centers, moved_sites)
+            row["with grid"].update(error_model_figures(ev, wm.WINDOW_MM))
             out[f"{label}, {case}"] = row
     return out
 
@@ -93,7 +111,7 @@ def regrid_figures(cases: dict, original) -> dict:
 def run_scan(name: str, models: dict) -> dict:
     scan = load_scan(sample_path(name))
     lung = lung_mask(scan)
-    removals = [LUNG1_NODULE] if name == "lung1" else [tuple(n.center_zyx) for n in detect_nodules(scan, lung)[:2]]
+    removals = [LUNG1_NODULE] if name == "lung1" else [n.center_zyx for n in detect_nodules(scan, lung)[:2]]
     out = {}
     shipped = (wm.PATTERN_SIGMA_VOXELS, wm.HIGHPASS_SIGMA_VOXELS)
     try:
@@ -102,18 +120,21 @@ def run_scan(name: str, models: dict) -> dict:
             marked = wm.embed(scan, KEY, 8.0, lung)
             rng = np.random.default_rng(0)
             injections = pick_sites(marked, 2, rng, lung=lung)
-            cases = {"untouched": (marked, []),
-                     "ctgan-inject": (tamper_scan(marked, injections, "inject", models["inject"], "ctgan", rng, lung)[0], injections),
-                     "ctgan-remove": (tamper_scan(marked, removals, "remove", models["remove"], "ctgan", rng, lung)[0], removals)}
+            cases = {"untouched": (marked, [])}
+            for action, sites in (("inject", injections), ("remove", removals)):
+                cases[f"ctgan-{action}"] = (tamper_scan(marked, sites, action, models[action], "ctgan", rng, lung)[0],
+                                            sites)
             if (pattern_sigma, highpass_sigma) == PATTERNS[0]:
                 out["new grid"] = regrid_figures(cases, marked)
                 print(name, "new grid", json.dumps(out["new grid"]), flush=True)
             windows = WINDOWS_MM if (pattern_sigma, highpass_sigma) == PATTERNS[0] else WINDOWS_MM[:1]
             for window in windows:
                 key = f"pattern {pattern_sigma} / highpass {highpass_sigma}, window {window:g} mm"
-                out[key] = {case: grid_figures(tampered, lung, sites, window) for case, (tampered, sites) in cases.items()}
+                out[key] = {case: grid_figures(tampered, lung, sites, window)
+                            for case, (tampered, sites) in cases.items()}
                 print(name, key, {c: ([(round(s["strength"], 2), round(s["drop_z"], 1)) for s in f["sites"]],
-                                      f["flagged_cells"]) for c, f in out[key].items()}, flush=True)
+                                      f["flagged_cells"], f["flagged_cells_uncalibrated"])
+                                  for c, f in out[key].items()}, flush=True)
     finally:
         wm.PATTERN_SIGMA_VOXELS, wm.HIGHPASS_SIGMA_VOXELS = shipped
     return out

@@ -112,7 +112,8 @@ def test_a_copy_resampled_onto_another_grid_is_checked_with_the_protection_recor
 
     zoom = [1.0, lung1_slab.spacing[1] / 0.8, lung1_slab.spacing[2] / 0.8]  # 0.57 mm pixels onto 0.8 mm
     voxels = ndimage.zoom(marked.voxels.astype(np.float32), zoom, order=1)
-    spacing = (marked.spacing[0], *(s * n / m for s, n, m in zip(marked.spacing[1:], marked.shape[1:], voxels.shape[1:])))
+    spacing = (marked.spacing[0],
+               *(s * n / m for s, n, m in zip(marked.spacing[1:], marked.shape[1:], voxels.shape[1:])))
     moved = marked.with_voxels(np.rint(voxels).astype(np.int16), spacing=spacing)
     grid = wm.Grid.of(marked)
     assert not grid.matches(moved) and grid.matches(marked)

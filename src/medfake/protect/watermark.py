@@ -1,8 +1,10 @@
 """A keyed fragile watermark within the protection's L∞ budget: tampering is not stopped, it becomes detectable.
 
 Embedding: a ±1 field drawn slice by slice from a generator seeded by SHA-256 of the key, the grid's shape and the
-slice, smoothed in-plane (σ 0.7 voxel, so a mild blur leaves some of it), scaled to ±budget and rounded onto the stored voxels (the same `project_stored`
-as the perturbation methods: |stored − original| ≤ budget at every voxel). The pattern lives on the voxel grid.
+slice, smoothed in-plane (σ 0.7 voxel, so a mild blur leaves some of it), scaled to ±budget and rounded onto the
+stored voxels (the same `project_stored` as the perturbation methods: |stored − original| ≤ budget at every
+voxel). The pattern lives on the voxel grid; the protection record keeps that grid (`Grid`), so a copy resampled
+onto another grid is checked by mapping the pattern through world coordinates.
 
 Verification: the scan's in-plane high-pass residual (x − Gaussian(x), clipped to ±60 HU so vessel edges do not
 dominate) is correlated with the high-pass of the key's pattern in local windows (~12 mm) over lung voxels.
@@ -171,7 +173,7 @@ class Evidence:
     key: str
     lung: np.ndarray
     expected_volume: np.ndarray | None = None  # the whole `expected_residual`, when a caller reuses it
-    grid: Grid | None = None
+    grid: Grid | None = None  # set only when the scan is not on it (`evidence` drops a matching grid)
     reference: float = 0.0
     correlation: float = 0.0
 
@@ -190,7 +192,7 @@ class Evidence:
     def expected(self, zs: range) -> np.ndarray:
         if self.expected_volume is not None:
             return self.expected_volume[zs.start: zs.stop]
-        if self.grid is not None and not self.grid.matches(self.scan):
+        if self.grid is not None:
             return highpass(mapped_watermark(self.grid, self.scan, self.key, zs))
         return expected_residual(self.shape, self.key, zs)
 
@@ -214,6 +216,7 @@ def evidence(scan: Scan, key: str, lung: np.ndarray | None = None, expected: np.
     from medfake.lungmask import lung_mask
 
     lung = lung_mask(scan) if lung is None else lung
+    grid = None if grid is None or grid.matches(scan) else grid
     ev = Evidence(scan, require_key(key), np.asarray(lung, bool), expected, grid)
     rh = rr = hh = 0.0
     for zs in slice_chunks(scan.shape[0]):
@@ -251,10 +254,11 @@ class Verification:
     findings: list = field(default_factory=list)
 
 
-def strength_grid(ev: Evidence, window_mm: float = WINDOW_MM):
+def strength_grid(ev: Evidence, window_mm: float = WINDOW_MM, calibrate: bool = True):
     """Local amplitude of the watermark on a grid of half-window steps, relative to the scan's, and how many
     standard errors it lies below it (NaN where the window is mostly not lung). Grid rows are computed a few
-    at a time on the slices their windows reach."""
+    at a time on the slices their windows reach. `calibrate=False`: the z-scores of the error model alone (what
+    benchmarks/protect_watermark_design.py reports beside the calibrated ones)."""
     window = window_voxels(ev.spacing, window_mm)
     step = tuple(max(1, w // 2) for w in window)
     centers = [np.arange(min(s // 2, n - 1), n, s) for s, n in zip(step, ev.shape)]
@@ -278,7 +282,7 @@ def strength_grid(ev: Evidence, window_mm: float = WINDOW_MM):
         drop_z = (ev.reference - amplitude) / stderr
     bad = (count < MIN_LUNG_FRACTION * np.prod(window)) | ~np.isfinite(strength) | ~np.isfinite(drop_z)
     strength[bad], drop_z[bad] = np.nan, np.nan
-    if (~bad).sum() >= 20:
+    if calibrate and (~bad).sum() >= 20:
         # self-calibrated: on a resampled copy the residual is smoother and its windows noisier than the model
         # above (the z-scores' robust spread 1.3-1.5 where it is ~1.0 on the watermarked grid); never narrowed
         drop_z /= max(1.0, robust_sigma(drop_z[~bad]))
