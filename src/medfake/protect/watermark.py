@@ -284,7 +284,8 @@ def strength_grid(ev: Evidence, window_mm: float = WINDOW_MM, calibrate: bool = 
     strength[bad], drop_z[bad] = np.nan, np.nan
     if calibrate and (~bad).sum() >= 20:
         # self-calibrated: on a resampled copy the residual is smoother and its windows noisier than the model
-        # above (the z-scores' robust spread 1.3-1.5 where it is ~1.0 on the watermarked grid); never narrowed
+        # above (benchmarks/protect_watermark_design.py: robust spread up to 1.45, ~1.0 on the watermarked
+        # grid); never narrowed
         drop_z /= max(1.0, robust_sigma(drop_z[~bad]))
     return strength.astype(np.float32), drop_z.astype(np.float32), centers, step, window
 
